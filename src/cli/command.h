@@ -1,0 +1,23 @@
+#pragma once
+// Each subcommand lives in its own file and registers itself here at start-up:
+//   static const bool registered = dsv3::cli::register_command({"info", "...", setup});
+// `setup` adds the subcommand's options to the CLI11 app and returns the function to run.
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace dsv3::cli {
+
+using Run = std::function<int()>;
+
+struct Command {
+  std::string name;
+  std::string description;
+  // Adds options to `app` (whose values it binds to state it owns) and returns what runs it.
+  std::function<Run(CLI::App& app)> setup;
+};
+
+bool register_command(Command command);
+
+}  // namespace dsv3::cli

@@ -1,0 +1,54 @@
+// dsv3: the command-line front door. Subcommands register themselves (cli/command.h).
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <exception>
+#include <vector>
+
+#include "cli/command.h"
+#include "core/error.h"
+
+namespace dsv3::cli {
+namespace {
+std::vector<Command>& commands() {
+  static std::vector<Command> all;
+  return all;
+}
+}  // namespace
+
+bool register_command(Command command) {
+  commands().push_back(std::move(command));
+  return true;
+}
+
+}  // namespace dsv3::cli
+
+int main(int argc, char** argv) {
+  using namespace dsv3::cli;
+  CLI::App app{"dsv3: DeepSeek-V3 in C++ — run, serve and train DeepSeek-V3-architecture models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "dsv3 0.1.0");
+  auto& all = commands();
+  std::sort(all.begin(), all.end(), [](const Command& a, const Command& b) { return a.name < b.name; });
+  std::vector<std::pair<CLI::App*, Run>> runs;
+  for (auto& command : all) {
+    CLI::App* sub = app.add_subcommand(command.name, command.description);
+    runs.emplace_back(sub, command.setup(*sub));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : runs)
+      if (sub->parsed()) return run();
+  } catch (const dsv3::Error& e) {
+    fmt::print(stderr, "dsv3: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "dsv3: unexpected error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
