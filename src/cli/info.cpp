@@ -1,0 +1,86 @@
+// dsv3 info: what a model is, from its config.json (and its weights when present).
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <map>
+
+#include "cli/command.h"
+#include "io/model_config.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+
+namespace dsv3::cli {
+namespace {
+
+std::string human(double value, const char* unit) {
+  const char* prefixes[] = {"", "K", "M", "G", "T"};
+  int i = 0;
+  while (value >= 1000.0 && i < 4) {
+    value /= 1000.0;
+    ++i;
+  }
+  return fmt::format("{:.2f} {}{}", value, prefixes[i], unit);
+}
+
+int run_info(const std::filesystem::path& model) {
+  namespace fs = std::filesystem;
+  const ModelConfig c = ModelConfig::load(model);
+  const ParameterCount params = count_parameters(c);
+  fmt::print("model              {}\n", model.string());
+  fmt::print("architecture       {} ({} layers, {} dense first, hidden {}, vocab {})\n", c.model_type,
+             c.num_hidden_layers, std::min(c.first_k_dense_replace, c.num_hidden_layers), c.hidden_size, c.vocab_size);
+  fmt::print("attention          MLA, {} heads, q_lora_rank {}, kv_lora_rank {}, qk {}+{} (nope+rope), v {}\n",
+             c.num_attention_heads, c.q_lora_rank ? std::to_string(*c.q_lora_rank) : "null (plain q_proj)",
+             c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+  if (c.rope_scaling.yarn)
+    fmt::print("rope               theta {}, YaRN x{} from {} positions, softmax scale {:.6f}\n", c.rope_theta,
+               c.rope_scaling.factor, c.rope_scaling.original_max_position_embeddings, c.softmax_scale());
+  else
+    fmt::print("rope               theta {}, no scaling, softmax scale {:.6f}\n", c.rope_theta, c.softmax_scale());
+  if (c.n_routed_experts > 0)
+    fmt::print("moe                {} routed ({} active, {} groups keep {}), {} shared, intermediate {}, scale {}\n",
+               c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
+               c.moe_intermediate_size, c.routed_scaling_factor);
+  fmt::print("parameters         {} total, {} activated per token ({} without embedding and head)\n",
+             human(static_cast<double>(params.total), ""), human(static_cast<double>(params.activated), ""),
+             human(static_cast<double>(params.activated - params.embedding), ""));
+  fmt::print("mtp                {}\n", c.num_nextn_predict_layers > 0
+                                            ? fmt::format("{} module(s), {} own parameters", c.num_nextn_predict_layers,
+                                                          human(static_cast<double>(params.mtp), ""))
+                                            : std::string("absent"));
+  fmt::print("kv cache           {} per token (latent {} + rope {} per layer, BF16), {} per token in F32\n",
+             human(static_cast<double>(kv_cache_bytes_per_token(c, 2)), "B"), c.kv_lora_rank, c.qk_rope_head_dim,
+             human(static_cast<double>(kv_cache_bytes_per_token(c, 4)), "B"));
+  if (c.quantization.fp8)
+    fmt::print("quantization       fp8 e4m3, {}x{} block scales\n", c.quantization.block_rows,
+               c.quantization.block_cols);
+
+  if (fs::is_directory(model) &&
+      (fs::exists(model / "model.safetensors") || fs::exists(model / "model.safetensors.index.json"))) {
+    const TensorStore store = TensorStore::open(model);
+    std::map<std::string, std::pair<std::int64_t, std::size_t>> by_dtype;  // dtype -> (tensors, bytes)
+    for (const auto& name : store.names()) {
+      const TensorView& view = store.require(name);
+      auto& entry = by_dtype[std::string(dtype_name(view.dtype))];
+      entry.first += 1;
+      entry.second += view.nbytes;
+    }
+    fmt::print("weights            {} tensors, {}\n", store.names().size(), human(static_cast<double>(store.total_bytes()), "B"));
+    for (const auto& [dtype, entry] : by_dtype)
+      fmt::print("  {:<16} {} tensors, {}\n", dtype, entry.first, human(static_cast<double>(entry.second), "B"));
+  } else {
+    fmt::print("weights            none (config only)\n");
+  }
+  return 0;
+}
+
+const bool registered = register_command({"info", "Describe a model: shape, parameters, dtypes, KV-cache size",
+                                          [](CLI::App& app) -> Run {
+                                            auto model = std::make_shared<std::string>();
+                                            app.add_option("--model", *model, "Model directory (or a config.json)")
+                                                ->required();
+                                            return [model] { return run_info(*model); };
+                                          }});
+
+}  // namespace
+}  // namespace dsv3::cli

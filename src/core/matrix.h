@@ -1,0 +1,37 @@
+#pragma once
+// Matrix: a read-only [rows, cols] weight in its storage dtype, usually a view into a mapped
+// checkpoint. FP8 matrices carry their float32 block scales (DeepSeek's `weight_scale_inv`: one
+// per block_rows x block_cols block, edge blocks partial), and are dequantised on the fly by the
+// kernels, never stored wide.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace dsv3 {
+
+struct Matrix {
+  std::string name;
+  DType dtype = DType::F32;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  const std::byte* data = nullptr;  // row-major, possibly unaligned
+  // FP8 only: scales[(r / block_rows) * scale_cols + c / block_cols] multiplies element (r, c).
+  std::shared_ptr<const std::vector<float>> scales;
+  std::int64_t block_rows = 128;
+  std::int64_t block_cols = 128;
+  // Keeps owned data alive (weights made in memory rather than mapped from a file).
+  std::shared_ptr<const void> owner;
+
+  bool empty() const { return data == nullptr; }
+  std::int64_t scale_cols() const { return (cols + block_cols - 1) / block_cols; }
+  std::size_t bytes() const { return static_cast<std::size_t>(rows * cols) * dtype_size(dtype); }
+};
+
+// A float32 matrix owning its values (tests, freshly initialised or converted weights).
+Matrix make_f32_matrix(std::string name, std::int64_t rows, std::int64_t cols, std::vector<float> values);
+
+}  // namespace dsv3

@@ -1,0 +1,302 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <tuple>
+
+#include "core/error.h"
+
+namespace dsv3 {
+namespace {
+
+using json = nlohmann::json;
+
+// A header larger than this is corrupt rather than large (the official 671B index has ~92K
+// tensors spread over 163 shards; each shard header is well under 1 MB).
+constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;
+
+std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std::string& where) {
+  std::uint64_t product = 1;
+  for (std::int64_t dim : shape) {
+    if (dim < 0) fail("{}: negative dimension {} in shape", where, dim);
+    if (dim != 0 && product > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(dim))
+      fail("{}: shape overflows 64 bits", where);
+    product *= static_cast<std::uint64_t>(dim);
+  }
+  return product;
+}
+
+std::string join_shape(const std::vector<std::int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) text += ",";
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+}  // namespace
+
+std::int64_t TensorView::numel() const {
+  std::int64_t count = 1;
+  for (auto dim : shape) count *= dim;
+  return count;
+}
+
+std::string TensorView::shape_string() const { return join_shape(shape); }
+
+std::map<std::string, TensorView> SafetensorsFile::parse_header(std::string_view header_json,
+                                                                std::size_t data_size,
+                                                                const std::filesystem::path& file) {
+  const std::string where = file.string();
+  json header;
+  try {
+    header = json::parse(header_json);
+  } catch (const json::exception& e) {
+    fail("{}: malformed safetensors header JSON: {}", where, e.what());
+  }
+  if (!header.is_object()) fail("{}: safetensors header is not a JSON object", where);
+
+  std::map<std::string, TensorView> tensors;
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, std::string>> ranges;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") continue;
+    const std::string tensor_where = fmt::format("{}: tensor {}", where, name);
+    if (!entry.is_object()) fail("{}: header entry is not an object", tensor_where);
+    const auto dtype_it = entry.find("dtype");
+    const auto shape_it = entry.find("shape");
+    const auto offsets_it = entry.find("data_offsets");
+    if (dtype_it == entry.end() || !dtype_it->is_string()) fail("{}: missing or non-string dtype", tensor_where);
+    if (shape_it == entry.end() || !shape_it->is_array()) fail("{}: missing or non-array shape", tensor_where);
+    if (offsets_it == entry.end() || !offsets_it->is_array() || offsets_it->size() != 2)
+      fail("{}: data_offsets must be an array [begin, end]", tensor_where);
+
+    TensorView view;
+    view.name = name;
+    view.file = file;
+    const auto dtype = parse_dtype(dtype_it->get<std::string>());
+    if (!dtype) fail("{}: unknown dtype {}", tensor_where, dtype_it->get<std::string>());
+    view.dtype = *dtype;
+    for (const auto& dim : *shape_it) {
+      if (!dim.is_number_integer()) fail("{}: shape has a non-integer dimension", tensor_where);
+      view.shape.push_back(dim.get<std::int64_t>());
+    }
+    for (const auto& offset : *offsets_it)
+      if (!offset.is_number_unsigned()) fail("{}: data_offsets must be non-negative integers", tensor_where);
+    const auto begin = (*offsets_it)[0].get<std::uint64_t>();
+    const auto end = (*offsets_it)[1].get<std::uint64_t>();
+    if (begin > end) fail("{}: data_offsets [{}, {}] run backwards", tensor_where, begin, end);
+    if (end > data_size)
+      fail("{}: data_offsets [{}, {}] run past the end of the data section ({} bytes)", tensor_where, begin,
+           end, data_size);
+    const std::uint64_t elements = checked_product(view.shape, tensor_where);
+    const std::uint64_t element_size = dtype_size(view.dtype);
+    if (elements > std::numeric_limits<std::uint64_t>::max() / element_size)
+      fail("{}: shape overflows 64 bits", tensor_where);
+    if (elements * element_size != end - begin)
+      fail("{}: {} bytes for shape {} of {} ({} bytes expected)", tensor_where, end - begin,
+           join_shape(view.shape), dtype_name(view.dtype), elements * element_size);
+    view.nbytes = end - begin;
+    view.data = reinterpret_cast<const std::byte*>(begin);  // rebased onto the mapping by open()
+    ranges.emplace_back(begin, end, name);
+    tensors.emplace(name, std::move(view));
+  }
+  // Zero-sized tensors occupy no bytes and cannot overlap anything.
+  std::erase_if(ranges, [](const auto& range) { return std::get<0>(range) == std::get<1>(range); });
+  std::sort(ranges.begin(), ranges.end());
+  for (std::size_t i = 1; i < ranges.size(); ++i) {
+    const auto& [previous_begin, previous_end, previous_name] = ranges[i - 1];
+    const auto& [begin, end, name] = ranges[i];
+    if (begin < previous_end)
+      fail("{}: tensors {} and {} overlap (byte ranges [{}, {}) and [{}, {}))", where, previous_name, name,
+           previous_begin, previous_end, begin, end);
+  }
+  return tensors;
+}
+
+std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
+  const std::string where = path.string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("{}: cannot open: {}", where, std::strerror(errno));
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) {
+    ::close(fd);
+    fail("{}: cannot stat: {}", where, std::strerror(errno));
+  }
+  const auto file_size = static_cast<std::uint64_t>(info.st_size);
+  if (file_size < 8) {
+    ::close(fd);
+    fail("{}: truncated safetensors file ({} bytes, the header length alone takes 8)", where, file_size);
+  }
+  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapping == MAP_FAILED) fail("{}: cannot map: {}", where, std::strerror(errno));
+
+  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->mapping_ = mapping;
+  file->mapping_size_ = file_size;
+
+  const auto* bytes = static_cast<const unsigned char*>(mapping);
+  std::uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | bytes[i];
+  if (header_size > file_size - 8)
+    fail("{}: header length {} runs past the end of the file ({} bytes): truncated or not safetensors",
+         where, header_size, file_size);
+  if (header_size > kMaxHeaderBytes) fail("{}: header length {} is implausibly large", where, header_size);
+  const std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_size);
+  const std::size_t data_size = file_size - 8 - header_size;
+  file->tensors_ = parse_header(header, data_size, path);
+  const auto* data = reinterpret_cast<const std::byte*>(bytes + 8 + header_size);
+  for (auto& [name, view] : file->tensors_)
+    view.data = data + reinterpret_cast<std::uint64_t>(view.data);
+
+  const json parsed = json::parse(header);
+  if (auto it = parsed.find("__metadata__"); it != parsed.end() && it->is_object())
+    for (const auto& [key, value] : it->items())
+      if (value.is_string()) file->metadata_[key] = value.get<std::string>();
+  return file;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_) ::munmap(mapping_, mapping_size_);
+}
+
+TensorStore TensorStore::open(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  TensorStore store;
+  store.location_ = path;
+  auto add_file = [&store](const fs::path& file) {
+    store.files_.push_back(SafetensorsFile::open(file));
+    for (const auto& [name, view] : store.files_.back()->tensors()) {
+      if (auto it = store.index_.find(name); it != store.index_.end())
+        fail("tensor {} appears in both {} and {}", name, it->second->file.string(), file.string());
+      store.index_[name] = &view;
+    }
+  };
+  if (fs::is_regular_file(path)) {
+    add_file(path);
+    return store;
+  }
+  if (!fs::is_directory(path)) fail("{}: no such checkpoint file or directory", path.string());
+  const fs::path index_path = path / "model.safetensors.index.json";
+  if (fs::exists(index_path)) {
+    json index;
+    try {
+      std::ifstream in(index_path);
+      index = json::parse(in);
+    } catch (const json::exception& e) {
+      fail("{}: malformed JSON: {}", index_path.string(), e.what());
+    }
+    const auto map_it = index.find("weight_map");
+    if (map_it == index.end() || !map_it->is_object())
+      fail("{}: missing object weight_map", index_path.string());
+    std::set<std::string> shards;
+    for (const auto& [name, shard] : map_it->items()) {
+      if (!shard.is_string()) fail("{}: weight_map[{}] is not a file name", index_path.string(), name);
+      const auto shard_name = shard.get<std::string>();
+      if (shard_name.find('/') != std::string::npos)
+        fail("{}: weight_map[{}] = {} must be a file in the same directory", index_path.string(), name,
+             shard_name);
+      shards.insert(shard_name);
+    }
+    for (const auto& shard : shards) {
+      if (!fs::exists(path / shard))
+        fail("{}: shard {} listed in the index is missing", index_path.string(), shard);
+      add_file(path / shard);
+    }
+    for (const auto& [name, shard] : map_it->items()) {
+      auto it = store.index_.find(name);
+      if (it == store.index_.end())
+        fail("{}: tensor {} is listed in {} but that shard does not hold it", index_path.string(), name,
+             shard.get<std::string>());
+      if (it->second->file.filename() != shard.get<std::string>())
+        fail("{}: tensor {} is listed in {} but found in {}", index_path.string(), name,
+             shard.get<std::string>(), it->second->file.filename().string());
+    }
+    return store;
+  }
+  if (fs::exists(path / "model.safetensors")) {
+    add_file(path / "model.safetensors");
+    return store;
+  }
+  fail("{}: holds neither model.safetensors nor model.safetensors.index.json", path.string());
+}
+
+const TensorView* TensorStore::find(const std::string& name) const {
+  const auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
+}
+
+const TensorView& TensorStore::require(const std::string& name) const {
+  if (const TensorView* view = find(name)) return *view;
+  fail("{}: tensor {} is missing", location_.string(), name);
+}
+
+std::vector<std::string> TensorStore::names() const {
+  std::vector<std::string> all;
+  all.reserve(index_.size());
+  for (const auto& [name, view] : index_) all.push_back(name);
+  return all;
+}
+
+std::size_t TensorStore::total_bytes() const {
+  std::size_t total = 0;
+  for (const auto& [name, view] : index_) total += view->nbytes;
+  return total;
+}
+
+void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::uint64_t offset = 0;
+  for (const auto& tensor : tensors) {
+    const std::uint64_t expected = checked_product(tensor.shape, tensor.name) * dtype_size(tensor.dtype);
+    if (expected != tensor.bytes.size())
+      fail("writing {}: tensor {} has {} bytes, shape {} of {} needs {}", path.string(), tensor.name,
+           tensor.bytes.size(), join_shape(tensor.shape), dtype_name(tensor.dtype), expected);
+    if (header.contains(tensor.name)) fail("writing {}: tensor {} given twice", path.string(), tensor.name);
+    header[tensor.name] = {{"dtype", dtype_name(tensor.dtype)},
+                           {"shape", tensor.shape},
+                           {"data_offsets", {offset, offset + expected}}};
+    offset += expected;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data section 8-byte aligned
+
+  const std::filesystem::path temporary = path.string() + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) fail("{}: cannot open for writing", temporary.string());
+    unsigned char length[8];
+    for (int i = 0; i < 8; ++i) length[i] = static_cast<unsigned char>(text.size() >> (8 * i));
+    out.write(reinterpret_cast<const char*>(length), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& tensor : tensors)
+      out.write(reinterpret_cast<const char*>(tensor.bytes.data()),
+                static_cast<std::streamsize>(tensor.bytes.size()));
+    out.flush();
+    if (!out) fail("{}: write failed (disk full?)", temporary.string());
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+  if (error) fail("{}: cannot rename into place: {}", path.string(), error.message());
+}
+
+TensorToWrite tensor_to_write(std::string name, std::vector<std::int64_t> shape,
+                              std::span<const float> values) {
+  return {std::move(name), DType::F32, std::move(shape), std::as_bytes(values)};
+}
+
+}  // namespace dsv3

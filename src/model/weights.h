@@ -1,0 +1,75 @@
+#pragma once
+// Weights: the tensors of a DeepSeek-V3 checkpoint as typed views, checked once against the
+// config. Matrices stay in the mapped files in their storage dtype (BF16, F16, F32 or FP8 with
+// block scales); norm vectors and the router bias are small and copied to float32.
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/matrix.h"
+#include "io/model_config.h"
+#include "io/safetensors.h"
+
+namespace dsv3 {
+
+struct AttentionWeights {
+  // q path: q_a_proj -> q_a_layernorm -> q_b_proj when q_lora_rank is set, else one q_proj.
+  Matrix q_a_proj;                   // [q_lora_rank, hidden]
+  std::vector<float> q_a_layernorm;  // [q_lora_rank]
+  Matrix q_b_proj;                   // [heads * qk_head_dim, q_lora_rank]
+  Matrix q_proj;                     // [heads * qk_head_dim, hidden]
+  Matrix kv_a_proj_with_mqa;         // [kv_lora_rank + qk_rope_head_dim, hidden]
+  std::vector<float> kv_a_layernorm; // [kv_lora_rank]
+  Matrix kv_b_proj;                  // [heads * (qk_nope_head_dim + v_head_dim), kv_lora_rank]
+  Matrix o_proj;                     // [hidden, heads * v_head_dim]
+};
+
+struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
+  Matrix gate_proj;
+  Matrix up_proj;
+  Matrix down_proj;
+};
+
+struct MoeWeights {
+  Matrix router;                              // mlp.gate.weight [n_routed_experts, hidden]
+  std::vector<float> e_score_correction_bias; // used only to choose experts
+  std::vector<MlpWeights> experts;
+  std::optional<MlpWeights> shared_experts;
+};
+
+struct LayerWeights {
+  std::vector<float> input_layernorm;
+  std::vector<float> post_attention_layernorm;
+  AttentionWeights attention;
+  std::optional<MlpWeights> mlp;  // dense layers
+  std::optional<MoeWeights> moe;  // MoE layers
+};
+
+// Multi-Token Prediction module at layer index num_hidden_layers + depth.
+struct MtpWeights {
+  std::vector<float> enorm;
+  std::vector<float> hnorm;
+  Matrix eh_proj;  // [hidden, 2 * hidden]
+  LayerWeights layer;
+  std::vector<float> shared_head_norm;
+  Matrix shared_head_head;  // the main lm_head in the released checkpoints
+  Matrix embed_tokens;      // the main embedding in the released checkpoints
+};
+
+struct Weights {
+  ModelConfig config;
+  TensorStore store;  // owns the mappings every Matrix points into
+  Matrix embed_tokens;
+  std::vector<LayerWeights> layers;
+  std::vector<float> norm;
+  Matrix lm_head;
+  std::vector<MtpWeights> mtp;
+
+  // Loads config.json and the safetensors of a model directory, checking every tensor the
+  // config needs: present, a supported dtype, the expected shape (errors name tensor and file).
+  static Weights load(const std::filesystem::path& model_dir);
+  static Weights load(ModelConfig config, TensorStore store);
+};
+
+}  // namespace dsv3

@@ -1,0 +1,83 @@
+#pragma once
+// Shared helpers for the tests: where fixtures live, reading tensors, comparing logits.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace dsv3::test {
+
+inline std::filesystem::path shared_dir() { return DSV3_SHARED_DIR; }
+inline std::filesystem::path tiny_model_dir() { return shared_dir() / "fixtures" / "tiny-dsv3"; }
+
+// A fresh, empty directory under the system temp dir, unique to the current test.
+inline std::filesystem::path temp_dir(const std::string& tag) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  auto dir = std::filesystem::temp_directory_path() /
+             ("dsv3-test-" + std::string(info->test_suite_name()) + "-" + info->name() + "-" + tag);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+inline std::vector<float> read_f32(const TensorView& view) {
+  EXPECT_EQ(view.dtype, DType::F32) << view.name;
+  std::vector<float> values(static_cast<std::size_t>(view.numel()));
+  std::memcpy(values.data(), view.data, view.nbytes);
+  return values;
+}
+
+inline std::vector<std::int64_t> read_i64(const TensorView& view) {
+  EXPECT_EQ(view.dtype, DType::I64) << view.name;
+  std::vector<std::int64_t> values(static_cast<std::size_t>(view.numel()));
+  std::memcpy(values.data(), view.data, view.nbytes);
+  return values;
+}
+
+inline double relative_l2(const float* ours, const float* reference, std::int64_t count) {
+  double diff = 0.0, norm = 0.0;
+  for (std::int64_t i = 0; i < count; ++i) {
+    diff += (static_cast<double>(ours[i]) - reference[i]) * (static_cast<double>(ours[i]) - reference[i]);
+    norm += static_cast<double>(reference[i]) * reference[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+struct RowComparison {
+  double worst_relative_error = 0.0;
+  std::int64_t argmax_checked = 0;
+  std::int64_t argmax_mismatches = 0;
+};
+
+// Compares [rows, cols] logits row by row: relative L2 error per row, and the arg-max wherever the
+// reference's top-1/top-2 gap exceeds `min_gap` (smaller gaps may flip under float32 rounding).
+inline RowComparison compare_rows(const float* ours, const float* reference, std::int64_t rows, std::int64_t cols,
+                                  double min_gap = 1e-2) {
+  RowComparison result;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* o = ours + r * cols;
+    const float* ref = reference + r * cols;
+    result.worst_relative_error = std::max(result.worst_relative_error, relative_l2(o, ref, cols));
+    std::int64_t best = 0, ours_best = 0;
+    for (std::int64_t c = 1; c < cols; ++c) {
+      if (ref[c] > ref[best]) best = c;
+      if (o[c] > o[ours_best]) ours_best = c;
+    }
+    float second = -INFINITY;
+    for (std::int64_t c = 0; c < cols; ++c)
+      if (c != best) second = std::max(second, ref[c]);
+    if (ref[best] - second > min_gap) {
+      ++result.argmax_checked;
+      if (ours_best != best) ++result.argmax_mismatches;
+    }
+  }
+  return result;
+}
+
+}  // namespace dsv3::test
