@@ -44,6 +44,8 @@ int run_info(const std::filesystem::path& model) {
   fmt::print("parameters         {} total, {} activated per token ({} without embedding and head)\n",
              human(static_cast<double>(params.total), ""), human(static_cast<double>(params.activated), ""),
              human(static_cast<double>(params.activated - params.embedding), ""));
+  fmt::print("read per token     {} weights streamed by one decode step (all but the embedding table)\n",
+             human(static_cast<double>(params.read_per_token), ""));
   fmt::print("mtp                {}\n", c.num_nextn_predict_layers > 0
                                             ? fmt::format("{} module(s), {} own parameters", c.num_nextn_predict_layers,
                                                           human(static_cast<double>(params.mtp), ""))

@@ -43,6 +43,8 @@ struct ParameterCount {
   std::int64_t total = 0;               // main model, embedding and head included, MTP excluded
   std::int64_t activated = 0;           // used per token: everything but the unchosen routed experts
   std::int64_t embedding = 0;           // embed_tokens + lm_head (one matrix when tied)
+  std::int64_t read_per_token = 0;      // weights a decode step streams: activated less the embedding
+                                        // table (only one of its rows is read)
   std::int64_t mtp = 0;                 // each MTP module's own weights (embedding and head are shared)
   std::int64_t routed_expert_total = 0; // all routed experts of all layers
 };

@@ -50,6 +50,7 @@ ParameterCount count_parameters(const ModelConfig& c) {
     count.activated += layer_count.activated;
     count.routed_expert_total += layer_count.routed;
   }
+  count.read_per_token = count.activated - (c.tie_word_embeddings ? 0 : c.vocab_size * c.hidden_size);
   for (std::int64_t depth = 0; depth < c.num_nextn_predict_layers; ++depth) {
     const LayerCount layer_count = count_layer(c, c.num_hidden_layers + depth);
     count.mtp += layer_count.total + 2 * c.hidden_size + 2 * c.hidden_size * c.hidden_size + c.hidden_size;

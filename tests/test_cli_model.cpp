@@ -1,0 +1,89 @@
+// The `dsv3 info` and `dsv3 forward` commands, run as a user runs them.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <sys/wait.h>
+
+#include "support.h"
+
+namespace dsv3 {
+namespace {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult run(const std::string& arguments) {
+  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
+  CommandResult result;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return result;
+  char buffer[4096];
+  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+TEST(CliModel, ForwardWritesTheParityContract) {
+  const auto dir = test::temp_dir("forward");
+  const auto fixture = test::tiny_model_dir();
+  const auto result = run("forward --model " + fixture.string() + " --input " +
+                          (fixture / "reference.safetensors").string() + " --output " + (dir / "out.safetensors").string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto ours = SafetensorsFile::open(dir / "out.safetensors");
+  const auto reference = SafetensorsFile::open(fixture / "reference.safetensors");
+  int compared = 0;
+  for (const auto& [name, view] : reference->tensors()) {
+    if (!name.starts_with("logits_") && !name.starts_with("mtp_logits_")) continue;
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(ours->tensors().contains(name));
+    const TensorView& mine = ours->tensors().at(name);
+    EXPECT_EQ(mine.dtype, DType::F32);
+    EXPECT_EQ(mine.shape, view.shape);
+    const auto a = test::read_f32(mine), b = test::read_f32(view);
+    const std::int64_t skip = name.starts_with("mtp_") ? view.shape[1] : 0;  // MTP rows p >= 1
+    if (static_cast<std::int64_t>(b.size()) > skip) {
+      EXPECT_LE(test::relative_l2(a.data() + skip, b.data() + skip, static_cast<std::int64_t>(b.size()) - skip), 1e-3);
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, 7);  // 4 logits + 3 mtp_logits (T = 1 has no MTP row)
+  std::filesystem::remove_all(dir);
+}
+
+TEST(CliModel, InfoDescribesTheModel) {
+  const auto result = run("info --model " + test::tiny_model_dir().string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("kv_lora_rank 64"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("480.00 B per token"), std::string::npos) << result.output;  // 3 x (64+16) x 2
+  EXPECT_NE(result.output.find("BF16"), std::string::npos);
+  EXPECT_NE(result.output.find("1 module(s)"), std::string::npos);  // MTP present
+  const auto v3 = run("info --model " + (test::shared_dir() / "bench" / "deepseek-v3-671b.json").string());
+  ASSERT_EQ(v3.exit_code, 0) << v3.output;
+  EXPECT_NE(v3.output.find("config only"), std::string::npos) << v3.output;
+  EXPECT_NE(v3.output.find("fp8 e4m3"), std::string::npos) << v3.output;
+}
+
+TEST(CliModel, BadArgumentsGiveClearErrors) {
+  const auto missing_model = run("forward --input x --output y");
+  EXPECT_NE(missing_model.exit_code, 0);
+  EXPECT_NE(missing_model.output.find("--model"), std::string::npos) << missing_model.output;
+
+  const auto no_such_dir = run("info --model /nonexistent/model");
+  EXPECT_EQ(no_such_dir.exit_code, 1);
+  EXPECT_NE(no_such_dir.output.find("/nonexistent/model"), std::string::npos) << no_such_dir.output;
+
+  const auto dir = test::temp_dir("bad-input");
+  const auto fixture = test::tiny_model_dir();
+  const auto not_ids = run("forward --model " + fixture.string() + " --input " + (fixture / "config.json").string() +
+                           " --output " + (dir / "out.safetensors").string());
+  EXPECT_EQ(not_ids.exit_code, 1);
+  EXPECT_NE(not_ids.output.find("config.json"), std::string::npos) << not_ids.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.safetensors"));
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dsv3
