@@ -27,7 +27,10 @@ class Reader {
       if (!fallback) fail("{}: missing required key {}", source_, key);
       return *fallback;
     }
-    if (!value->is_number_integer() && !(value->is_number_float() && std::floor(value->get<double>()) == value->get<double>()))
+    // 2^63 bounds the floats that convert to int64 without undefined behaviour.
+    if (!value->is_number_integer() &&
+        !(value->is_number_float() && std::floor(value->get<double>()) == value->get<double>() &&
+          std::abs(value->get<double>()) < 9223372036854775808.0))
       fail("{}: {} must be an integer, got {}", source_, key, value->dump());
     const auto result = value->is_number_integer() ? value->get<std::int64_t>()
                                                    : static_cast<std::int64_t>(value->get<double>());

@@ -25,17 +25,6 @@ using json = nlohmann::json;
 // tensors spread over 163 shards; each shard header is well under 1 MB).
 constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;
 
-std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std::string& where) {
-  std::uint64_t product = 1;
-  for (std::int64_t dim : shape) {
-    if (dim < 0) fail("{}: negative dimension {} in shape", where, dim);
-    if (dim != 0 && product > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(dim))
-      fail("{}: shape overflows 64 bits", where);
-    product *= static_cast<std::uint64_t>(dim);
-  }
-  return product;
-}
-
 std::string join_shape(const std::vector<std::int64_t>& shape) {
   std::string text = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -43,6 +32,20 @@ std::string join_shape(const std::vector<std::int64_t>& shape) {
     text += std::to_string(shape[i]);
   }
   return text + "]";
+}
+
+// Every partial product must fit in int64, so TensorView::numel() (left to right, in int64) cannot
+// overflow even for a zero-sized shape such as [2^62, 4, 0].
+std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std::string& where) {
+  constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  std::uint64_t product = 1;
+  for (std::int64_t dim : shape) {
+    if (dim < 0) fail("{}: negative dimension {} in shape", where, dim);
+    if (dim != 0 && product > kMax / static_cast<std::uint64_t>(dim))
+      fail("{}: shape {} overflows int64", where, join_shape(shape));
+    product *= static_cast<std::uint64_t>(dim);
+  }
+  return product;
 }
 
 }  // namespace
@@ -89,6 +92,9 @@ std::map<std::string, TensorView> SafetensorsFile::parse_header(std::string_view
     view.dtype = *dtype;
     for (const auto& dim : *shape_it) {
       if (!dim.is_number_integer()) fail("{}: shape has a non-integer dimension", tensor_where);
+      if (dim.is_number_unsigned() &&
+          dim.get<std::uint64_t>() > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+        fail("{}: dimension {} in shape is too large", tensor_where, dim.get<std::uint64_t>());
       view.shape.push_back(dim.get<std::int64_t>());
     }
     for (const auto& offset : *offsets_it)
@@ -132,6 +138,10 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::filesyst
   if (::fstat(fd, &info) != 0) {
     ::close(fd);
     fail("{}: cannot stat: {}", where, std::strerror(errno));
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    fail("{}: not a regular file", where);
   }
   const auto file_size = static_cast<std::uint64_t>(info.st_size);
   if (file_size < 8) {

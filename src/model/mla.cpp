@@ -1,69 +1,167 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
 #include "model/blocks.h"
 
 namespace dsv3 {
+namespace {
 
-void mla_forward(const AttentionWeights& w, const ModelConfig& c, const RopeTable& rope, const float* x,
-                 std::int64_t tokens, std::span<const std::int64_t> positions, float* out) {
-  const std::int64_t heads = c.num_attention_heads;
-  const std::int64_t nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim, v_dim = c.v_head_dim;
-  const std::int64_t qk_dim = c.qk_head_dim();
+struct MlaDims {
+  std::int64_t heads, nope, rope, v, qk, kv_lora, width;
+  explicit MlaDims(const ModelConfig& c)
+      : heads(c.num_attention_heads), nope(c.qk_nope_head_dim), rope(c.qk_rope_head_dim), v(c.v_head_dim),
+        qk(c.qk_head_dim()), kv_lora(c.kv_lora_rank), width(c.kv_lora_rank + c.qk_rope_head_dim) {}
+};
 
-  // q: [T, heads, qk_dim] through the low-rank path when q_lora_rank is set.
-  std::vector<float> q(static_cast<std::size_t>(tokens * heads * qk_dim));
-  if (c.q_lora_rank) {
-    std::vector<float> c_q(static_cast<std::size_t>(tokens * *c.q_lora_rank));  // [T, q_lora_rank]
-    kernels::linear(x, tokens, w.q_a_proj, c_q.data());
-    kernels::rmsnorm(c_q.data(), tokens, *c.q_lora_rank, w.q_a_layernorm.data(), static_cast<float>(c.rms_norm_eps),
-                     c_q.data());
-    kernels::linear(c_q.data(), tokens, w.q_b_proj, q.data());
-  } else {
-    kernels::linear(x, tokens, w.q_proj, q.data());
-  }
+// Prefill-sized runs attend in the expanded form: kv_b_proj up-projects every cached latent once,
+// then queries meet per-head keys of qk dims. Small runs (decode, speculative verification) use
+// the absorbed form: W_UK folds into the query and W_UV into the output, so attention reads the
+// latents directly, at (2 kv_lora + rope) per query-key pair instead of (qk + v) plus the
+// up-projection's kv_lora (nope + v) per key. Expanded wins once a run has more queries than
+// kv_lora (nope + v) / (2 kv_lora + rope - qk - v).
+bool expanded_is_cheaper(const MlaDims& d, std::int64_t queries) {
+  const std::int64_t per_query_saving = 2 * d.kv_lora + d.rope - d.qk - d.v;
+  return queries > 1 && (per_query_saving <= 0 || queries * per_query_saving > d.kv_lora * (d.nope + d.v));
+}
 
-  // kv_a: [T, kv_lora_rank + rope_dim] = (c_kv, k_rope); c_kv is the only per-token state MLA caches.
-  const std::int64_t kv_a_dim = c.kv_lora_rank + rope_dim;
-  std::vector<float> kv_a(static_cast<std::size_t>(tokens * kv_a_dim));
-  kernels::linear(x, tokens, w.kv_a_proj_with_mqa, kv_a.data());
-  std::vector<float> c_kv(static_cast<std::size_t>(tokens * c.kv_lora_rank));
-  for (std::int64_t t = 0; t < tokens; ++t)
-    std::copy_n(kv_a.data() + t * kv_a_dim, c.kv_lora_rank, c_kv.data() + t * c.kv_lora_rank);
-  kernels::rmsnorm(c_kv.data(), tokens, c.kv_lora_rank, w.kv_a_layernorm.data(), static_cast<float>(c.rms_norm_eps),
-                   c_kv.data());
-
-  // Decoupled RoPE: on the rope part of every query head, and on the single shared k_rope.
-  rope.apply(q.data() + nope, tokens * heads, qk_dim, heads, positions);
-  float* k_rope = kv_a.data() + c.kv_lora_rank;
-  rope.apply(k_rope, tokens, kv_a_dim, 1, positions);
-
-  // kv: [T, heads, nope + v_dim] = kv_b_proj(c_kv), the per-head k_nope and v.
-  const std::int64_t kv_dim = nope + v_dim;
-  std::vector<float> kv(static_cast<std::size_t>(tokens * heads * kv_dim));
-  kernels::linear(c_kv.data(), tokens, w.kv_b_proj, kv.data());
-  std::vector<float> k(static_cast<std::size_t>(tokens * heads * qk_dim));  // [T, heads, nope | rope]
-  for (std::int64_t t = 0; t < tokens; ++t)
-    for (std::int64_t h = 0; h < heads; ++h) {
-      float* k_row = k.data() + (t * heads + h) * qk_dim;
-      std::copy_n(kv.data() + (t * heads + h) * kv_dim, nope, k_row);
-      std::copy_n(k_rope + t * kv_a_dim, rope_dim, k_row + nope);
+// Attention of one run's queries over its cached latents [0, start + count), expanded form.
+void attend_expanded(const AttentionWeights& w, const MlaDims& d, float scale, std::int64_t layer,
+                     const BatchRows::Run& run, const float* q, const LatentCache& cache, float* out) {
+  const std::int64_t keys = run.start + run.count;
+  std::vector<float> latents(static_cast<std::size_t>(keys * d.width));
+  cache.load(layer, *run.table, keys, latents.data());
+  std::vector<float> c_kv(static_cast<std::size_t>(keys * d.kv_lora));
+  for (std::int64_t j = 0; j < keys; ++j)
+    std::copy_n(latents.data() + j * d.width, d.kv_lora, c_kv.data() + j * d.kv_lora);
+  // kv: [keys, heads, nope + v] = kv_b_proj(c_kv): per-head k_nope and v.
+  const std::int64_t kv_dim = d.nope + d.v;
+  std::vector<float> kv(static_cast<std::size_t>(keys * d.heads * kv_dim));
+  kernels::linear(c_kv.data(), keys, w.kv_b_proj, kv.data());
+  std::vector<float> k(static_cast<std::size_t>(keys * d.heads * d.qk));  // [keys, heads, nope | rope]
+  for (std::int64_t j = 0; j < keys; ++j)
+    for (std::int64_t h = 0; h < d.heads; ++h) {
+      float* k_row = k.data() + (j * d.heads + h) * d.qk;
+      std::copy_n(kv.data() + (j * d.heads + h) * kv_dim, d.nope, k_row);
+      std::copy_n(latents.data() + j * d.width + d.kv_lora, d.rope, k_row + d.nope);
     }
-
   kernels::AttentionShape shape;
-  shape.tokens = tokens;
-  shape.heads = heads;
-  shape.qk_dim = qk_dim;
-  shape.v_dim = v_dim;
-  shape.q_stride = shape.k_stride = heads * qk_dim;
-  shape.q_head_stride = shape.k_head_stride = qk_dim;
-  shape.v_stride = heads * kv_dim;
+  shape.tokens = run.count;
+  shape.query_offset = run.start;
+  shape.heads = d.heads;
+  shape.qk_dim = d.qk;
+  shape.v_dim = d.v;
+  shape.q_stride = shape.k_stride = d.heads * d.qk;
+  shape.q_head_stride = shape.k_head_stride = d.qk;
+  shape.v_stride = d.heads * kv_dim;
   shape.v_head_stride = kv_dim;
-  std::vector<float> attention(static_cast<std::size_t>(tokens * heads * v_dim));
-  kernels::attention_causal(q.data(), k.data(), kv.data() + nope, shape, static_cast<float>(c.softmax_scale()),
-                            attention.data());
-  kernels::linear(attention.data(), tokens, w.o_proj, out);
+  kernels::attention_causal(q + run.first_row * d.heads * d.qk, k.data(), kv.data() + d.nope, shape, scale,
+                            out + run.first_row * d.heads * d.v);
+}
+
+// Absorbed-form attention for `rows` (row indices into the batch), all at once so each head's
+// slice of kv_b_proj is dequantised once per step.
+void attend_absorbed(const AttentionWeights& w, const MlaDims& d, float scale, std::int64_t layer,
+                     const BatchRows& batch, const std::vector<std::int64_t>& rows, const float* q,
+                     const LatentCache& cache, float* out) {
+  const auto count = static_cast<std::int64_t>(rows.size());
+  const std::int64_t kv_dim = d.nope + d.v;
+  // q_latent[r, h] = (W_UK[h]ᵀ q_nope[r, h] | q_rope[r, h]): [rows, heads, width]
+  std::vector<float> q_latent(static_cast<std::size_t>(count * d.heads * d.width));
+  std::vector<float> o_latent(static_cast<std::size_t>(count * d.heads * d.kv_lora));
+  auto& pool = ThreadPool::global();
+  std::vector<float> q_nope(static_cast<std::size_t>(d.heads * count * d.nope));  // [heads, rows, nope]
+  for (std::int64_t r = 0; r < count; ++r)
+    for (std::int64_t h = 0; h < d.heads; ++h) {
+      const float* q_row = q + (rows[r] * d.heads + h) * d.qk;
+      std::copy_n(q_row, d.nope, q_nope.data() + (h * count + r) * d.nope);
+      std::copy_n(q_row + d.nope, d.rope, q_latent.data() + (r * d.heads + h) * d.width + d.kv_lora);
+    }
+  pool.parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+    std::vector<float> w_uk(static_cast<std::size_t>(d.nope * d.kv_lora));
+    for (std::int64_t h = h0; h < h1; ++h) {
+      kernels::dequantize_rows(w.kv_b_proj, h * kv_dim, h * kv_dim + d.nope, w_uk.data());  // W_UK[h]: [nope, kv_lora]
+      kernels::matmul(q_nope.data() + h * count * d.nope, w_uk.data(), q_latent.data() + h * d.width,
+                      {.m = count, .n = d.kv_lora, .k = d.nope, .lda = d.nope, .ldb = d.kv_lora,
+                       .ldc = d.heads * d.width});
+    }
+  });
+  // Attention over the latents, per (row, head group).
+  const std::int64_t head_group = std::max<std::int64_t>(1, std::min<std::int64_t>(16, d.heads));
+  const std::int64_t groups = (d.heads + head_group - 1) / head_group;
+  std::vector<const BatchRows::Run*> run_of_row(static_cast<std::size_t>(count));
+  for (std::int64_t r = 0; r < count; ++r)
+    for (const auto& run : batch.runs)
+      if (rows[r] >= run.first_row && rows[r] < run.first_row + run.count) run_of_row[r] = &run;
+  pool.parallel_for(count * groups, 1, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t task = first; task < last; ++task) {
+      const std::int64_t r = task / groups, g = task % groups;
+      const std::int64_t keys = batch.positions[rows[r]] + 1;
+      const auto pages = cache.pages(layer, *run_of_row[r]->table);
+      kernels::attention_latent(q_latent.data() + r * d.heads * d.width, g * head_group,
+                                std::min(d.heads, (g + 1) * head_group), pages, keys, d.kv_lora, scale,
+                                o_latent.data() + r * d.heads * d.kv_lora);
+    }
+  });
+  // out[r, h] = W_UV[h] o_latent[r, h]
+  std::vector<float> head_out(static_cast<std::size_t>(count * d.heads * d.v));  // [rows, heads, v]
+  pool.parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+    std::vector<float> w_uv(static_cast<std::size_t>(d.v * d.kv_lora));
+    for (std::int64_t h = h0; h < h1; ++h) {
+      kernels::dequantize_rows(w.kv_b_proj, h * kv_dim + d.nope, (h + 1) * kv_dim, w_uv.data());  // [v, kv_lora]
+      kernels::matmul(o_latent.data() + h * d.kv_lora, w_uv.data(), head_out.data() + h * d.v,
+                      {.m = count, .n = d.v, .k = d.kv_lora, .lda = d.heads * d.kv_lora, .ldb = d.kv_lora,
+                       .ldc = d.heads * d.v, .b_transposed = true});
+    }
+  });
+  for (std::int64_t r = 0; r < count; ++r)
+    std::copy_n(head_out.data() + r * d.heads * d.v, d.heads * d.v, out + rows[r] * d.heads * d.v);
+}
+
+}  // namespace
+
+void mla_forward(const AttentionWeights& w, const ModelConfig& c, const RopeTable& rope, std::int64_t layer,
+                 const float* x, const BatchRows& batch, LatentCache& cache, float* out) {
+  const MlaDims d(c);
+  const std::int64_t rows = batch.rows();
+  const auto eps = static_cast<float>(c.rms_norm_eps);
+
+  // q: [rows, heads, qk] through the low-rank path when q_lora_rank is set.
+  std::vector<float> q(static_cast<std::size_t>(rows * d.heads * d.qk));
+  if (c.q_lora_rank) {
+    std::vector<float> c_q(static_cast<std::size_t>(rows * *c.q_lora_rank));  // [rows, q_lora_rank]
+    kernels::linear(x, rows, w.q_a_proj, c_q.data());
+    kernels::rmsnorm(c_q.data(), rows, *c.q_lora_rank, w.q_a_layernorm.data(), eps, c_q.data());
+    kernels::linear(c_q.data(), rows, w.q_b_proj, q.data());
+  } else {
+    kernels::linear(x, rows, w.q_proj, q.data());
+  }
+  rope.apply(q.data() + d.nope, rows * d.heads, d.qk, d.heads, batch.positions);
+
+  // latent rows [rows, kv_lora + rope] = (rmsnorm(c_kv), rope(k_rope)): the only per-token state MLA caches.
+  std::vector<float> latent(static_cast<std::size_t>(rows * d.width));
+  kernels::linear(x, rows, w.kv_a_proj_with_mqa, latent.data());
+  for (std::int64_t r = 0; r < rows; ++r)
+    kernels::rmsnorm(latent.data() + r * d.width, 1, d.kv_lora, w.kv_a_layernorm.data(), eps,
+                     latent.data() + r * d.width);
+  rope.apply(latent.data() + d.kv_lora, rows, d.width, 1, batch.positions);
+  for (const auto& run : batch.runs)
+    for (std::int64_t i = 0; i < run.count; ++i)
+      cache.store(layer, *run.table, run.start + i, latent.data() + (run.first_row + i) * d.width);
+
+  const auto scale = static_cast<float>(c.softmax_scale());
+  std::vector<float> attention(static_cast<std::size_t>(rows * d.heads * d.v));
+  std::vector<std::int64_t> absorbed_rows;
+  for (const auto& run : batch.runs) {
+    if (expanded_is_cheaper(d, run.count)) {
+      attend_expanded(w, d, scale, layer, run, q.data(), cache, attention.data());
+    } else {
+      for (std::int64_t i = 0; i < run.count; ++i) absorbed_rows.push_back(run.first_row + i);
+    }
+  }
+  if (!absorbed_rows.empty()) attend_absorbed(w, d, scale, layer, batch, absorbed_rows, q.data(), cache, attention.data());
+  kernels::linear(attention.data(), rows, w.o_proj, out);
 }
 
 }  // namespace dsv3

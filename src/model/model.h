@@ -1,10 +1,11 @@
 #pragma once
-// The DeepSeek-V3 model: the public face of model/ (DESIGN.md). Full-sequence forward for now;
-// the engine's cached, batched step builds on the same blocks.
+// The DeepSeek-V3 model: the public face of model/ (DESIGN.md): a batched, cached step for the
+// engine, and full-sequence forward passes for parity checks.
 #include <cstdint>
 #include <span>
 #include <vector>
 
+#include "model/latent_cache.h"
 #include "model/rope.h"
 #include "model/weights.h"
 
@@ -15,6 +16,33 @@ struct ForwardOutput {
   std::vector<float> logits;  // [T, vocab]
 };
 
+// One run of new tokens of one sequence in a batched step. The sequence's cache pages must
+// already be reserved for start + tokens.size() rows; positions [0, start) are cached.
+struct StepSegment {
+  const LatentCache::Table* table = nullptr;
+  std::int64_t start = 0;
+  std::span<const std::int64_t> tokens;
+  bool all_logits = false;  // logits for every new token (verification, parity) or only the last
+};
+
+// An MTP run: row p (at MTP position start + i) combines the hidden state h[p] with the
+// embedding of token p + 1 to predict token p + 2. The MTP layer caches at its own layer index.
+struct MtpSegment {
+  const LatentCache::Table* table = nullptr;
+  std::int64_t start = 0;
+  std::span<const float> hidden;               // [count, hidden]
+  std::span<const std::int64_t> next_tokens;   // [count]
+  bool all_logits = false;
+};
+
+struct StepOutput {
+  // [rows, hidden]: for step(), the final hidden state after model.norm; for mtp_step(), the MTP
+  // layer's output before shared_head.norm (what a further MTP step chains on).
+  std::vector<float> hidden;
+  std::vector<float> logits;                 // [logit rows, vocab]
+  std::vector<std::int64_t> logit_offsets;   // segment i's logits are rows [offsets[i], offsets[i+1])
+};
+
 class Model {
  public:
   explicit Model(Weights weights);
@@ -22,11 +50,17 @@ class Model {
   const ModelConfig& config() const { return weights_.config; }
   const Weights& weights() const { return weights_; }
 
-  // Logits for every position of one sequence (positions 0..T-1, causal, no cache).
+  // One batched forward step over runs of new tokens from several sequences (prefill chunks and
+  // decode tokens mixed), writing their latents into `cache`.
+  StepOutput step(std::span<const StepSegment> segments, LatentCache& cache) const;
+  // One batched step of the MTP module `depth` (0 for DeepSeek-V3's single module).
+  StepOutput mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, std::int64_t depth = 0) const;
+
+  // Logits for every position of one sequence (positions 0..T-1), through a temporary cache.
   ForwardOutput forward(std::span<const std::int64_t> ids) const;
 
   // MTP depth-1 logits [T-1, vocab]: row p predicts token p+2 from the main model's final hidden
-  // state h[p] (from forward) and the embedding of token p+1.
+  // state h[p] (from forward) and the embedding of token p+1 (zeroed at position 0).
   std::vector<float> mtp_logits(std::span<const std::int64_t> ids, std::span<const float> hidden) const;
 
  private:

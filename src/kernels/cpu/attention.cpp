@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
+#include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/internal.h"
 #include "kernels/cpu/ops.h"
@@ -20,12 +22,12 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
   const std::int64_t tokens = shape.tokens;
   const std::int64_t blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
   ThreadPool::global().parallel_for(shape.heads * blocks, 1, [&](std::int64_t first, std::int64_t last) {
-    std::vector<float>& scores = thread_buffer(static_cast<std::size_t>(kQueryBlock * tokens));
+    std::vector<float>& scores = thread_buffer(static_cast<std::size_t>(kQueryBlock * (shape.query_offset + tokens)));
     for (std::int64_t task = first; task < last; ++task) {
       const std::int64_t head = task / blocks;
       const std::int64_t q_begin = (task % blocks) * kQueryBlock;
       const std::int64_t q_rows = std::min(kQueryBlock, tokens - q_begin);
-      const std::int64_t keys = q_begin + q_rows;  // causal: later keys are never needed
+      const std::int64_t keys = shape.query_offset + q_begin + q_rows;  // causal: later keys are never needed
       // scores[i, j] = scale * q_i · k_j
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(q_rows), static_cast<int>(keys),
                   static_cast<int>(shape.qk_dim), scale, q + q_begin * shape.q_stride + head * shape.q_head_stride,
@@ -33,7 +35,7 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
                   scores.data(), static_cast<int>(keys));
       for (std::int64_t i = 0; i < q_rows; ++i) {
         float* row = scores.data() + i * keys;
-        const std::int64_t visible = q_begin + i + 1;
+        const std::int64_t visible = shape.query_offset + q_begin + i + 1;
         const float max_score = *std::max_element(row, row + visible);
         double total = 0.0;
         for (std::int64_t j = 0; j < visible; ++j) {
@@ -51,6 +53,59 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
                   static_cast<int>(out_stride));
     }
   });
+}
+
+}  // namespace dsv3::kernels
+
+namespace dsv3::kernels {
+
+void attention_latent(const float* q, std::int64_t head_begin, std::int64_t head_end, const LatentPages& pages,
+                      std::int64_t keys, std::int64_t value_dim, float scale, float* out) {
+  use_single_threaded_blas();
+  const std::int64_t heads = head_end - head_begin, width = pages.width, block_tokens = pages.block_tokens;
+  thread_local std::vector<float> rows, scores, running_max, running_sum;
+  rows.resize(static_cast<std::size_t>(block_tokens * width));
+  scores.resize(static_cast<std::size_t>(heads * block_tokens));
+  running_max.assign(static_cast<std::size_t>(heads), -std::numeric_limits<float>::infinity());
+  running_sum.assign(static_cast<std::size_t>(heads), 0.0f);
+  float* accumulator = out + head_begin * value_dim;
+  std::fill_n(accumulator, heads * value_dim, 0.0f);
+
+  const std::size_t element = dtype_size(pages.dtype);
+  for (std::int64_t first = 0; first < keys; first += block_tokens) {
+    const std::int64_t count = std::min(block_tokens, keys - first);
+    const std::int64_t block = pages.blocks[static_cast<std::size_t>(first / block_tokens)];
+    const std::byte* source =
+        pages.storage + static_cast<std::size_t>((block * pages.block_stride_rows + pages.layer_offset_rows) * width) * element;
+    const float* block_rows = reinterpret_cast<const float*>(source);
+    if (pages.dtype == DType::BF16) {
+      const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
+      for (std::int64_t i = 0; i < count * width; ++i) rows[i] = bf16_to_float(bits[i]);
+      block_rows = rows.data();
+    }
+    // scores[h, j] = scale * q[h] · row_j for this block's rows
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
+                static_cast<int>(width), scale, q + head_begin * width, static_cast<int>(width), block_rows,
+                static_cast<int>(width), 0.0f, scores.data(), static_cast<int>(count));
+    for (std::int64_t h = 0; h < heads; ++h) {
+      float* row = scores.data() + h * count;
+      const float block_max = *std::max_element(row, row + count);
+      const float new_max = std::max(running_max[h], block_max);
+      const float rescale = std::exp(running_max[h] - new_max);  // 0 on the first block
+      float sum = 0.0f;
+      for (std::int64_t j = 0; j < count; ++j) sum += (row[j] = std::exp(row[j] - new_max));
+      running_sum[h] = running_sum[h] * rescale + sum;
+      running_max[h] = new_max;
+      if (rescale != 1.0f)
+        for (std::int64_t d = 0; d < value_dim; ++d) accumulator[h * value_dim + d] *= rescale;
+    }
+    // accumulator[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
+                static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), block_rows,
+                static_cast<int>(width), 1.0f, accumulator, static_cast<int>(value_dim));
+  }
+  for (std::int64_t h = 0; h < heads; ++h)
+    for (std::int64_t d = 0; d < value_dim; ++d) accumulator[h * value_dim + d] /= running_sum[h];
 }
 
 }  // namespace dsv3::kernels

@@ -115,6 +115,14 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
   });
 }
 
+void matmul(const float* a, const float* b, float* c, const MatmulShape& s) {
+  use_single_threaded_blas();
+  if (s.m == 0 || s.n == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, s.b_transposed ? CblasTrans : CblasNoTrans, static_cast<int>(s.m),
+              static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, a, static_cast<int>(s.lda), b,
+              static_cast<int>(s.ldb), s.beta, c, static_cast<int>(s.ldc));
+}
+
 void embedding(const Matrix& table, std::span<const std::int64_t> ids, float* out) {
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= table.rows)

@@ -25,9 +25,12 @@ void silu_mul(const float* gate, const float* up, std::int64_t count, float* out
 
 // Causal softmax attention for one sequence: for each head, q and k rows of qk_dim, v rows of
 // v_dim, addressed as base + token * stride + head * head_stride (in floats), so MLA's packed
-// kv_b_proj output is read in place. out: [T, heads, v_dim] contiguous.
+// kv_b_proj output is read in place. The `tokens` queries sit at positions query_offset + i and
+// see keys 0 ..= their position (k and v hold query_offset + tokens rows: a cached prefix, then
+// the new tokens). out: [tokens, heads, v_dim] contiguous.
 struct AttentionShape {
   std::int64_t tokens = 0;
+  std::int64_t query_offset = 0;
   std::int64_t heads = 0;
   std::int64_t qk_dim = 0;
   std::int64_t v_dim = 0;
@@ -37,5 +40,45 @@ struct AttentionShape {
 };
 void attention_causal(const float* q, const float* k, const float* v, const AttentionShape& shape,
                       float scale, float* out);
+
+}  // namespace dsv3::kernels
+
+namespace dsv3::kernels {
+
+// A sequence's rows of one layer in a paged latent KV cache. Storage holds fixed-size blocks of
+// block_tokens rows of `width` values (F32 or BF16); the sequence's row j lives in block
+// blocks[j / block_tokens] at slot j % block_tokens, row address
+// storage + ((blocks[b] * block_stride_rows + layer_offset_rows + slot) * width) * dtype_size.
+struct LatentPages {
+  const std::byte* storage = nullptr;
+  DType dtype = DType::F32;
+  std::int64_t width = 0;
+  std::int64_t block_tokens = 0;
+  std::int64_t block_stride_rows = 0;
+  std::int64_t layer_offset_rows = 0;
+  std::span<const std::int32_t> blocks;
+};
+
+// Absorbed MLA attention for one query position: q[h] (width = kv_lora_rank + rope_dim: the query
+// absorbed into the latent space, then its rope part) against cached rows 0..keys-1
+// (c_kv | k_rope); the values are the rows' first value_dim entries (c_kv). For heads [head_begin,
+// head_end): out[h, value_dim] = softmax_j(scale * q[h] · row_j) · c_kv_j. One pass with an
+// online softmax, so scores for long contexts are never stored whole.
+void attention_latent(const float* q, std::int64_t head_begin, std::int64_t head_end, const LatentPages& pages,
+                      std::int64_t keys, std::int64_t value_dim, float scale, float* out);
+
+}  // namespace dsv3::kernels
+
+namespace dsv3::kernels {
+
+// c[m, n] = a[m, k] · b (+ beta · c), b given as [k, n] or, with b_transposed, as [n, k]. Row-major
+// with leading dimensions in floats. Single-threaded: for use inside a parallel task.
+struct MatmulShape {
+  std::int64_t m = 0, n = 0, k = 0;
+  std::int64_t lda = 0, ldb = 0, ldc = 0;
+  bool b_transposed = false;
+  float beta = 0.0f;
+};
+void matmul(const float* a, const float* b, float* c, const MatmulShape& shape);
 
 }  // namespace dsv3::kernels
