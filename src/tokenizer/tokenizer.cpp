@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -26,6 +27,7 @@ struct TokenizerState {
   std::unordered_map<std::string, std::int32_t> added_ids;
   std::string bos_token, eos_token, chat_template;
   bool add_bos_token = false, add_eos_token = false;
+  std::uint64_t serial = 0;  // tells the per-thread word caches of tokenizers apart
 };
 
 enum IdKind : std::uint8_t { kNoToken = 0, kModelToken, kAddedToken, kSpecialToken };
@@ -125,11 +127,12 @@ nlohmann::json read_json(const std::filesystem::path& path) {
   }
 }
 
-// Word -> ids for the pieces of one encode() call: texts repeat words so much that most pieces
-// are found here instead of being merged again (HF keeps a cache too). It lives for one call so
-// that concurrent encode() calls share nothing mutable.
+// Word -> ids: texts repeat words so much that most pieces are found here instead of being merged
+// again (HF keeps a cache too). Each thread has its own (see thread_cache), so concurrent encode()
+// calls share nothing mutable and take no lock.
 class WordCache {
  public:
+  std::size_t size() const { return size_; }
   WordCache() { slots_.assign(1024, Slot{}); }
   // The cached ids of `word`, or nullptr.
   const std::int32_t* find(std::string_view word, std::size_t hash, std::uint32_t& count) const {
@@ -178,6 +181,25 @@ class WordCache {
 
 // Longer pieces are rare and would fill the cache with one-off entries.
 constexpr std::size_t kCachedWordLimit = 48;
+// A thread's cache starts over past this many words, which bounds its memory (a few MB).
+constexpr std::size_t kCachedWordsPerThread = 1 << 17;
+
+std::atomic<std::uint64_t> next_tokenizer_serial{1};
+
+// The calling thread's cache for the tokenizer with `serial` (serials are never reused, unlike
+// addresses); a thread that switches tokenizers starts a fresh cache.
+WordCache& thread_cache(std::uint64_t serial) {
+  struct Owned {
+    std::uint64_t serial = 0;
+    WordCache cache;
+  };
+  thread_local Owned owned;
+  if (owned.serial != serial || owned.cache.size() > kCachedWordsPerThread) {
+    owned.cache = WordCache();
+    owned.serial = serial;
+  }
+  return owned.cache;
+}
 
 }  // namespace
 }  // namespace tokenizer_internal
@@ -223,8 +245,9 @@ Tokenizer Tokenizer::from_json(const nlohmann::json& document, const nlohmann::j
 
     Tokenizer tokenizer;
     tokenizer.state_.reset(new TokenizerState{std::move(bpe), std::move(pre_tokenizer),
-                                              AddedTokenMatcher(std::move(added)), {}, {}, {}, {}, {}, {}, false, false});
+                                              AddedTokenMatcher(std::move(added)), {}, {}, {}, {}, {}, {}, false, false, 0});
     TokenizerState& state = *tokenizer.state_;
+    state.serial = next_tokenizer_serial++;
     std::size_t size = state.bpe.vocab_size();
     for (const AddedToken& token : state.added.tokens()) size = std::max<std::size_t>(size, token.id + 1);
     state.id_bytes.resize(size);
@@ -270,7 +293,7 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_bos)
   std::vector<Segment> segments;
   state.added.split(text, segments);
   BpeScratch scratch;
-  WordCache cache;
+  WordCache& cache = thread_cache(state.serial);
   std::hash<std::string_view> hasher;
   std::function<void(std::string_view)> encode_piece = [&](std::string_view piece) {
     if (piece.size() > kCachedWordLimit) {
