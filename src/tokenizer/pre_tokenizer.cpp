@@ -272,6 +272,11 @@ void PreTokenizer::for_each_piece(std::string_view text, const std::function<voi
   std::size_t invalid = tokenizer_internal::find_invalid_utf8(text);
   if (invalid != std::string_view::npos)
     fail("text is not valid UTF-8: bad byte 0x{:02X} at byte offset {}", static_cast<unsigned char>(text[invalid]), invalid);
+  for_each_piece_of_valid_utf8(text, visit);
+}
+
+void PreTokenizer::for_each_piece_of_valid_utf8(std::string_view text,
+                                                const std::function<void(std::string_view)>& visit) const {
   if (!text.empty()) run_steps(steps_, 0, text, visit);
 }
 

@@ -17,6 +17,8 @@
 
 namespace dsv3 {
 
+class Tokenizer;
+
 // GPT-2's table that gives each byte a printable code point, so that byte-level tokens are
 // readable strings ("Ġ" is the space byte 0x20). Byte b maps to bytes_to_unicode()[b].
 const std::array<char32_t, 256>& bytes_to_unicode();
@@ -58,6 +60,9 @@ class PreTokenizer {
   struct Step;  // one Split or ByteLevel (internal)
 
  private:
+  friend class Tokenizer;  // it has checked the UTF-8 of the whole text already
+  void for_each_piece_of_valid_utf8(std::string_view text,
+                                    const std::function<void(std::string_view piece)>& visit) const;
   PreTokenizer();
   std::vector<std::unique_ptr<Step>> steps_;
 };
