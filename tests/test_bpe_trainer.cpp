@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "tokenizer/bpe_trainer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dsv3 {
 namespace {
@@ -176,6 +177,19 @@ TEST_F(BpeTrainer, HuggingFaceLoadsTheOutputAndEveryCorpusLineRoundTrips) {
   }
   // The merges are in use: English text at 2000 tokens takes well under half a token per byte.
   EXPECT_LT(tokens * 2, bytes);
+}
+
+TEST_F(BpeTrainer, DsvEncoderGivesTheSameIdsAsHuggingFaceOnTheTrainedTokenizer) {
+  std::vector<std::string> lines = lines_;
+  lines.push_back("<｜begin▁of▁sentence｜>You are helpful.<｜User｜>Hi 2024!<｜Assistant｜>");
+  const json reference = hf_encode(lines, {});
+  const Tokenizer tokenizer = Tokenizer::load(scratch_ / "out");
+  EXPECT_EQ(tokenizer.vocab_size(), kVocabSize);
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    const std::vector<std::int32_t> ids = tokenizer.encode(lines[i]);
+    EXPECT_EQ(json(ids), reference["encodings"][i].at("ids")) << "line " << i << ": " << lines[i].substr(0, 80);
+    EXPECT_EQ(tokenizer.decode(ids), lines[i]) << "line " << i;
+  }
 }
 
 TEST_F(BpeTrainer, SpecialTokensAreDeepSeeksAndSitWhereDeepSeekPutsThem) {
