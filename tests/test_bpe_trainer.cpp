@@ -124,7 +124,8 @@ class BpeTrainer : public ::testing::Test {
     write_text(corpus_[1], extras);
     const CommandResult trained =
         run_command(std::string("'") + DSV3_BINARY + "' tokenizer train --corpus '" + corpus_[0] + "' '" + corpus_[1] +
-                        "' --vocab-size " + std::to_string(kVocabSize) + " --out '" + (scratch_ / "out").string() + "'",
+                        "' --vocab-size " + std::to_string(kVocabSize) + " --chat-template-from '" +
+                        data_dir + "/tokenizer/deepseek-v3/tokenizer_config.json' --out '" + (scratch_ / "out").string() + "'",
                     scratch_);
     if (trained.status != 0) throw std::runtime_error("dsv3 tokenizer train failed: " + trained.output);
     tokenizer_path_ = (scratch_ / "out" / "tokenizer.json").string();
@@ -267,7 +268,8 @@ TEST_F(BpeTrainer, WritesDeepSeeksPipelineAroundTheModel) {
     EXPECT_EQ(tokenizer_.at("model").at(key), real.at("model").at(key)) << key;
   const json config = read_json((scratch_ / "out" / "tokenizer_config.json").string());
   const json real_config = read_json(data_dir + "/tokenizer/deepseek-v3/tokenizer_config.json");
-  for (const char* key : {"bos_token", "eos_token", "pad_token", "add_bos_token", "add_eos_token", "tokenizer_class"})
+  for (const char* key :
+       {"bos_token", "eos_token", "pad_token", "add_bos_token", "add_eos_token", "tokenizer_class", "chat_template"})
     EXPECT_EQ(config.at(key), real_config.at(key)) << key;
 }
 
@@ -310,6 +312,18 @@ std::string error_of(const std::vector<std::string>& corpus, std::size_t vocab_s
 TEST(BpeTrainerErrors, RejectsAVocabularyTooSmallForBytesAndSpecialTokens) {
   EXPECT_EQ(error_of({"unused.txt"}, 273),
             "vocab size 273 is too small: the 256 byte symbols and 18 special tokens need at least 274");
+}
+
+TEST(BpeTrainerErrors, RejectsAChatTemplateThatDoesNotParse) {
+  BpeTrainerOptions options;
+  options.vocab_size = 1000;
+  options.chat_template = "{% if %}";
+  try {
+    train_bpe({"unused.txt"}, options);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "chat template: chat template line 1, column 7: expected an expression, found '%}'");
+  }
 }
 
 TEST(BpeTrainerErrors, NamesAMissingCorpusFile) {

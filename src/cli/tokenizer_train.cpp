@@ -3,11 +3,15 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "core/error.h"
 #include "tokenizer/bpe_trainer.h"
 
 namespace dsv3::cli {
@@ -17,11 +21,26 @@ struct TrainArguments {
   std::vector<std::string> corpus;
   std::size_t vocab_size = 0;
   std::string out;
+  std::string chat_template_from;
 };
+
+// The chat template to carry over: a tokenizer_config.json's `chat_template`, or a Jinja file.
+std::string read_chat_template(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("--chat-template-from '{}': cannot open", path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!path.ends_with(".json")) return text;
+  const nlohmann::json config = nlohmann::json::parse(text, nullptr, false);
+  if (config.is_discarded()) fail("--chat-template-from '{}': not valid JSON", path);
+  if (!config.contains("chat_template") || !config["chat_template"].is_string())
+    fail("--chat-template-from '{}': has no string 'chat_template'", path);
+  return config["chat_template"].get<std::string>();
+}
 
 int run_train(const TrainArguments& arguments) {
   BpeTrainerOptions options;
   options.vocab_size = arguments.vocab_size;
+  if (!arguments.chat_template_from.empty()) options.chat_template = read_chat_template(arguments.chat_template_from);
   // A progress line only for a person watching; logs and pipes stay clean.
   const bool show_progress = isatty(STDERR_FILENO) != 0;
   if (show_progress) {
@@ -58,6 +77,8 @@ Run setup(CLI::App& app) {
       ->required();
   train->add_option("--out", arguments->out, "Directory to write tokenizer.json and tokenizer_config.json to")
       ->required();
+  train->add_option("--chat-template-from", arguments->chat_template_from,
+                    "Copy the chat template of this tokenizer_config.json (or .jinja file) into the output");
   return [arguments, train]() { return train->parsed() ? run_train(*arguments) : 1; };
 }
 

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/pre_tokenizer.h"
 
 namespace dsv3 {
@@ -89,6 +90,13 @@ void validate(const BpeTrainerOptions& options) {
   if (options.vocab_size < minimum)
     fail("vocab size {} is too small: the 256 byte symbols and {} special tokens need at least {}",
          options.vocab_size, specials, minimum);
+  if (!options.chat_template.empty()) {
+    try {
+      ChatTemplate parsed(options.chat_template);
+    } catch (const Error& e) {
+      fail("chat template: {}", e.what());
+    }
+  }
   if (options.vocab_size > 0xFFFFFFF0u) fail("vocab size {} is too large", options.vocab_size);
   std::vector<std::string> contents;
   for (const auto* list : {&options.leading_special_tokens, &options.trailing_special_tokens})
@@ -140,6 +148,7 @@ class Trainer {
     result_.leading_special_tokens = options_.leading_special_tokens;
     result_.trailing_special_tokens = options_.trailing_special_tokens;
     result_.pre_tokenizer = options_.pre_tokenizer;
+    result_.chat_template = options_.chat_template;
     for (const auto& token : options_.leading_special_tokens) result_.vocab.push_back(token.content);
     result_.vocab.insert(result_.vocab.end(), strings_.begin(), strings_.end());
     return std::move(result_);
@@ -372,6 +381,7 @@ nlohmann::ordered_json tokenizer_config_json(const TrainedBpe& model) {
   config["sp_model_kwargs"] = nlohmann::ordered_json::object();
   config["unk_token"] = nullptr;
   config["tokenizer_class"] = "LlamaTokenizerFast";
+  if (!model.chat_template.empty()) config["chat_template"] = model.chat_template;
   return config;
 }
 

@@ -40,6 +40,8 @@ struct BpeTrainerOptions {
   std::vector<SpecialToken> leading_special_tokens = deepseek_leading_special_tokens();
   std::vector<SpecialToken> trailing_special_tokens = deepseek_trailing_special_tokens();
   nlohmann::json pre_tokenizer = deepseek_pre_tokenizer();
+  // Written into tokenizer_config.json as its chat_template when not empty (checked to parse).
+  std::string chat_template;
   // Called now and then while merging with (merges done, merges wanted).
   std::function<void(std::size_t done, std::size_t total)> on_progress;
 };
@@ -52,6 +54,7 @@ struct TrainedBpe {
   std::vector<SpecialToken> leading_special_tokens;
   std::vector<SpecialToken> trailing_special_tokens;
   nlohmann::json pre_tokenizer;
+  std::string chat_template;
   std::uint64_t corpus_bytes = 0;
   std::uint64_t corpus_words = 0;  // pre-tokenized pieces counted
   std::size_t distinct_words = 0;
