@@ -1,0 +1,110 @@
+// dsv3 tokenize: text <-> token ids with a model folder's tokenizer.json.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "cli/command.h"
+#include "core/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::cli {
+namespace {
+
+struct TokenizeOptions {
+  std::string tokenizer_dir, text, jsonl;
+  bool bos = false, decode = false;
+};
+
+// "12, 7,0" -> {12, 7, 0}; errors name the bad item.
+std::vector<std::int32_t> parse_ids(const std::string& list) {
+  std::vector<std::int32_t> ids;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    std::size_t comma = std::min(list.find(',', start), list.size());
+    std::string item = list.substr(start, comma - start);
+    std::size_t first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
+    item = first == std::string::npos ? "" : item.substr(first, last - first + 1);
+    std::int32_t id = 0;
+    auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), id);
+    if (item.empty() || error != std::errc() || end != item.data() + item.size())
+      fail("--text: \"{}\" is not a token id (with --decode, --text is a comma-separated list of ids)", item);
+    ids.push_back(id);
+    start = comma + 1;
+  }
+  return ids;
+}
+
+int run_jsonl(const Tokenizer& tokenizer, const TokenizeOptions& options) {
+  std::ifstream in(options.jsonl);
+  if (!in) fail("{}: cannot open", options.jsonl);
+  std::string line;
+  for (std::size_t number = 1; std::getline(in, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto where = [&] { return fmt::format("{}:{}", options.jsonl, number); };
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: not valid JSON: {}", where(), e.what());
+    }
+    try {
+      if (options.decode) {
+        if (!record.is_object() || !record.contains("ids") || !record["ids"].is_array())
+          fail("expected {{\"ids\": [...]}}");
+        auto ids = record["ids"].get<std::vector<std::int32_t>>();
+        std::cout << nlohmann::json{{"text", tokenizer.decode(ids)}}.dump() << '\n';
+      } else {
+        if (!record.is_object() || !record.contains("text") || !record["text"].is_string())
+          fail("expected {{\"text\": \"...\"}}");
+        auto ids = tokenizer.encode(record["text"].get_ref<const std::string&>(), options.bos);
+        std::cout << nlohmann::json{{"ids", ids}}.dump() << '\n';
+      }
+    } catch (const Error& e) {
+      fail("{}: {}", where(), e.what());
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: {}", where(), e.what());
+    }
+  }
+  return 0;
+}
+
+int run(const TokenizeOptions& options) {
+  Tokenizer tokenizer = Tokenizer::load(options.tokenizer_dir);
+  if (!options.jsonl.empty()) return run_jsonl(tokenizer, options);
+  if (options.decode) {
+    std::cout << tokenizer.decode(parse_ids(options.text)) << '\n';
+    return 0;
+  }
+  std::vector<std::int32_t> ids = tokenizer.encode(options.text, options.bos);
+  std::cout << fmt::format("{}", fmt::join(ids, ",")) << '\n';
+  return 0;
+}
+
+const bool registered = register_command({
+    "tokenize",
+    "Encode text to token ids (or decode ids to text) with a tokenizer.json",
+    [](CLI::App& app) -> Run {
+      auto options = std::make_shared<TokenizeOptions>();
+      app.add_option("--tokenizer", options->tokenizer_dir,
+                     "Folder with tokenizer.json (and tokenizer_config.json)")
+          ->required()
+          ->check(CLI::ExistingDirectory);
+      auto* inputs = app.add_option_group("input", "What to tokenize");
+      inputs->add_option("--text", options->text, "Text to encode (with --decode: comma-separated ids)");
+      inputs->add_option("--jsonl", options->jsonl,
+                         "File of {\"text\": ...} lines; writes {\"ids\": [...]} lines "
+                         "(with --decode: {\"ids\"} in, {\"text\"} out)")
+          ->check(CLI::ExistingFile);
+      inputs->require_option(1);
+      app.add_flag("--bos", options->bos, "Put the BOS token first");
+      app.add_flag("--decode", options->decode, "Decode ids to text instead of encoding");
+      return [options] { return run(*options); };
+    },
+});
+
+}  // namespace
+}  // namespace dsv3::cli
