@@ -37,22 +37,32 @@ bool heavier(const Candidate& a, const Candidate& b) {
   return a.weight > b.weight || (a.weight == b.weight && a.token < b.token);
 }
 
-// Keeps the smallest prefix, in `heavier` order, whose weight reaches `target`; returns its length.
-// Sorts only as far as needed, in growing chunks, since the nucleus is usually a tiny fraction of
-// a 129k vocabulary.
+// The length of the smallest prefix, in `heavier` order, whose weight reaches `target`; leaves that
+// prefix at the front. A quickselect on the cumulative weight: each round partitions the undecided
+// range around its middle and keeps the half holding the boundary, so the cost is linear however
+// large the nucleus is (a sort would be O(n log n) on the flat distributions of high temperatures).
 std::size_t nucleus_size(std::span<Candidate> candidates, double target) {
-  std::size_t sorted = 0;
-  std::size_t limit = std::min<std::size_t>(candidates.size(), 64);
-  double cumulative = 0.0;
-  while (true) {
-    std::partial_sort(candidates.begin() + sorted, candidates.begin() + limit, candidates.end(), heavier);
-    for (; sorted < limit; ++sorted) {
-      cumulative += candidates[sorted].weight;
-      if (cumulative >= target) return sorted + 1;
+  std::size_t low = 0, high = candidates.size();
+  double weight_before_low = 0.0;  // everything in [0, low) is heavier than [low, high) and kept
+  while (high - low > 64) {
+    const std::size_t middle = low + (high - low) / 2;
+    std::nth_element(candidates.begin() + low, candidates.begin() + middle, candidates.begin() + high, heavier);
+    double weight = weight_before_low;
+    for (std::size_t i = low; i <= middle; ++i) weight += candidates[i].weight;
+    if (weight >= target) {
+      high = middle + 1;
+    } else {
+      weight_before_low = weight;
+      low = middle + 1;
     }
-    if (limit == candidates.size()) return candidates.size();
-    limit = std::min(candidates.size(), limit * 4);
   }
+  std::sort(candidates.begin() + low, candidates.begin() + high, heavier);
+  double cumulative = weight_before_low;
+  for (std::size_t i = low; i < high; ++i) {
+    cumulative += candidates[i].weight;
+    if (cumulative >= target) return i + 1;
+  }
+  return high;
 }
 
 // out holds exp((logit - max) / T), so the most likely token has weight exactly 1. Applies top-k,
@@ -73,7 +83,7 @@ void filter_and_normalise(const SamplingParams& params, std::span<float> out) {
            candidates.begin();
   }
   // top-p measures mass against the top-k survivors; min-p is relative to the maximum, so it is the
-  // same whichever comes first, and applying it before the sort shrinks what has to be sorted.
+  // same whichever comes first, and applying it before the nucleus search shrinks what is searched.
   double top_k_mass = 0.0;
   for (std::size_t i = 0; i < kept; ++i) top_k_mass += candidates[i].weight;
   if (params.min_p > 0.0f) {
