@@ -71,6 +71,22 @@ TEST(TokenizerCli, EncodesJsonLines) {
   std::filesystem::remove(path);
 }
 
+TEST(TokenizerCli, RendersAndEncodesTheFixtureChat) {
+  const auto& chat = testing::tokenizer_fixture().at("chats").at(0);
+  std::filesystem::path path = std::filesystem::temp_directory_path() / "dsv3_tokenizer_cli_chat.json";
+  std::ofstream(path) << nlohmann::json{{"messages", chat.at("messages")}}.dump();
+  Result result = run_dsv3(std::string("--chat '") + path.string() + "'" +
+                           (chat.at("add_generation_prompt").get<bool>() ? " --add-generation-prompt" : ""));
+  EXPECT_EQ(result.status, 0) << result.output;
+  EXPECT_EQ(result.output, chat.at("text").get<std::string>() + "\n" +
+                               ids_line(chat.at("ids").get<std::vector<std::int32_t>>()));
+  std::ofstream(path) << "{\"messages\": 3}";
+  result = run_dsv3("--chat '" + path.string() + "'");
+  EXPECT_EQ(result.status, 1);
+  EXPECT_NE(result.output.find("expected a list of messages"), std::string::npos) << result.output;
+  std::filesystem::remove(path);
+}
+
 TEST(TokenizerCli, RejectsBadArguments) {
   Result result = run_dsv3("--text a --jsonl /dev/null");
   EXPECT_NE(result.status, 0);

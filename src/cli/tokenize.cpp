@@ -9,15 +9,40 @@
 
 #include "cli/command.h"
 #include "core/error.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsv3::cli {
 namespace {
 
 struct TokenizeOptions {
-  std::string tokenizer_dir, text, jsonl;
-  bool bos = false, decode = false;
+  std::string tokenizer_dir, text, jsonl, chat;
+  bool bos = false, decode = false, add_generation_prompt = false;
 };
+
+// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures).
+int run_chat(const Tokenizer& tokenizer, const TokenizeOptions& options) {
+  std::ifstream in(options.chat);
+  if (!in) fail("{}: cannot open", options.chat);
+  nlohmann::json conversation;
+  try {
+    conversation = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", options.chat, e.what());
+  }
+  const nlohmann::json messages = conversation.is_object() ? conversation.value("messages", nlohmann::json()) : conversation;
+  if (!messages.is_array())
+    fail("{}: expected a list of messages or an object with \"messages\"", options.chat);
+  if (tokenizer.chat_template().empty())
+    fail("{}: the tokenizer has no chat_template in tokenizer_config.json", options.tokenizer_dir);
+  const nlohmann::json context = {{"messages", messages},
+                                  {"add_generation_prompt", options.add_generation_prompt},
+                                  {"bos_token", tokenizer.bos_token()},
+                                  {"eos_token", tokenizer.eos_token()}};
+  const std::string text = render_chat_template(tokenizer.chat_template(), context);
+  std::cout << text << '\n' << fmt::format("{}", fmt::join(tokenizer.encode_chat(text), ",")) << '\n';
+  return 0;
+}
 
 // "12, 7,0" -> {12, 7, 0}; errors name the bad item.
 std::vector<std::int32_t> parse_ids(const std::string& list) {
@@ -75,6 +100,7 @@ int run_jsonl(const Tokenizer& tokenizer, const TokenizeOptions& options) {
 int run(const TokenizeOptions& options) {
   Tokenizer tokenizer = Tokenizer::load(options.tokenizer_dir);
   if (!options.jsonl.empty()) return run_jsonl(tokenizer, options);
+  if (!options.chat.empty()) return run_chat(tokenizer, options);
   if (options.decode) {
     std::cout << tokenizer.decode(parse_ids(options.text)) << '\n';
     return 0;
@@ -99,7 +125,13 @@ const bool registered = register_command({
                          "File of {\"text\": ...} lines; writes {\"ids\": [...]} lines "
                          "(with --decode: {\"ids\"} in, {\"text\"} out)")
           ->check(CLI::ExistingFile);
+      inputs->add_option("--chat", options->chat,
+                         "Conversation JSON (a list of messages, or {\"messages\": [...]}): prints the rendered "
+                         "chat template and its ids")
+          ->check(CLI::ExistingFile);
       inputs->require_option(1);
+      app.add_flag("--add-generation-prompt", options->add_generation_prompt,
+                   "With --chat: end with the assistant prompt, ready for generation");
       app.add_flag("--bos", options->bos, "Put the BOS token first");
       app.add_flag("--decode", options->decode, "Decode ids to text instead of encoding");
       return [options] { return run(*options); };
