@@ -63,6 +63,7 @@ LossReport accumulate_gradients(TrainableModel& model, std::span<const std::int6
     mtp_input(*mtp, eps, embedded, hidden.data(), rows, hidden_size, e_normed, h_normed, concatenated);
     h_mtp.resize(count(rows, hidden_size));
     linear(concatenated.data(), rows, *mtp->eh_proj, h_mtp.data());
+    e_normed = h_normed = concatenated = {};  // rebuilt in the backward pass, not kept
     report.balance += layer_forward(mtp->layer, c, rope, h_mtp.data(), rows,
                                     std::span(positions).first(static_cast<std::size_t>(rows)), alpha, mtp_saved);
   }
