@@ -1,0 +1,82 @@
+#pragma once
+// The generation engine: sequences, their latent KV cache pages and sampling state, advanced
+// together by one batched model step at a time (prefill chunks and decode tokens mixed), with
+// optional lossless MTP speculative decoding. This is the unit a server's continuous batching
+// drives; the CLI drives it for one sequence or a fixed batch.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "engine/rng.h"
+#include "engine/sampler.h"
+#include "engine/stop.h"
+#include "model/latent_cache.h"
+#include "model/model.h"
+
+namespace dsv3 {
+
+struct EngineOptions {
+  std::int64_t cache_tokens = 8192;   // KV cache capacity, shared by all sequences
+  DType cache_dtype = DType::BF16;    // BF16 or F32 latents
+  std::int64_t block_tokens = 16;     // cache page size
+  std::int64_t prefill_chunk = 512;   // most prompt tokens a sequence feeds per step
+  std::int64_t mtp_drafts = 0;        // k tokens drafted per step by the MTP module (0: off)
+};
+
+// Acceptance of MTP drafts by draft position (0 = the first draft of a step).
+struct SpeculationStats {
+  std::vector<std::int64_t> drafted;
+  std::vector<std::int64_t> accepted;
+  double acceptance(std::size_t position) const {
+    return drafted.at(position) ? static_cast<double>(accepted[position]) / static_cast<double>(drafted[position]) : 0.0;
+  }
+};
+
+using SequenceId = std::int64_t;
+
+// A token produced for a sequence. `finished` is set on its last token (stop token id,
+// end-of-sequence, or max_tokens); a stop token is reported, flagged, for the caller to hide.
+struct TokenEvent {
+  SequenceId sequence = 0;
+  SampledToken sampled;
+  bool finished = false;
+  FinishReason reason = FinishReason::none;
+};
+
+class Engine {
+ public:
+  Engine(const Model& model, EngineOptions options);
+  ~Engine();
+
+  // Queues a prompt; throws on an empty or over-long prompt, out-of-vocabulary ids, or bad params.
+  SequenceId add(std::vector<std::int32_t> prompt, const SamplingParams& params);
+  // Ends a sequence early (a stop string seen by the caller, a cancelled request) and frees its
+  // pages. Sequences that finish by themselves (their last event has `finished`) are freed at the
+  // end of the step that finished them.
+  void finish(SequenceId id);
+
+  bool has_work() const;
+  // One batched step over every unfinished sequence. Throws CacheFullError when the cache cannot
+  // hold the step (nothing is changed then).
+  std::vector<TokenEvent> step();
+
+  const SpeculationStats& speculation() const { return speculation_; }
+  const LatentCache& cache() const { return cache_; }
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  struct Sequence;
+  struct Drafts;
+  void draft(std::vector<Sequence*>& decoding, std::vector<Drafts>& drafts);
+  void emit(Sequence& sequence, SampledToken token, std::vector<TokenEvent>& events);
+
+  const Model& model_;
+  EngineOptions options_;
+  LatentCache cache_;
+  std::map<SequenceId, std::unique_ptr<Sequence>> sequences_;
+  SequenceId next_id_ = 1;
+  SpeculationStats speculation_;
+};
+
+}  // namespace dsv3

@@ -1,0 +1,197 @@
+// The generation engine: greedy continuation against the fixture, with and without MTP speculative
+// decoding and with either cache dtype; batching; speculative sampling keeps the distribution.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "chi_square.h"
+#include "engine/engine.h"
+#include "support.h"
+
+namespace dsv3 {
+namespace {
+
+const Model& tiny_model() {
+  static const Model model(Weights::load(test::tiny_model_dir()));
+  return model;
+}
+
+std::vector<std::int32_t> to_int32(const std::vector<std::int64_t>& values) {
+  return {values.begin(), values.end()};
+}
+
+// Runs every queued sequence to completion; returns each one's tokens in the order added.
+std::vector<std::vector<std::int32_t>> run_all(Engine& engine, std::int64_t sequences) {
+  std::map<SequenceId, std::vector<std::int32_t>> outputs;
+  while (engine.has_work())
+    for (const TokenEvent& event : engine.step()) outputs[event.sequence].push_back(event.sampled.token);
+  std::vector<std::vector<std::int32_t>> ordered;
+  for (auto& [id, tokens] : outputs) ordered.push_back(std::move(tokens));
+  EXPECT_EQ(static_cast<std::int64_t>(ordered.size()), sequences);
+  return ordered;
+}
+
+struct GreedyCase {
+  DType cache;
+  std::int64_t mtp;
+};
+
+TEST(Engine, GreedyContinuationMatchesTheFixtureWithAndWithoutMtpAndForBothCacheDtypes) {
+  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
+  const auto prompt = to_int32(test::read_i64(reference->tensors().at("gen_prompt")));
+  const auto expected = to_int32(test::read_i64(reference->tensors().at("gen_tokens")));
+  const auto margins = test::read_f32(reference->tensors().at("gen_margin"));
+  std::size_t comparable = 0;  // up to the first step whose top-1/top-2 margin may flip in float32
+  while (comparable < margins.size() && margins[comparable] >= 1e-2f) ++comparable;
+  ASSERT_GE(comparable, 10u);
+
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 40;
+  std::vector<std::int32_t> without_mtp;
+  for (const GreedyCase& c : {GreedyCase{DType::F32, 0}, GreedyCase{DType::BF16, 0}, GreedyCase{DType::F32, 1},
+                              GreedyCase{DType::BF16, 1}, GreedyCase{DType::F32, 3}}) {
+    SCOPED_TRACE(fmt::format("cache {}, mtp {}", dtype_name(c.cache), c.mtp));
+    Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = c.cache, .block_tokens = 16, .mtp_drafts = c.mtp});
+    engine.add(prompt, greedy);
+    const auto tokens = run_all(engine, 1).at(0);
+    ASSERT_EQ(tokens.size(), 40u);
+    EXPECT_EQ(std::vector(tokens.begin(), tokens.begin() + comparable),
+              std::vector(expected.begin(), expected.begin() + comparable));
+    // Speculation is lossless: greedy output equals the non-speculative output token for token.
+    if (c.cache == DType::F32 && c.mtp == 0) without_mtp = tokens;
+    if (c.cache == DType::F32 && c.mtp > 0) {
+      EXPECT_EQ(tokens, without_mtp);
+    }
+    if (c.mtp > 0) {
+      const auto& stats = engine.speculation();
+      EXPECT_GT(stats.drafted.at(0), 0);
+      std::printf("cache %s, mtp %lld: first-draft acceptance %.2f over %lld drafts\n",
+                  std::string(dtype_name(c.cache)).c_str(), static_cast<long long>(c.mtp), stats.acceptance(0),
+                  static_cast<long long>(stats.drafted[0]));
+    }
+  }
+}
+
+TEST(Engine, BatchedSequencesGiveTheSameGreedyTokensAsAlone) {
+  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
+  const auto long_ids = to_int32(test::read_i64(reference->tensors().at("input_ids_3")));
+  const std::vector<std::vector<std::int32_t>> prompts = {
+      {long_ids.begin(), long_ids.begin() + 3}, {long_ids.begin() + 10, long_ids.begin() + 90},
+      {long_ids.begin() + 100, long_ids.begin() + 117}};
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 12;
+  for (std::int64_t mtp : {0, 2}) {
+    std::vector<std::vector<std::int32_t>> alone;
+    for (const auto& prompt : prompts) {
+      Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = DType::F32, .mtp_drafts = mtp});
+      engine.add(prompt, greedy);
+      alone.push_back(run_all(engine, 1).at(0));
+    }
+    // Together, with a prefill chunk small enough that prefills and decodes share steps.
+    Engine engine(tiny_model(), {.cache_tokens = 512, .cache_dtype = DType::F32, .prefill_chunk = 16, .mtp_drafts = mtp});
+    for (const auto& prompt : prompts) engine.add(prompt, greedy);
+    EXPECT_EQ(run_all(engine, 3), alone) << "mtp " << mtp;
+    EXPECT_EQ(engine.cache().free_tokens(), engine.cache().capacity_tokens()) << "pages are returned";
+  }
+}
+
+// Speculative sampling must not change what is sampled. Draw the first three generated tokens of
+// many seeded sequences with and without MTP drafts and compare the distributions of the 2nd and
+// 3rd tokens (the 1st is never speculative) with a chi-square homogeneity test at the 0.1% level.
+// Two regimes: at temperature 0.7 with top-k 6 the tiny model's random MTP head is almost always
+// rejected (residual sampling at work); at temperature 3 the distributions are flat enough that
+// most drafts are accepted. Cells are runs of consecutive token ids holding about 1/12 of the
+// pooled draws each (any fixed partition of the outcomes is a valid test of equal distributions).
+struct Regime {
+  float temperature;
+  std::int32_t top_k;
+};
+
+std::vector<std::map<std::int32_t, std::int64_t>> sample_first_tokens(std::int64_t mtp, Regime regime, int runs,
+                                                                      double* acceptance) {
+  const std::vector<std::int32_t> prompt = {255, 624, 590, 983, 591, 173, 380, 286};
+  std::vector<std::map<std::int32_t, std::int64_t>> counts(3);
+  Engine engine(tiny_model(), {.cache_tokens = runs * 16 + 64, .cache_dtype = DType::F32, .mtp_drafts = mtp});
+  for (int i = 0; i < runs; ++i) {
+    SamplingParams params;
+    params.temperature = regime.temperature;
+    params.top_k = regime.top_k;
+    params.max_tokens = 3;
+    params.seed = 1000 + i + (mtp ? 1000000 : 0);  // independent streams for the two samples
+    engine.add(prompt, params);
+  }
+  std::map<SequenceId, int> produced;
+  while (engine.has_work())
+    for (const TokenEvent& event : engine.step()) {
+      int& index = produced[event.sequence];
+      counts.at(static_cast<std::size_t>(index++))[event.sampled.token] += 1;
+    }
+  if (mtp) *acceptance = engine.speculation().acceptance(0);
+  return counts;
+}
+
+double homogeneity_statistic(const std::map<std::int32_t, std::int64_t>& a, const std::map<std::int32_t, std::int64_t>& b,
+                             int* degrees) {
+  std::map<std::int32_t, std::pair<std::int64_t, std::int64_t>> pooled;
+  std::int64_t total = 0;
+  for (const auto& [token, count] : a) pooled[token].first += count, total += count;
+  for (const auto& [token, count] : b) pooled[token].second += count, total += count;
+  std::vector<std::pair<std::int64_t, std::int64_t>> cells{{0, 0}};
+  for (const auto& [token, pair] : pooled) {
+    if (cells.back().first + cells.back().second >= total / 12) cells.emplace_back(0, 0);
+    cells.back().first += pair.first;
+    cells.back().second += pair.second;
+  }
+  double statistic = 0.0;
+  for (const auto& [x, y] : cells) {
+    const double expected = (x + y) / 2.0;  // equal sample sizes
+    statistic += (x - expected) * (x - expected) / expected + (y - expected) * (y - expected) / expected;
+  }
+  *degrees = static_cast<int>(cells.size()) - 1;
+  return statistic;
+}
+
+TEST(Engine, SpeculativeSamplingKeepsTheDistributionOfSampledTokens) {
+  const int runs = 2000;
+  for (const Regime regime : {Regime{0.7f, 6}, Regime{3.0f, 0}}) {
+    double acceptance = 0.0;
+    const auto plain = sample_first_tokens(0, regime, runs, &acceptance);
+    const auto speculative = sample_first_tokens(2, regime, runs, &acceptance);
+    std::printf("temperature %.1f top-k %d: first-draft acceptance %.3f\n", regime.temperature, regime.top_k, acceptance);
+    if (regime.temperature > 1.0f) {
+      EXPECT_GT(acceptance, 0.3) << "this regime should accept drafts";
+    }
+    for (std::size_t position : {1u, 2u}) {
+      int degrees = 0;
+      const double statistic = homogeneity_statistic(plain[position], speculative[position], &degrees);
+      ASSERT_GE(degrees, 2);
+      ASSERT_LE(degrees, 20);
+      std::printf("  token %zu: chi-square %.2f with %d degrees of freedom (0.1%% critical %.2f)\n", position + 1,
+                  statistic, degrees, test::chi_square_critical_0_001(degrees));
+      EXPECT_LT(statistic, test::chi_square_critical_0_001(degrees));
+    }
+  }
+}
+
+TEST(Engine, RejectsBadPromptsAndOptions) {
+  Engine engine(tiny_model(), {.cache_tokens = 64});
+  SamplingParams params;
+  EXPECT_THROW(engine.add({}, params), Error);
+  EXPECT_THROW(engine.add({1, 5000}, params), Error);  // outside the 1024-token vocabulary
+  params.max_tokens = 2000;                            // beyond max_position_embeddings = 1024
+  EXPECT_THROW(engine.add({1, 2}, params), Error);
+  params.max_tokens = 8;
+  params.temperature = -1.0f;
+  EXPECT_THROW(engine.add({1, 2}, params), Error);
+  // A prompt larger than the whole cache fails the step with a clear error and no crash.
+  Engine small(tiny_model(), {.cache_tokens = 16, .block_tokens = 16});
+  SamplingParams ok;
+  ok.max_tokens = 4;
+  small.add(std::vector<std::int32_t>(40, 7), ok);
+  EXPECT_THROW(small.step(), CacheFullError);
+}
+
+}  // namespace
+}  // namespace dsv3
