@@ -1,0 +1,52 @@
+#include "cli/generation_options.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+
+namespace dsv3::cli {
+
+void GenerationOptions::add_to(CLI::App& app, float default_temperature) {
+  sampling.temperature = default_temperature;
+  app.add_option("--model", model, "Model directory (config.json + safetensors)")->required();
+  app.add_option("--tokenizer", tokenizer, "Tokenizer directory (default: the model directory)");
+  app.add_option("--max-tokens", max_tokens, "Most tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--temperature", sampling.temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "Nucleus sampling: keep the smallest set reaching this mass")
+      ->capture_default_str();
+  app.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0: off)")->capture_default_str();
+  app.add_option("--min-p", sampling.min_p, "Drop tokens below min-p times the most likely (0: off)")
+      ->capture_default_str();
+  app.add_option("--repetition-penalty", sampling.repetition_penalty, "CTRL repetition penalty (1: off)")
+      ->capture_default_str();
+  app.add_option("--presence-penalty", sampling.presence_penalty)->capture_default_str();
+  app.add_option("--frequency-penalty", sampling.frequency_penalty)->capture_default_str();
+  app.add_option("--stop", sampling.stop, "Stop before this string (repeatable)");
+  app.add_option("--seed", seed, "Random seed: the same seed gives the same output");
+  app.add_option("--mtp", engine.mtp_drafts, "Draft this many tokens per step with the MTP module (0: off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--cache-dtype", cache_dtype, "KV cache precision")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  app.add_option("--cache-tokens", engine.cache_tokens, "KV cache capacity in tokens")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+void GenerationOptions::finalise() {
+  sampling.max_tokens = static_cast<std::int32_t>(max_tokens);
+  sampling.seed = seed;
+  engine.cache_dtype = cache_dtype == "f32" ? DType::F32 : DType::BF16;
+}
+
+std::optional<Tokenizer> GenerationOptions::load_tokenizer() const {
+  namespace fs = std::filesystem;
+  if (!tokenizer.empty()) return Tokenizer::load(tokenizer);
+  if (fs::exists(fs::path(model) / "tokenizer.json")) return Tokenizer::load(model);
+  return std::nullopt;
+}
+
+Model load_model(const std::string& dir) { return Model(Weights::load(dir)); }
+
+}  // namespace dsv3::cli

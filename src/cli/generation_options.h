@@ -1,0 +1,34 @@
+#pragma once
+// Options shared by the commands that generate (generate, chat, bench): the model and tokenizer
+// folders, sampling parameters and engine settings, with one spelling and one set of defaults.
+#include <CLI/CLI.hpp>
+
+#include <optional>
+#include <string>
+
+#include "engine/engine.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3::cli {
+
+struct GenerationOptions {
+  std::string model;
+  std::string tokenizer;  // default: the model folder, when it holds tokenizer.json
+  SamplingParams sampling;
+  std::int64_t max_tokens = 256;
+  std::optional<std::uint64_t> seed;
+  EngineOptions engine;
+  std::string cache_dtype = "bf16";
+
+  // Sampling and engine options; `default_temperature` differs per command (greedy for generate).
+  void add_to(CLI::App& app, float default_temperature);
+  // Fills sampling.max_tokens/seed and engine.cache_dtype from the parsed strings; validates.
+  void finalise();
+  // The tokenizer to use, or nullopt when neither --tokenizer nor the model folder has one.
+  std::optional<Tokenizer> load_tokenizer() const;
+};
+
+// Loads weights with a progress line on a terminal (quiet when piped).
+Model load_model(const std::string& dir);
+
+}  // namespace dsv3::cli

@@ -1,0 +1,94 @@
+// `dsv3 generate`, run as a user runs it: the --print-ids contract on the fixture's greedy
+// continuation, with and without MTP and for both cache dtypes, and clear errors.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <sys/wait.h>
+
+#include "support.h"
+
+namespace dsv3 {
+namespace {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string all;  // stdout and stderr
+};
+
+CommandResult run(const std::string& arguments) {
+  CommandResult result;
+  for (const bool with_stderr : {false, true}) {
+    const std::string command =
+        std::string(DSV3_BINARY) + " generate " + arguments + (with_stderr ? " 2>&1" : " 2>/dev/null");
+    FILE* pipe = ::popen(command.c_str(), "r");
+    if (!pipe) return result;
+    std::string& target = with_stderr ? result.all : result.out;
+    char buffer[4096];
+    while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) target.append(buffer, n);
+    const int status = ::pclose(pipe);
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  return result;
+}
+
+std::string join(const std::vector<std::int64_t>& ids) {
+  std::string text;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i) text += ',';
+    text += std::to_string(ids[i]);
+  }
+  return text;
+}
+
+TEST(CliGenerate, GreedyPrintIdsReproducesTheFixtureContinuation) {
+  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
+  const auto prompt = test::read_i64(reference->tensors().at("gen_prompt"));
+  const auto expected = test::read_i64(reference->tensors().at("gen_tokens"));
+  const auto margins = test::read_f32(reference->tensors().at("gen_margin"));
+  std::size_t comparable = 0;
+  while (comparable < margins.size() && margins[comparable] >= 1e-2f) ++comparable;
+  for (const std::string extra : {"", "--mtp 1", "--cache-dtype f32", "--mtp 1 --cache-dtype f32"}) {
+    SCOPED_TRACE(extra);
+    const auto result = run("--model " + test::tiny_model_dir().string() + " --prompt-ids " + join(prompt) +
+                            " --max-tokens 40 --print-ids " + extra);
+    ASSERT_EQ(result.exit_code, 0) << result.all;
+    // Without a tokenizer the only output is the ids line.
+    std::vector<std::int64_t> ids;
+    std::size_t start = 0;
+    const std::string line = result.out.substr(0, result.out.find('\n'));
+    while (start < line.size()) {
+      const std::size_t comma = std::min(line.find(',', start), line.size());
+      ids.push_back(std::stoll(line.substr(start, comma - start)));
+      start = comma + 1;
+    }
+    ASSERT_EQ(ids.size(), 40u) << result.out;
+    EXPECT_EQ(std::vector(ids.begin(), ids.begin() + comparable),
+              std::vector(expected.begin(), expected.begin() + comparable));
+    EXPECT_NE(result.all.find("tokens/s"), std::string::npos) << result.all;
+  }
+}
+
+TEST(CliGenerate, BadArgumentsGiveClearErrors) {
+  const std::string model = "--model " + test::tiny_model_dir().string();
+  auto no_tokenizer = run(model + " --prompt hello");
+  EXPECT_EQ(no_tokenizer.exit_code, 1);
+  EXPECT_NE(no_tokenizer.all.find("needs a tokenizer"), std::string::npos) << no_tokenizer.all;
+  auto bad_ids = run(model + " --prompt-ids 1,x,3");
+  EXPECT_EQ(bad_ids.exit_code, 1);
+  EXPECT_NE(bad_ids.all.find("\"x\" is not a token id"), std::string::npos) << bad_ids.all;
+  auto out_of_vocab = run(model + " --prompt-ids 1,99999");
+  EXPECT_EQ(out_of_vocab.exit_code, 1);
+  EXPECT_NE(out_of_vocab.all.find("outside the vocabulary"), std::string::npos) << out_of_vocab.all;
+  auto bad_temperature = run(model + " --prompt-ids 1,2 --temperature -1");
+  EXPECT_EQ(bad_temperature.exit_code, 1);
+  EXPECT_NE(bad_temperature.all.find("temperature"), std::string::npos) << bad_temperature.all;
+  auto no_prompt = run(model);
+  EXPECT_NE(no_prompt.exit_code, 0);
+  auto bad_dtype = run(model + " --prompt-ids 1 --cache-dtype f16");
+  EXPECT_NE(bad_dtype.exit_code, 0);
+  EXPECT_NE(bad_dtype.all.find("cache-dtype"), std::string::npos) << bad_dtype.all;
+}
+
+}  // namespace
+}  // namespace dsv3
