@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <sys/wait.h>
 
+#include <nlohmann/json.hpp>
+
 #include "support.h"
 
 namespace dsv3 {
@@ -83,6 +85,28 @@ TEST(CliModel, BadArgumentsGiveClearErrors) {
   EXPECT_NE(not_ids.output.find("config.json"), std::string::npos) << not_ids.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "out.safetensors"));
   std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+
+TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
+  const auto result = run("bench --model " + test::tiny_model_dir().string() +
+                          " --prompt-len 16 --gen-len 8 --batch 2 --mtp 1 --json 2>/dev/null");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const auto report = nlohmann::json::parse(result.output);
+  for (const char* key : {"prefill_tokens_s", "decode_tokens_s", "time_to_first_token_s", "decode_roofline_tokens_s",
+                          "read_bandwidth_gb_s", "peak_memory_bytes"})
+    EXPECT_GT(report.at(key).get<double>(), 0.0) << key;
+  EXPECT_EQ(report.at("batch").get<int>(), 2);
+  EXPECT_EQ(report.at("mtp").at("acceptance_by_position").size(), 1u);
+  EXPECT_FALSE(report.at("machine").at("cpu").get<std::string>().empty());
+  const auto too_long = run("bench --model " + test::tiny_model_dir().string() + " --prompt-len 2000");
+  EXPECT_EQ(too_long.exit_code, 1);
+  EXPECT_NE(too_long.output.find("exceeds the model's 1024 positions"), std::string::npos) << too_long.output;
 }
 
 }  // namespace

@@ -85,8 +85,10 @@ void Engine::emit(Sequence& sequence, SampledToken token, std::vector<TokenEvent
   sequence.output.push_back(token.token);
   TokenEvent event{sequence.id, std::move(token)};
   const auto& stops = sequence.params.stop_token_ids;
+  const bool is_eos =
+      std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), event.sampled.token) != c.eos_token_ids.end();
   const bool is_stop = std::find(stops.begin(), stops.end(), event.sampled.token) != stops.end() ||
-                       std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), event.sampled.token) != c.eos_token_ids.end();
+                       (is_eos && !sequence.params.ignore_eos);
   if (is_stop) {
     event.reason = FinishReason::stop_token;
   } else if (sequence.params.max_tokens && static_cast<std::int64_t>(sequence.output.size()) >= *sequence.params.max_tokens) {

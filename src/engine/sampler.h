@@ -33,6 +33,7 @@ struct SamplingParams {
   std::vector<std::int32_t> stop_token_ids;  // generation ends on these; they are not emitted
   std::vector<std::string> stop;             // generation ends before these strings
   std::int32_t logprobs = 0;                 // top-N log-probabilities per token; 0 = off
+  bool ignore_eos = false;                   // keep going past the model's end-of-sequence token (benchmarks)
 
   bool greedy() const { return temperature == 0.0f; }
 

@@ -1,0 +1,79 @@
+#include "core/machine.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <vector>
+
+#include "core/thread_pool.h"
+
+namespace dsv3 {
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("model name")) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  return "unknown CPU";
+}
+
+std::string cpu_features() {
+  std::string features;
+  auto add = [&features](bool present, const char* name) {
+    if (!present) return;
+    if (!features.empty()) features += ' ';
+    features += name;
+  };
+  __builtin_cpu_init();
+  add(__builtin_cpu_supports("avx512f"), "avx512f");
+  add(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+  add(__builtin_cpu_supports("avx2"), "avx2");
+  add(__builtin_cpu_supports("fma"), "fma");
+  return features.empty() ? "scalar" : features;
+}
+
+double measure_read_bandwidth(std::int64_t bytes, int repeats) {
+  const auto count = static_cast<std::size_t>(bytes / static_cast<std::int64_t>(sizeof(float)));
+  std::vector<float> buffer(count, 1.0f);
+  ThreadPool& pool = ThreadPool::global();
+  const auto chunks = static_cast<std::int64_t>(pool.size()) * 8;
+  std::vector<double> sums(static_cast<std::size_t>(chunks));
+  double best = 0.0;
+  for (int pass = 0; pass < repeats; ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.parallel_for(chunks, 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t c = first; c < last; ++c) {
+        const std::size_t begin = count * static_cast<std::size_t>(c) / static_cast<std::size_t>(chunks);
+        const std::size_t end = count * static_cast<std::size_t>(c + 1) / static_cast<std::size_t>(chunks);
+        // Eight independent sums keep the loads, not the adds, the bottleneck.
+        float partial[8] = {};
+        std::size_t i = begin;
+        for (; i + 8 <= end; i += 8)
+          for (int lane = 0; lane < 8; ++lane) partial[lane] += buffer[i + lane];
+        for (; i < end; ++i) partial[0] += buffer[i];
+        double total = 0.0;
+        for (float p : partial) total += p;
+        sums[static_cast<std::size_t>(c)] = total;
+      }
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, static_cast<double>(count * sizeof(float)) / seconds);
+  }
+  // Using the sums keeps the compiler from dropping the loads.
+  volatile double sink = 0.0;
+  for (double s : sums) sink = sink + s;
+  return best;
+}
+
+std::int64_t peak_memory_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
+}
+
+}  // namespace dsv3
