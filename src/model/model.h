@@ -2,6 +2,9 @@
 // The DeepSeek-V3 model: the public face of model/ (DESIGN.md): a batched, cached step for the
 // engine, and full-sequence forward passes for parity checks.
 #include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
 #include <span>
 #include <vector>
 
@@ -86,5 +89,40 @@ ParameterCount count_parameters(const ModelConfig& config);
 
 // Bytes of the latent KV cache per token: (kv_lora_rank + qk_rope_head_dim) per layer.
 std::int64_t kv_cache_bytes_per_token(const ModelConfig& config, std::int64_t bytes_per_value);
+
+}  // namespace dsv3
+
+namespace dsv3 {
+
+// Every tensor of the official checkpoint layout for `config`, in a stable order: the names and
+// shapes Weights::load reads (MTP layers at index num_hidden_layers with their embed_tokens and
+// shared_head.head copies), without FP8 scale tensors.
+struct CheckpointTensor {
+  enum class Kind { matrix, norm, router_bias };
+  std::string name;
+  std::vector<std::int64_t> shape;
+  Kind kind = Kind::matrix;
+  // Whether DeepSeek-V3's FP8 checkpoints store it in E4M3 with block scales: the Linear weights of
+  // attention and MLP/experts; embedding, heads, router, eh_proj and norms stay in BF16.
+  bool fp8_in_official_checkpoints = false;
+  // For the MTP's copies of the shared embedding and head: the tensor it copies.
+  std::string copy_of;
+};
+std::vector<CheckpointTensor> checkpoint_layout(const ModelConfig& config);
+
+// A randomly initialised model in the official layout, as transformers initialises one: matrices
+// ~ N(0, initializer_range^2), RMSNorm weights 1, router bias 0 (F32). Deterministic in `seed`
+// (each tensor's values depend only on the seed and its name).
+struct RandomCheckpointOptions {
+  std::uint64_t seed = 0;
+  bool fp8 = false;                            // E4M3 + weight_scale_inv for the FP8-eligible weights
+  std::int64_t shard_bytes = 5'000'000'000;    // above this, model-0000k-of-0000n.safetensors + index
+  double initializer_range = 0.02;
+};
+// Writes config.json and the safetensors into `out` (created if needed); `progress(done_bytes,
+// total_bytes)` is called as tensors are made.
+void write_random_checkpoint(const ModelConfig& config, const std::filesystem::path& out,
+                             const RandomCheckpointOptions& options,
+                             const std::function<void(std::int64_t, std::int64_t)>& progress = {});
 
 }  // namespace dsv3

@@ -1,0 +1,75 @@
+// dsv3 init's random checkpoints: the official layout (the fixture's own tensor names), loadable,
+// deterministic, and the FP8 variant close to the BF16 one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <set>
+
+#include "kernels/cpu/ops.h"
+#include "model/model.h"
+#include "support.h"
+
+namespace dsv3 {
+namespace {
+
+TEST(Init, LayoutHasExactlyTheFixtureCheckpointsTensors) {
+  const TensorStore fixture = TensorStore::open(test::tiny_model_dir());
+  std::set<std::string> expected, ours;
+  for (const auto& name : fixture.names()) expected.insert(name);
+  for (const auto& tensor : checkpoint_layout(ModelConfig::load(test::tiny_model_dir()))) {
+    ours.insert(tensor.name);
+    EXPECT_EQ(fixture.require(tensor.name).shape, tensor.shape) << tensor.name;
+  }
+  EXPECT_EQ(ours, expected);
+}
+
+std::vector<float> weight_values(const Weights& w, const Matrix& m) {
+  std::vector<float> values(static_cast<std::size_t>(m.rows * m.cols));
+  kernels::dequantize_rows(m, 0, m.rows, values.data());
+  return values;
+}
+
+TEST(Init, RandomCheckpointsLoadRunAndAreDeterministic) {
+  const auto root = test::temp_dir("init");
+  ModelConfig config = ModelConfig::load(test::tiny_model_dir());
+  write_random_checkpoint(config, root / "bf16", {.seed = 7});
+  write_random_checkpoint(config, root / "again", {.seed = 7, .shard_bytes = 2'000'000});
+  write_random_checkpoint(config, root / "fp8", {.seed = 7, .fp8 = true});
+  write_random_checkpoint(config, root / "other", {.seed = 8});
+  EXPECT_TRUE(std::filesystem::exists(root / "again" / "model.safetensors.index.json"));
+
+  const Model bf16(Weights::load(root / "bf16"));
+  const Model sharded(Weights::load(root / "again"));
+  const Model fp8(Weights::load(root / "fp8"));
+  const Model other(Weights::load(root / "other"));
+  EXPECT_EQ(fp8.weights().layers[1].moe->experts[3].up_proj.dtype, DType::F8_E4M3);
+  EXPECT_EQ(fp8.weights().layers[1].moe->router.dtype, DType::BF16);
+
+  const std::vector<std::int64_t> ids = {1, 2, 3, 500, 7};
+  const auto logits = bf16.forward(ids).logits;
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(sharded.forward(ids).logits, logits) << "same seed, same model, however sharded";
+  EXPECT_NE(other.forward(ids).logits, logits) << "another seed, another model";
+
+  const auto& matrix = bf16.weights().layers[0].attention.kv_b_proj;
+  const auto values = weight_values(bf16.weights(), matrix);
+  double sum = 0.0, squares = 0.0;
+  for (float v : values) sum += v, squares += static_cast<double>(v) * v;
+  const double mean = sum / values.size(), std = std::sqrt(squares / values.size() - mean * mean);
+  EXPECT_NEAR(mean, 0.0, 0.002);
+  EXPECT_NEAR(std, 0.02, 0.001);
+  EXPECT_EQ(bf16.weights().layers[0].input_layernorm, std::vector<float>(256, 1.0f));
+  EXPECT_EQ(bf16.weights().layers[1].moe->e_score_correction_bias, std::vector<float>(16, 0.0f));
+  // The MTP module's embedding and head are copies of the main ones, as in the released checkpoints.
+  EXPECT_EQ(weight_values(bf16.weights(), bf16.weights().mtp[0].embed_tokens),
+            weight_values(bf16.weights(), bf16.weights().embed_tokens));
+
+  // FP8 holds the same weights to within E4M3's rounding (3 mantissa bits: 2^-4 relative).
+  const auto quantised = weight_values(fp8.weights(), fp8.weights().layers[0].attention.kv_b_proj);
+  EXPECT_LE(test::relative_l2(quantised.data(), values.data(), static_cast<std::int64_t>(values.size())), 0.0625);
+  std::filesystem::remove_all(root);
+}
+
+}  // namespace
+}  // namespace dsv3
