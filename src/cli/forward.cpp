@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cli/command.h"
+#include "cli/generation_options.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -33,7 +34,7 @@ std::vector<std::int64_t> read_ids(const TensorView& view) {
 }
 
 int run_forward(const std::string& model_dir, const std::string& input, const std::string& output) {
-  const Model model(Weights::load(model_dir));
+  const Model model = load_model(model_dir);
   const auto in = SafetensorsFile::open(input);
   const std::int64_t vocab = model.config().vocab_size;
   std::vector<std::pair<std::string, std::vector<float>>> results;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/progress.h"
 
 namespace dsv3::cli {
 
@@ -47,6 +48,12 @@ std::optional<Tokenizer> GenerationOptions::load_tokenizer() const {
   return std::nullopt;
 }
 
-Model load_model(const std::string& dir) { return Model(Weights::load(dir)); }
+Model load_model(const std::string& dir) {
+  Weights weights = Weights::load(dir);
+  ProgressBar bar("loading " + dir, static_cast<std::int64_t>(weights.store.total_bytes()), ProgressBar::Unit::bytes);
+  if (bar.visible())  // on a terminal: read the weights in now, showing progress, rather than on first use
+    weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
+  return Model(std::move(weights));
+}
 
 }  // namespace dsv3::cli

@@ -28,7 +28,7 @@ struct GenerationOptions {
   std::optional<Tokenizer> load_tokenizer() const;
 };
 
-// Loads weights with a progress line on a terminal (quiet when piped).
+// Loads weights; on a terminal it also reads them in with a progress bar (quiet when piped).
 Model load_model(const std::string& dir);
 
 }  // namespace dsv3::cli

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -64,6 +65,9 @@ class TensorStore {
   std::vector<std::string> names() const;
   const std::filesystem::path& location() const { return location_; }
   std::size_t total_bytes() const;
+  // Reads every mapped page once, so the first forward pass does not stall on page faults;
+  // `progress(tensors_done, bytes_done)` is called after each tensor.
+  void prefetch(const std::function<void(std::size_t, std::size_t)>& progress = {}) const;
 
  private:
   std::filesystem::path location_;
