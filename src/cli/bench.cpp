@@ -11,6 +11,7 @@
 #include "cli/generation_options.h"
 #include "core/error.h"
 #include "core/machine.h"
+#include "core/progress.h"
 #include "core/thread_pool.h"
 
 namespace dsv3::cli {
@@ -49,7 +50,7 @@ double bytes_per_decoded_token(const Weights& w) {
          head * static_cast<double>(dtype_size(w.lm_head.dtype));
 }
 
-Measurement run_once(const Model& model, const BenchOptions& options, std::int64_t mtp, const char* label, bool show) {
+Measurement run_once(const Model& model, const BenchOptions& options, std::int64_t mtp, const char* label) {
   const ModelConfig& c = model.config();
   EngineOptions engine_options;
   engine_options.cache_tokens = options.batch * (options.prompt_len + options.gen_len + mtp + 16);
@@ -70,6 +71,7 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
   }
   Measurement run;
   const std::int64_t total = options.batch * options.gen_len;
+  ProgressBar bar(label, total);
   std::int64_t produced = 0, first_tokens = 0;
   const auto start = Clock::now();
   Clock::time_point decode_start;
@@ -85,9 +87,8 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
         decode_start = Clock::now();
       }
     }
-    if (show) fmt::print(stderr, "\r{} {:>6}/{} tokens", label, produced, total);
+    bar.set(produced);
   }
-  if (show) fmt::print(stderr, "\r\033[K");
   run.decode_seconds = since(decode_start);
   run.decode_tokens = produced - options.batch;
   for (std::size_t i = 0; i < engine.speculation().drafted.size(); ++i)
@@ -96,7 +97,6 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
 }
 
 int bench(const BenchOptions& options) {
-  const bool show = !options.json && ::isatty(2);
   const auto load_start = Clock::now();
   const Model model = load_model(options.model);
   const double load_seconds = since(load_start);
@@ -107,9 +107,9 @@ int bench(const BenchOptions& options) {
   if (options.mtp > 0 && model.weights().mtp.empty())
     fail("--mtp {} needs an MTP module, and {} has none", options.mtp, options.model);
 
-  const Measurement plain = run_once(model, options, 0, "decode", show);
+  const Measurement plain = run_once(model, options, 0, "decode");
   const Measurement speculative =
-      options.mtp > 0 ? run_once(model, options, options.mtp, "decode+mtp", show) : Measurement{};
+      options.mtp > 0 ? run_once(model, options, options.mtp, "decode with MTP") : Measurement{};
   const std::int64_t peak_memory = peak_memory_bytes();  // before the bandwidth probe's buffer
   const double bandwidth = measure_read_bandwidth(std::int64_t{512} << 20);
   const double bytes_per_token = bytes_per_decoded_token(model.weights());
