@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "io/safetensors.h"
 
 namespace dsv3::test {
@@ -78,6 +79,19 @@ inline RowComparison compare_rows(const float* ours, const float* reference, std
     }
   }
   return result;
+}
+
+// The message of the dsv3::Error that `action` throws; a test failure when it throws none. Any
+// other exception escapes and fails the test as an unexpected one.
+template <typename Action>
+std::string error_message(Action&& action) {
+  try {
+    action();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "expected a dsv3::Error, none was thrown";
+  return {};
 }
 
 }  // namespace dsv3::test

@@ -26,23 +26,12 @@ json read_json(const fs::path& path) {
   return json::parse(in);
 }
 
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected a dsv3::Error, none was thrown";
-  return {};
-}
-
 // The error from_json raises for the fixture's config with `edit` applied.
 template <typename Edit>
 std::string edited_config_error(Edit&& edit) {
   json config = read_json(test::tiny_model_dir() / "config.json");
   edit(config);
-  return error_message([&] { ModelConfig::from_json(config, "edited/config.json"); });
+  return test::error_message([&] { ModelConfig::from_json(config, "edited/config.json"); });
 }
 
 void expect_equal(const ModelConfig& a, const ModelConfig& b) {
@@ -275,16 +264,16 @@ TEST(ModelConfig, MissingRequiredKeyAndBadGrouping) {
               AllOf(HasSubstr("n_routed_experts = 16 is not divisible by n_group = 3")));
   EXPECT_THAT(edited_config_error([](json& config) { config["rope_scaling"] = "yarn"; }),
               AllOf(HasSubstr("edited/config.json"), HasSubstr("rope_scaling")));
-  EXPECT_THAT(error_message([] { ModelConfig::from_json(json::array({1, 2}), "list.json"); }),
+  EXPECT_THAT(test::error_message([] { ModelConfig::from_json(json::array({1, 2}), "list.json"); }),
               AllOf(HasSubstr("list.json"), HasSubstr("not a JSON object")));
 }
 
 TEST(ModelConfig, MalformedOrMissingFileIsNamed) {
   const fs::path dir = test::temp_dir("config");
   std::ofstream(dir / "config.json") << R"({"vocab_size": 1024, "hidden_size": )";
-  EXPECT_THAT(error_message([&] { ModelConfig::load(dir); }),
+  EXPECT_THAT(test::error_message([&] { ModelConfig::load(dir); }),
               AllOf(HasSubstr((dir / "config.json").string()), HasSubstr("malformed JSON")));
-  EXPECT_THAT(error_message([&] { ModelConfig::load(dir / "absent.json"); }),
+  EXPECT_THAT(test::error_message([&] { ModelConfig::load(dir / "absent.json"); }),
               AllOf(HasSubstr((dir / "absent.json").string()), HasSubstr("cannot open")));
   fs::remove_all(dir);
 }

@@ -19,19 +19,6 @@ using json = nlohmann::json;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-// The message of the dsv3::Error that `action` throws; a test failure when it throws none. Any
-// other exception escapes and fails the test as an unexpected one.
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected a dsv3::Error, none was thrown";
-  return {};
-}
-
 std::string little_endian_u64(std::uint64_t value) {
   std::string bytes(8, '\0');
   for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(value >> (8 * i));
@@ -63,7 +50,7 @@ class SafetensorsBadFile : public ::testing::Test {
   std::string open_error(const std::string& bytes) {
     path_ = dir_ / "bad.safetensors";
     write_bytes(path_, bytes);
-    return error_message([&] { SafetensorsFile::open(path_); });
+    return test::error_message([&] { SafetensorsFile::open(path_); });
   }
   std::string header_error(const std::string& header, std::size_t data_bytes) {
     return open_error(safetensors_bytes(header, data_bytes));
@@ -93,7 +80,7 @@ TEST_F(SafetensorsBadFile, ImplausiblyLargeHeaderLength) {
   path_ = dir_ / "bad.safetensors";
   write_bytes(path_, little_endian_u64(200ull << 20));
   fs::resize_file(path_, (200ull << 20) + 64);
-  const std::string message = error_message([&] { SafetensorsFile::open(path_); });
+  const std::string message = test::error_message([&] { SafetensorsFile::open(path_); });
   EXPECT_THAT(message, AllOf(HasSubstr(path_.string()), HasSubstr("implausibly large")));
 }
 
@@ -288,9 +275,9 @@ TEST(SafetensorsRoundTrip, RejectedWriteLeavesTheOldFileAlone) {
   const fs::path path = dir / "model.safetensors";
   const std::vector<float> values = {1, 2, 3};
   write_safetensors(path, {tensor_to_write("kept", {3}, values)});
-  std::string message = error_message([&] { write_safetensors(path, {tensor_to_write("short", {4}, values)}); });
+  std::string message = test::error_message([&] { write_safetensors(path, {tensor_to_write("short", {4}, values)}); });
   EXPECT_THAT(message, AllOf(HasSubstr(path.string()), HasSubstr("tensor short has 12 bytes"), HasSubstr("needs 16")));
-  message = error_message(
+  message = test::error_message(
       [&] { write_safetensors(path, {tensor_to_write("twice", {3}, values), tensor_to_write("twice", {3}, values)}); });
   EXPECT_THAT(message, AllOf(HasSubstr(path.string()), HasSubstr("twice given twice")));
   EXPECT_EQ(test::read_f32(SafetensorsFile::open(path)->tensors().at("kept")), values);
@@ -305,11 +292,11 @@ TEST(SafetensorsStore, OpensAFileADirectoryOrFailsNamingThePath) {
   const TensorStore direct = TensorStore::open(dir / "weights.safetensors");
   EXPECT_EQ(direct.names(), std::vector<std::string>{"w"});
   EXPECT_EQ(direct.total_bytes(), 8u);
-  EXPECT_THAT(error_message([&] { direct.require("absent.weight"); }),
+  EXPECT_THAT(test::error_message([&] { direct.require("absent.weight"); }),
               AllOf(HasSubstr("weights.safetensors"), HasSubstr("absent.weight")));
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir); }),
               AllOf(HasSubstr(dir.string()), HasSubstr("neither model.safetensors nor model.safetensors.index.json")));
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir / "nowhere"); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir / "nowhere"); }),
               AllOf(HasSubstr((dir / "nowhere").string()), HasSubstr("no such")));
   fs::remove_all(dir);
 }
@@ -368,35 +355,35 @@ TEST_F(SafetensorsSharded, LoadsWithTheSameTensorsAndBitIdenticalLogits) {
 TEST_F(SafetensorsSharded, MalformedIndex) {
   for (const char* text : {"{\"weight_map\": {", "[]", "{\"weight_map\": 3}"}) {
     write_bytes(index_path(), text);
-    EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }), HasSubstr(index_path().string())) << text;
+    EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }), HasSubstr(index_path().string())) << text;
   }
   weight_map_[shard1_.front().name] = 5;
   write_index();
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(index_path().string()), HasSubstr(shard1_.front().name), HasSubstr("not a file name")));
   weight_map_[shard1_.front().name] = "../model.safetensors";
   write_index();
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(index_path().string()), HasSubstr("same directory")));
 }
 
 TEST_F(SafetensorsSharded, MissingShard) {
   fs::remove(dir_ / kShard2);
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(index_path().string()), HasSubstr(kShard2), HasSubstr("missing")));
 }
 
 TEST_F(SafetensorsSharded, ShardNamedInTheIndexIsADirectory) {
   weight_map_[shard1_.front().name] = ".";
   write_index();
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(dir_.string()), HasSubstr("not a regular file")));
 }
 
 TEST_F(SafetensorsSharded, TensorListedButAbsentFromItsShard) {
   weight_map_["model.layers.9.mlp.up_proj.weight"] = kShard1;
   write_index();
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(index_path().string()), HasSubstr("model.layers.9.mlp.up_proj.weight"),
                     HasSubstr(kShard1), HasSubstr("does not hold it")));
 }
@@ -405,7 +392,7 @@ TEST_F(SafetensorsSharded, TensorListedUnderTheWrongShard) {
   const std::string name = shard2_.front().name;
   weight_map_[name] = kShard1;
   write_index();
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(index_path().string()), HasSubstr(name), HasSubstr("found in " + std::string(kShard2))));
 }
 
@@ -413,7 +400,7 @@ TEST_F(SafetensorsSharded, TensorInTwoShards) {
   const TensorToWrite duplicate = shard1_.back();
   shard2_.push_back(duplicate);
   write_safetensors(dir_ / kShard2, shard2_);
-  EXPECT_THAT(error_message([&] { TensorStore::open(dir_); }),
+  EXPECT_THAT(test::error_message([&] { TensorStore::open(dir_); }),
               AllOf(HasSubstr(duplicate.name), HasSubstr((dir_ / kShard1).string()), HasSubstr((dir_ / kShard2).string())));
 }
 

@@ -18,17 +18,6 @@ using json = nlohmann::json;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected a dsv3::Error, none was thrown";
-  return {};
-}
-
 // A rewritable copy of the tiny model: its tensors (views into the original file) and config.
 class WeightsCopy : public ::testing::Test {
  protected:
@@ -74,7 +63,7 @@ class WeightsCopy : public ::testing::Test {
     return Weights::load(dir_);
   }
   std::string load_error() {
-    return error_message([&] { load(); });
+    return test::error_message([&] { load(); });
   }
   void use_fp8() {
     config_["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {128, 128}}};

@@ -15,24 +15,6 @@
 namespace dsv3::cli {
 namespace {
 
-std::vector<std::int64_t> read_ids(const TensorView& view) {
-  if (view.shape.size() != 1)
-    fail("{}: tensor {} has shape {}, expected [T]", view.file.string(), view.name, view.shape_string());
-  std::vector<std::int64_t> ids(static_cast<std::size_t>(view.shape[0]));
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (view.dtype == DType::I64) {
-      std::memcpy(&ids[i], view.data + 8 * i, 8);
-    } else if (view.dtype == DType::I32) {
-      std::int32_t id;
-      std::memcpy(&id, view.data + 4 * i, 4);
-      ids[i] = id;
-    } else {
-      fail("{}: tensor {} has dtype {}, expected I64 or I32", view.file.string(), view.name, dtype_name(view.dtype));
-    }
-  }
-  return ids;
-}
-
 int run_forward(const std::string& model_dir, const std::string& input, const std::string& output) {
   const Model model = load_model(model_dir);
   const auto in = SafetensorsFile::open(input);
@@ -41,7 +23,7 @@ int run_forward(const std::string& model_dir, const std::string& input, const st
   for (const auto& [name, view] : in->tensors()) {
     if (!name.starts_with("input_ids_")) continue;
     const std::string suffix = name.substr(std::strlen("input_ids_"));
-    const std::vector<std::int64_t> ids = read_ids(view);
+    const std::vector<std::int64_t> ids = read_token_ids(view);
     if (ids.empty()) fail("{}: tensor {} is empty", input, name);
     const auto start = std::chrono::steady_clock::now();
     ForwardOutput out = model.forward(ids);

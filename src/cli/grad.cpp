@@ -15,24 +15,6 @@
 namespace dsv3::cli {
 namespace {
 
-std::vector<std::int64_t> read_ids(const TensorView& view) {
-  if (view.shape.size() != 1)
-    fail("{}: tensor {} has shape {}, expected [T]", view.file.string(), view.name, view.shape_string());
-  std::vector<std::int64_t> ids(static_cast<std::size_t>(view.shape[0]));
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    if (view.dtype == DType::I64) {
-      std::memcpy(&ids[i], view.data + 8 * i, 8);
-    } else if (view.dtype == DType::I32) {
-      std::int32_t id;
-      std::memcpy(&id, view.data + 4 * i, 4);
-      ids[i] = id;
-    } else {
-      fail("{}: tensor {} has dtype {}, expected I64 or I32", view.file.string(), view.name, dtype_name(view.dtype));
-    }
-  }
-  return ids;
-}
-
 struct Options {
   std::string model, input, seq, output;
   double mtp_weight = 0.3;
@@ -45,7 +27,7 @@ int run_grad(const Options& options) {
   const std::string ids_name = "input_ids_" + options.seq;
   const auto found = in->tensors().find(ids_name);
   if (found == in->tensors().end()) fail("{}: no tensor {}", options.input, ids_name);
-  const std::vector<std::int64_t> ids = read_ids(found->second);
+  const std::vector<std::int64_t> ids = read_token_ids(found->second);
 
   const auto start = std::chrono::steady_clock::now();
   model.zero_gradients();

@@ -318,6 +318,24 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
   if (error) fail("{}: cannot rename into place: {}", path.string(), error.message());
 }
 
+std::vector<std::int64_t> read_token_ids(const TensorView& view) {
+  if (view.shape.size() != 1)
+    fail("{}: tensor {} has shape {}, expected [T]", view.file.string(), view.name, view.shape_string());
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(view.shape[0]));
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (view.dtype == DType::I64) {
+      std::memcpy(&ids[i], view.data + 8 * i, 8);
+    } else if (view.dtype == DType::I32) {
+      std::int32_t id;
+      std::memcpy(&id, view.data + 4 * i, 4);
+      ids[i] = id;
+    } else {
+      fail("{}: tensor {} has dtype {}, expected I64 or I32", view.file.string(), view.name, dtype_name(view.dtype));
+    }
+  }
+  return ids;
+}
+
 TensorToWrite tensor_to_write(std::string name, std::vector<std::int64_t> shape,
                               std::span<const float> values) {
   return {std::move(name), DType::F32, std::move(shape), std::as_bytes(values)};

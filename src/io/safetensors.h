@@ -75,6 +75,9 @@ class TensorStore {
   std::map<std::string, const TensorView*> index_;
 };
 
+// A [T] tensor of token ids (I64 or I32) as int64; errors name the file, tensor, shape or dtype.
+std::vector<std::int64_t> read_token_ids(const TensorView& view);
+
 // A tensor to write: `bytes` must hold exactly numel(shape) * dtype_size(dtype) bytes.
 struct TensorToWrite {
   std::string name;
