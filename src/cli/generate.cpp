@@ -51,7 +51,7 @@ int run(GenerateOptions& options) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   const Model model = load_model(g.model);
-  Engine engine(model, g.engine);
+  Engine engine(model, g.engine_options(model.config()));
   const SequenceId id = engine.add(prompt, g.sampling);
   const auto start = std::chrono::steady_clock::now();
 

@@ -30,9 +30,24 @@ void GenerationOptions::add_to(CLI::App& app, float default_temperature) {
   app.add_option("--cache-dtype", cache_dtype, "KV cache precision")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
-  app.add_option("--cache-tokens", engine.cache_tokens, "KV cache capacity in tokens")
+  auto* capacity = app.add_option_group("cache capacity");
+  capacity->add_option("--cache-tokens", engine.cache_tokens, "KV cache capacity in tokens")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  capacity->add_option("--cache-bytes", cache_bytes, "KV cache capacity in bytes (instead of --cache-tokens)")
+      ->check(CLI::PositiveNumber);
+  capacity->require_option(0, 1);
+}
+
+EngineOptions GenerationOptions::engine_options(const ModelConfig& config) const {
+  EngineOptions options = engine;
+  if (cache_bytes > 0) {
+    options.cache_tokens = LatentCache::tokens_for_bytes(config, options.cache_dtype, cache_bytes);
+    if (options.cache_tokens <= 0)
+      fail("--cache-bytes {} holds no token: one token takes {} bytes of {} cache", cache_bytes,
+           LatentCache::bytes_per_token(config, options.cache_dtype), cache_dtype);
+  }
+  return options;
 }
 
 void GenerationOptions::finalise() {

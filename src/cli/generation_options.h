@@ -19,6 +19,10 @@ struct GenerationOptions {
   std::optional<std::uint64_t> seed;
   EngineOptions engine;
   std::string cache_dtype = "bf16";
+  std::int64_t cache_bytes = 0;  // when set, the cache capacity in bytes instead of --cache-tokens
+
+  // The engine options for `config`: cache capacity from --cache-bytes when given.
+  EngineOptions engine_options(const ModelConfig& config) const;
 
   // Sampling and engine options; `default_temperature` differs per command (greedy for generate).
   void add_to(CLI::App& app, float default_temperature);
