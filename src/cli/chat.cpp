@@ -72,7 +72,13 @@ Reply generate_reply(Session& session, const std::vector<std::int32_t>& prompt, 
                      bool starts_thinking) {
   Reply reply;
   const auto start = std::chrono::steady_clock::now();
-  const SequenceId id = session.engine.add(prompt, params);
+  // Frees the sequence however the reply ends, an exception included, so that it cannot linger
+  // in the engine and be stepped along with the next turn's.
+  struct FinishOnExit {
+    Engine& engine;
+    SequenceId id;
+    ~FinishOnExit() { engine.finish(id); }
+  } finish_on_exit{session.engine, session.engine.add(prompt, params)};
   Tokenizer::StreamDecoder decoder(session.tokenizer, true);
   StopChecker stops(params, session.end_of_sequence_ids);
   ThinkingSplitter splitter(starts_thinking);
@@ -107,7 +113,7 @@ Reply generate_reply(Session& session, const std::vector<std::int32_t>& prompt, 
       }
     }
   }
-  session.engine.finish(id);
+  session.engine.finish(finish_on_exit.id);
   const bool stopped_by_string = stops.reason() == FinishReason::stop_string;
   show(stops.finish());
   if (!stopped_by_string) show(decoder.finish());
@@ -180,7 +186,15 @@ void take_turn(Session& session, Conversation& conversation, const std::string& 
   }
   SamplingParams params = session.sampling;
   params.max_tokens = static_cast<std::int32_t>(std::min<std::int64_t>(*params.max_tokens, room));
-  const Reply reply = generate_reply(session, prompt, params, prompt_opens_thinking(rendered));
+  Reply reply;
+  try {
+    reply = generate_reply(session, prompt, params, prompt_opens_thinking(rendered));
+  } catch (const Error& e) {
+    session.printer.end();
+    conversation.drop_last();
+    status(terminal, fmt::format("dsv3: error: the reply failed, and the message is dropped: {}", e.what()));
+    return;
+  }
   if (reply.outcome == Outcome::interrupted) session.interrupts.clear();
   conversation.add_assistant(reply.text);
   status(terminal, reply_summary(reply, prompt.size(), verbose));
@@ -228,7 +242,10 @@ int run(ChatOptions& options) {
     }
     std::string line;
     const ReadResult read = reader.next(line);
-    if (read == ReadResult::end_of_input) break;
+    if (read == ReadResult::end_of_input) {
+      if (terminal.input) std::fputs("\n", stdout);
+      break;
+    }
     if (read == ReadResult::interrupted) {
       if (terminal.input) std::fputs("\n", stdout);
       status(terminal, "(press Ctrl-D or type /exit to quit)");
@@ -248,7 +265,6 @@ int run(ChatOptions& options) {
     }
     take_turn(session, conversation, line, terminal, options.verbose);
   }
-  if (terminal.input) std::fputs("\n", stdout);
   return 0;
 }
 
