@@ -137,17 +137,12 @@ std::string reply_summary(const Reply& reply, std::size_t prompt_tokens, bool ve
   return line + "]";
 }
 
-// Checks that everything fits together before the model is loaded and the first turn is taken.
-void check_pair(const Tokenizer& tokenizer, const std::string& tokenizer_dir, const ModelConfig& config,
-                const std::string& model_dir) {
+// A chat needs the model's own template; say so before the model is loaded.
+void check_chat_template(const Tokenizer& tokenizer, const std::string& tokenizer_dir) {
   if (tokenizer.chat_template().empty())
     fail("the tokenizer in '{}' has no chat template (its tokenizer_config.json sets no 'chat_template'), and "
          "dsv3 chat renders conversations only with the model's own template",
          tokenizer_dir);
-  if (static_cast<std::int64_t>(tokenizer.vocab_size()) > config.vocab_size)
-    fail("the tokenizer in '{}' has {} tokens but the model in '{}' has a vocabulary of {}: tokens {} and up "
-         "cannot be fed to this model (is it the model's own tokenizer?)",
-         tokenizer_dir, tokenizer.vocab_size(), model_dir, config.vocab_size, config.vocab_size);
 }
 
 std::vector<std::int32_t> end_of_sequence_ids(const Tokenizer& tokenizer, const ModelConfig& config) {
@@ -208,24 +203,20 @@ int run(ChatOptions& options) {
     fail("chat needs a tokenizer with a chat template: the model folder '{}' has no tokenizer.json, pass "
          "--tokenizer DIR",
          g.model);
-  const std::string tokenizer_dir = g.tokenizer.empty() ? g.model : g.tokenizer;
-  check_pair(*tokenizer, tokenizer_dir, ModelConfig::load(g.model), g.model);
+  check_chat_template(*tokenizer, g.tokenizer_dir());
   Conversation conversation(tokenizer->chat_template(), tokenizer->bos_token(), tokenizer->eos_token(), options.system);
 
   const Terminal terminal;
   const auto load_start = std::chrono::steady_clock::now();
   const Model model = load_model(g.model);
-  Engine engine(model, g.engine);
+  Engine engine(model, g.engine_options(model.config()));
   SamplingParams sampling = g.sampling;
   const std::vector<std::int32_t> eos_ids = end_of_sequence_ids(*tokenizer, model.config());
   // Ignoring end of sequence is a bias that the sampler can never overcome, not a skipped check,
   // so the engine's own stop on the model's EOS ids stays as it is.
   if (options.ignore_eos)
     for (const std::int32_t id : eos_ids) sampling.logit_bias[id] = -1e30f;
-  // Model vocabularies are padded past the tokenizer's (DeepSeek-V3: 129280 rows for 128815
-  // tokens); a padding id has no text, so it is never sampled rather than failing the decoder.
-  for (auto id = static_cast<std::int64_t>(tokenizer->vocab_size()); id < model.config().vocab_size; ++id)
-    sampling.logit_bias[static_cast<std::int32_t>(id)] = -1e30f;
+  g.fit_to(*tokenizer, model.config(), sampling);
   sampling.validate(model.config().vocab_size);
   InterruptHandler interrupts;
   ReplyPrinter printer(stdout, terminal.output);

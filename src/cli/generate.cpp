@@ -51,6 +51,7 @@ int run(GenerateOptions& options) {
   }
   const auto load_start = std::chrono::steady_clock::now();
   const Model model = load_model(g.model);
+  if (tokenizer) g.fit_to(*tokenizer, model.config(), g.sampling);
   Engine engine(model, g.engine_options(model.config()));
   const SequenceId id = engine.add(prompt, g.sampling);
   const auto start = std::chrono::steady_clock::now();

@@ -57,10 +57,25 @@ void GenerationOptions::finalise() {
 }
 
 std::optional<Tokenizer> GenerationOptions::load_tokenizer() const {
+  const std::string dir = tokenizer_dir();
+  if (dir.empty()) return std::nullopt;
+  return Tokenizer::load(dir);
+}
+
+void GenerationOptions::fit_to(const Tokenizer& tokenizer, const ModelConfig& config, SamplingParams& params) const {
+  const auto tokens = static_cast<std::int64_t>(tokenizer.vocab_size());
+  if (tokens > config.vocab_size)
+    fail("the tokenizer{} has {} tokens but the model in '{}' has a vocabulary of {}: tokens {} and up cannot be fed "
+         "to this model (is it the model's own tokenizer?)",
+         tokenizer_dir().empty() ? "" : " in '" + tokenizer_dir() + "'", tokens, model, config.vocab_size,
+         config.vocab_size);
+  for (std::int64_t id = tokens; id < config.vocab_size; ++id) params.logit_bias[static_cast<std::int32_t>(id)] = -1e30f;
+}
+
+std::string GenerationOptions::tokenizer_dir() const {
   namespace fs = std::filesystem;
-  if (!tokenizer.empty()) return Tokenizer::load(tokenizer);
-  if (fs::exists(fs::path(model) / "tokenizer.json")) return Tokenizer::load(model);
-  return std::nullopt;
+  if (!tokenizer.empty()) return tokenizer;
+  return fs::exists(fs::path(model) / "tokenizer.json") ? model : std::string();
 }
 
 Model load_model(const std::string& dir) {

@@ -30,6 +30,11 @@ struct GenerationOptions {
   void finalise();
   // The tokenizer to use, or nullopt when neither --tokenizer nor the model folder has one.
   std::optional<Tokenizer> load_tokenizer() const;
+  std::string tokenizer_dir() const;  // --tokenizer, else the model folder when it has one, else ""
+  // Fits sampling to a model/tokenizer pair: a tokenizer larger than the model's vocabulary is an
+  // error naming both; ids past the tokenizer (the model's padding rows: DeepSeek-V3 has 129280
+  // rows for 128815 tokens) have no text, so they are never sampled.
+  void fit_to(const Tokenizer& tokenizer, const ModelConfig& config, SamplingParams& params) const;
 };
 
 // Loads weights; on a terminal it also reads them in with a progress bar (quiet when piped).
