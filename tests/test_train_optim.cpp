@@ -1,6 +1,7 @@
 // The optimiser, schedules, clipping, bias update and FP8 quantiser against hand-worked values.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <numbers>
 
@@ -195,6 +196,25 @@ TEST(Fp8Train, QuantizerMatchesHandWorkedTiles) {
   std::vector<float> zeros(5, 0.0f), zq(5, 1.0f);
   train::fp8_quantize_dequantize(zeros.data(), 1, 5, 1, train::kFp8Tile, zq.data());
   EXPECT_EQ(zq, zeros);
+}
+
+TEST(Fp8Train, FastRoundingMatchesTheReferenceConversion) {
+  // Every 37th float from 0 to past the E4M3 range (both signs), and the edges.
+  std::int64_t checked = 0, mismatches = 0;
+  for (std::uint32_t bits = 0; bits < 0x44000000u; bits += 37) {
+    for (const float v : {std::bit_cast<float>(bits), -std::bit_cast<float>(bits)}) {
+      const float expected = fp8_e4m3_to_float(float_to_fp8_e4m3(v));
+      const float got = train::round_to_e4m3(v);
+      if (std::bit_cast<std::uint32_t>(got) != std::bit_cast<std::uint32_t>(expected) && !(got == 0 && expected == 0)) {
+        if (++mismatches < 5) ADD_FAILURE() << v << ": " << got << " vs " << expected;
+      }
+      ++checked;
+    }
+  }
+  for (const float v : {448.0f, 464.0f, 1e30f, 0x1p-6f, 0x1p-10f, 0x1.8p-10f, 0x1.7p-6f})
+    EXPECT_EQ(train::round_to_e4m3(v), fp8_e4m3_to_float(float_to_fp8_e4m3(v))) << v;
+  EXPECT_TRUE(std::isnan(train::round_to_e4m3(NAN)));
+  EXPECT_EQ(mismatches, 0) << "of " << checked;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // Rounding and saturation are the real thing's; only the tensor cores' limited accumulation width
 // is not modelled (DeepSeek promotes partial sums to FP32 every 128 elements for that reason).
 #include <algorithm>
+#include <bit>
 #include <cmath>
 
 #include "core/error.h"
@@ -10,6 +11,21 @@
 #include "train/train.h"
 
 namespace dsv3::train {
+
+float round_to_e4m3(float value) {
+  if (std::isnan(value)) return value;
+  const float magnitude = std::fabs(value);
+  float rounded;
+  if (magnitude < 0x1p-6f) {
+    rounded = std::nearbyint(magnitude * 512.0f) * 0x1p-9f;  // subnormal: a fixed step of 2^-9
+  } else {
+    // Keep 3 mantissa bits, rounding to nearest even on the 20 bits dropped.
+    std::uint32_t bits = std::bit_cast<std::uint32_t>(magnitude);
+    bits += 0x7ffffu + ((bits >> 20) & 1u);
+    rounded = std::bit_cast<float>(bits & 0xfff00000u);
+  }
+  return std::copysign(std::min(rounded, kFp8E4M3Max), value);  // saturating, as the conversion does
+}
 
 void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_t cols, std::int64_t tile_rows,
                              std::int64_t tile_cols, float* out) {
@@ -25,7 +41,7 @@ void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_
       const float scale = amax > 0.0f ? amax / kFp8E4M3Max : 1.0f;
       for (std::int64_t r = r0; r < r1; ++r)
         for (std::int64_t c = c0; c < c1; ++c)
-          out[r * cols + c] = fp8_e4m3_to_float(float_to_fp8_e4m3(values[r * cols + c] / scale)) * scale;
+          out[r * cols + c] = round_to_e4m3(values[r * cols + c] / scale) * scale;
     }
 }
 

@@ -122,6 +122,9 @@ class TrainableModel {
 void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_t cols, std::int64_t tile_rows,
                              std::int64_t tile_cols, float* out);
 inline constexpr std::int64_t kFp8Tile = 128;
+// The E4M3 value nearest `value` (ties to even, saturating at ±448): the same as
+// fp8_e4m3_to_float(float_to_fp8_e4m3(value)), by bit arithmetic instead of frexp/ldexp.
+float round_to_e4m3(float value);
 
 struct ObjectiveOptions {
   double mtp_weight = 0.3;
