@@ -163,3 +163,109 @@ TEST(Fp8Train, TrainingEndsWithinHalfAPercentOfFp32) {
 
 }  // namespace
 }  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+
+int run_cli(const std::string& arguments, std::string& output) {
+  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return -1;
+  char buffer[4096];
+  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::size_t occurrences(const std::string& text, const std::string& needle) {
+  std::size_t count = 0;
+  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
+  return count;
+}
+
+TEST(Plot, DrawsLossAndBalancePanelsWithAxesTicksAndLegend) {
+  std::vector<nlohmann::json> records;
+  for (int step = 1; step <= 50; ++step) {
+    nlohmann::json r = {{"step", step}, {"loss_main", 6.0 - step * 0.05}, {"loss_mtp", 6.1 - step * 0.04}};
+    r["load"] = {{{"layer", 1}, {"max_over_mean", 3.0 - step * 0.03}}, {{"layer", 2}, {"max_over_mean", 2.0}}};
+    if (step % 10 == 0) {
+      r["val_loss_main"] = 6.0 - step * 0.045;
+      r["val_loss_mtp"] = 6.1 - step * 0.035;
+    }
+    records.push_back(r);
+  }
+  const std::string svg = train::plot_metrics_svg(records);
+  EXPECT_TRUE(svg.starts_with("<svg "));
+  EXPECT_TRUE(svg.ends_with("</svg>\n"));
+  for (const char* label : {"train main", "train MTP", "validation main", "validation MTP", "layer 1 max/mean",
+                            "layer 2 max/mean", "Loss", "Expert load balance", "step"})
+    EXPECT_NE(svg.find(label), std::string::npos) << label;
+  EXPECT_EQ(occurrences(svg, "<path "), 6u);     // 4 loss series + 2 layers
+  EXPECT_EQ(occurrences(svg, "<circle "), 10u);  // validation markers: 5 steps x 2
+  EXPECT_GE(occurrences(svg, "text-anchor=\"middle\">"), 10u);  // x tick labels of both panels
+  EXPECT_EQ(occurrences(svg, "<text"), occurrences(svg, "</text>"));
+  // The x ticks: 1, 2 or 5 times a power of ten (here every 5 steps up to 50).
+  EXPECT_NE(svg.find(">50</text>"), std::string::npos);
+  EXPECT_THROW(train::plot_metrics_svg({nlohmann::json{{"loss_main", 1.0}}}), Error);
+  EXPECT_NE(train::plot_metrics_svg({}).find("no data"), std::string::npos);
+}
+
+TEST(Train, CliTrainsResumesAndPlots) {
+  auto setup = test::training_setup("cli", 6);
+  nlohmann::json config = {{"model_config", setup.config.model_config},
+                           {"tokenizer", setup.config.tokenizer},
+                           {"corpus", setup.corpus},
+                           {"seq_len", 64},
+                           {"batch_size", 2},
+                           {"accumulation", 2},
+                           {"steps", 6},
+                           {"lr", 1e-3},
+                           {"validation_fraction", 0.2},
+                           {"validation_interval", 3},
+                           {"checkpoint_dir", (setup.dir / "ckpt").string()},
+                           {"checkpoint_interval", 3},
+                           {"fp8", true},
+                           {"moment_dtype", "f32"},
+                           {"resume", "latest"}};
+  std::ofstream(setup.dir / "train.json") << config.dump(2);
+  std::string output;
+  ASSERT_EQ(run_cli("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
+  EXPECT_NE(output.find("trained steps 1..6"), std::string::npos) << output;
+  EXPECT_EQ(output.find("ETA"), std::string::npos) << "no progress bar when piped:\n" << output;
+  EXPECT_TRUE(std::filesystem::exists(setup.dir / "ckpt" / "step-3" / "model.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(setup.dir / "ckpt" / "step-6" / "model.safetensors"));
+
+  // Asking for more steps resumes from step-6 and appends to the log.
+  config["steps"] = 8;
+  std::ofstream(setup.dir / "train.json") << config.dump(2);
+  output.clear();
+  ASSERT_EQ(run_cli("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
+  EXPECT_NE(output.find("resumed from"), std::string::npos) << output;
+  EXPECT_NE(output.find("trained steps 7..8"), std::string::npos) << output;
+  std::ifstream log(setup.dir / "ckpt" / "metrics.jsonl");
+  std::string line;
+  std::vector<std::int64_t> steps;
+  while (std::getline(log, line)) {
+    const auto record = nlohmann::json::parse(line);
+    steps.push_back(record["step"].get<std::int64_t>());
+    for (const char* key : {"lr", "loss_main", "loss_mtp", "loss_balance", "grad_norm", "tokens_per_second", "load"})
+      EXPECT_TRUE(record.contains(key)) << key;
+  }
+  EXPECT_EQ(steps, (std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+
+  output.clear();
+  const auto svg = setup.dir / "metrics.svg";
+  ASSERT_EQ(run_cli("plot " + (setup.dir / "ckpt" / "metrics.jsonl").string() + " --out " + svg.string(), output), 0)
+      << output;
+  EXPECT_GT(std::filesystem::file_size(svg), 1000u);
+
+  // Unknown keys fail, naming the key.
+  config["learning_rate"] = 0.1;
+  std::ofstream(setup.dir / "bad.json") << config.dump(2);
+  output.clear();
+  EXPECT_NE(run_cli("train --config " + (setup.dir / "bad.json").string(), output), 0);
+  EXPECT_NE(output.find("unknown key \"learning_rate\""), std::string::npos) << output;
+}
+
+}  // namespace
+}  // namespace dsv3
