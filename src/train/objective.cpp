@@ -67,6 +67,16 @@ LossReport accumulate_gradients(TrainableModel& model, std::span<const std::int6
     report.balance += layer_forward(mtp->layer, c, rope, h_mtp.data(), rows,
                                     std::span(positions).first(static_cast<std::size_t>(rows)), alpha, mtp_saved);
   }
+  auto expert_load = [&](const LayerSaved& s, bool moe) {
+    std::vector<std::int64_t> load(moe ? static_cast<std::size_t>(c.n_routed_experts) : 0, 0);
+    if (moe)
+      for (std::int32_t e : s.moe.routes.experts) ++load[e];
+    return load;
+  };
+  for (std::size_t l = 0; l < model.layers.size(); ++l)
+    report.expert_load.push_back(expert_load(saved[l], model.layers[l].moe.has_value()));
+  for (std::size_t d = 0; d < model.mtp.size(); ++d)  // only depth 1 is trained
+    report.expert_load.push_back(expert_load(mtp_saved, d == 0 && mtp && mtp->layer.moe.has_value()));
   report.stored_activation_bytes = static_cast<std::int64_t>((h.size() + embedded.size() + h_mtp.size()) * sizeof(float));
   for (const LayerSaved& s : saved) report.stored_activation_bytes += s.bytes();
   report.stored_activation_bytes += mtp_saved.bytes();

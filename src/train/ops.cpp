@@ -22,17 +22,39 @@ void single_threaded_blas() {
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
-}  // namespace
-
-void linear(const float* x, std::int64_t rows, const Parameter& weight, float* y) {
-  kernels::linear(x, rows, weight.matrix(), y);
+// A GEMM input as the GEMM reads it: the FP32 values, or under the FP8 recipe a copy rounded through
+// E4M3 in tiles of tile_rows x tile_cols (kept in `storage`).
+const float* gemm_input(bool fp8, const float* values, std::int64_t rows, std::int64_t cols, std::int64_t tile_rows,
+                        std::int64_t tile_cols, std::vector<float>& storage) {
+  if (!fp8) return values;
+  storage.resize(static_cast<std::size_t>(rows * cols));
+  fp8_quantize_dequantize(values, rows, cols, tile_rows, tile_cols, storage.data());
+  return storage.data();
 }
 
-void linear_backward(const float* x, std::int64_t rows, Parameter& weight, const float* d_y, float* d_x) {
+}  // namespace
+
+// Every Linear GEMM of training goes through these two functions; Parameter::fp8_gemm decides the
+// precision of their inputs. Each GEMM quantises along its own inner (summed) dimension: x and d_y
+// in 1x128 row tiles for y = x Wᵀ and d_x = d_y W, in 128x1 column tiles (128 tokens) for
+// d_W = d_yᵀ x; W in 128x128 blocks, which serve W and Wᵀ alike.
+void linear(const float* x, std::int64_t rows, const Parameter& weight, float* y) {
+  const bool fp8 = weight.fp8_gemm;
+  std::vector<float> x_q, w_q;
+  Matrix w = weight.matrix();
+  w.data = reinterpret_cast<const std::byte*>(
+      gemm_input(fp8, weight.value.data(), weight.rows(), weight.cols(), kFp8Tile, kFp8Tile, w_q));
+  kernels::linear(gemm_input(fp8, x, rows, weight.cols(), 1, kFp8Tile, x_q), rows, w, y);
+}
+
+void linear_backward(const float* x_in, std::int64_t rows, Parameter& weight, const float* d_y_in, float* d_x) {
   single_threaded_blas();
   const std::int64_t out = weight.rows(), in = weight.cols();
   if (rows == 0) return;
-  const float* w = weight.value.data();
+  const bool fp8 = weight.fp8_gemm;
+  std::vector<float> x_q, d_y_columns_q, d_y_rows_q, w_q;
+  const float* x = gemm_input(fp8, x_in, rows, in, kFp8Tile, 1, x_q);
+  const float* d_y = gemm_input(fp8, d_y_in, rows, out, kFp8Tile, 1, d_y_columns_q);
   float* d_w = weight.grad.data();
   // d_W[o0:o1, :] += d_y[:, o0:o1]ᵀ · x
   ThreadPool::global().parallel_for(out, kPanel, [&](std::int64_t begin, std::int64_t end) {
@@ -41,6 +63,8 @@ void linear_backward(const float* x, std::int64_t rows, Parameter& weight, const
                 d_w + begin * in, static_cast<int>(in));
   });
   if (!d_x) return;
+  d_y = gemm_input(fp8, d_y_in, rows, out, 1, kFp8Tile, d_y_rows_q);
+  const float* w = gemm_input(fp8, weight.value.data(), out, in, kFp8Tile, kFp8Tile, w_q);
   // d_x[:, i0:i1] += d_y · W[:, i0:i1]
   ThreadPool::global().parallel_for(in, kPanel, [&](std::int64_t begin, std::int64_t end) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(end - begin),

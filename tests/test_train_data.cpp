@@ -1,0 +1,132 @@
+// Corpus reading, document packing, the validation split and the seeded sequence order; the
+// training config's validation.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+
+#include "core/error.h"
+#include "train_support.h"
+
+namespace dsv3 {
+namespace {
+
+TEST(Data, PackingSeparatesDocumentsWithEosAndDropsTheTail) {
+  const std::vector<std::vector<std::int32_t>> docs = {{10, 11, 12}, {20}, {30, 31, 32, 33}};
+  const auto packed = train::pack_documents(docs, 1, 4);
+  // 10 11 12 EOS | 20 EOS 30 31 | 32 33 EOS  (3 tokens left over: dropped)
+  ASSERT_EQ(packed.count(), 2);
+  EXPECT_EQ(std::vector<std::int64_t>(packed[0].begin(), packed[0].end()), (std::vector<std::int64_t>{10, 11, 12, 1}));
+  EXPECT_EQ(std::vector<std::int64_t>(packed[1].begin(), packed[1].end()), (std::vector<std::int64_t>{20, 1, 30, 31}));
+  EXPECT_THROW(packed[2], Error);
+  EXPECT_THROW(train::pack_documents(docs, 1, 1), Error);
+}
+
+TEST(Data, SamplerIsASeededPermutationPerEpochAndResumesExactly) {
+  train::SequenceSampler a(10, 42), b(10, 42), c(10, 43);
+  std::vector<std::int64_t> first, second, other;
+  for (int i = 0; i < 20; ++i) {
+    first.push_back(a.next());
+    second.push_back(b.next());
+    other.push_back(c.next());
+  }
+  EXPECT_EQ(first, second);
+  EXPECT_NE(first, other);
+  // Each epoch visits every sequence once, in a new order.
+  const std::set<std::int64_t> epoch0(first.begin(), first.begin() + 10), epoch1(first.begin() + 10, first.end());
+  EXPECT_EQ(epoch0.size(), 10u);
+  EXPECT_EQ(epoch1.size(), 10u);
+  EXPECT_NE(std::vector<std::int64_t>(first.begin(), first.begin() + 10),
+            std::vector<std::int64_t>(first.begin() + 10, first.end()));
+  // A sampler restored mid-epoch continues the same sequence.
+  train::SequenceSampler d(10, 42);
+  for (int i = 0; i < 13; ++i) d.next();
+  train::SequenceSampler e(10, 999);
+  e.restore(nlohmann::json::parse(d.state().dump()));
+  for (int i = 13; i < 20; ++i) EXPECT_EQ(e.next(), first[i]) << i;
+  train::SequenceSampler wrong(11, 42);
+  EXPECT_THROW(wrong.restore(d.state()), Error);
+}
+
+TEST(Data, ReadsTextJsonlJsonAndDirectories) {
+  const auto dir = test::temp_dir("corpus");
+  std::ofstream(dir / "a.txt") << "plain text\nover two lines";
+  std::ofstream(dir / "b.jsonl") << R"({"text": "first"})" << "\n\n" << R"({"text": "second", "year": 1790})" << "\n";
+  std::ofstream(dir / "c.json") << R"({"text": "a JSON document"})";
+  std::ofstream(dir / "bad.jsonl") << R"({"words": "no text"})" << "\n";
+  auto docs = train::read_documents({(dir / "a.txt").string(), (dir / "b.jsonl").string(), (dir / "c.json").string()});
+  EXPECT_EQ(docs, (std::vector<std::string>{"plain text\nover two lines", "first", "second", "a JSON document"}));
+  try {
+    train::read_documents({(dir / "bad.jsonl").string()});
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:1"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(dir / "bad.jsonl");
+  docs = train::read_documents({dir.string()});  // the directory: a.txt, b.jsonl (sorted), not .json
+  EXPECT_EQ(docs.size(), 3u);
+  EXPECT_THROW(train::read_documents({(dir / "missing.txt").string()}), Error);
+}
+
+TEST(Data, ValidationSplitIsByDocumentAndSeeded) {
+  const auto dir = test::temp_dir("split");
+  BpeTrainerOptions options;
+  options.vocab_size = 300;
+  const auto files = test::sotu_files(6);
+  write_tokenizer_files(train_bpe(files, options), (dir / "tok").string());
+  const Tokenizer tokenizer = Tokenizer::load(dir / "tok");
+  const auto docs = train::read_documents(files);
+  const auto a = train::build_corpus(tokenizer, docs, 64, 0.3, 5);
+  const auto b = train::build_corpus(tokenizer, docs, 64, 0.3, 5);
+  const auto c = train::build_corpus(tokenizer, docs, 64, 0.3, 6);
+  EXPECT_EQ(a.documents, 6);
+  EXPECT_EQ(a.validation_documents, 2);  // ceil(0.3 * 6)
+  EXPECT_EQ(a.train.tokens, b.train.tokens);
+  EXPECT_EQ(a.validation.tokens, b.validation.tokens);
+  EXPECT_NE(a.validation.tokens, c.validation.tokens);
+  // Whole documents: the EOS count of each split is its document count (up to the dropped tail).
+  const std::int32_t eos = tokenizer.eos_id();
+  auto eos_count = [&](const train::PackedSequences& p) { return std::count(p.tokens.begin(), p.tokens.end(), eos); };
+  EXPECT_GE(eos_count(a.validation), 1);
+  EXPECT_LE(eos_count(a.validation), 2);
+  EXPECT_GE(eos_count(a.train), 3);
+  EXPECT_LE(eos_count(a.train), 4);
+  const std::int64_t packed = (a.train.count() + a.validation.count()) * 64;
+  EXPECT_GT(packed, a.tokens - 2 * 64);  // only the two splits' tails are dropped
+  EXPECT_THROW(train::build_corpus(tokenizer, docs, 64, 1.0, 5), Error);
+}
+
+TEST(Train, ConfigKeysAreCheckedByName) {
+  const nlohmann::json base = {{"model_config", "m/config.json"}, {"tokenizer", "tok"}, {"corpus", {"a.txt"}}};
+  const auto c = train::TrainConfig::from_json(base);
+  EXPECT_EQ(c.seq_len, 128);
+  EXPECT_EQ(c.adamw.moment_dtype, train::MomentDType::bf16);
+  EXPECT_DOUBLE_EQ(c.adamw.beta2, 0.95);
+  EXPECT_DOUBLE_EQ(c.adamw.weight_decay, 0.1);
+  EXPECT_DOUBLE_EQ(c.clip, 1.0);
+  // Round trip through to_json.
+  const auto again = train::TrainConfig::from_json(c.to_json());
+  EXPECT_EQ(again.to_json(), c.to_json());
+  auto expect_error = [&](nlohmann::json j, const std::string& needle) {
+    try {
+      train::TrainConfig::from_json(j, "TRAIN.json");
+      ADD_FAILURE() << "no error for " << j.dump();
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  auto with = [&](const char* key, nlohmann::json value) {
+    nlohmann::json j = base;
+    j[key] = std::move(value);
+    return j;
+  };
+  expect_error(with("learning_rate", 0.1), "unknown key \"learning_rate\"");
+  expect_error(with("seq_len", "long"), "\"seq_len\" must be an integer");
+  expect_error(with("moment_dtype", "fp16"), "\"moment_dtype\"");
+  expect_error(with("beta2", 1.0), "\"beta2\"");
+  expect_error(with("fp8", 1), "\"fp8\" must be true or false");
+  expect_error(nlohmann::json{{"tokenizer", "t"}, {"corpus", "c"}}, "\"model_config\"");
+}
+
+}  // namespace
+}  // namespace dsv3
