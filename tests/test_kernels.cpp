@@ -40,7 +40,8 @@ struct StoredWeight {
   Matrix matrix;
 };
 
-StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::int64_t cols, DType dtype) {
+StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::int64_t cols, DType dtype,
+                          std::int64_t block_rows = 128, std::int64_t block_cols = 128) {
   StoredWeight stored;
   stored.values.resize(w.size());
   stored.matrix.name = "test.weight";
@@ -48,14 +49,16 @@ StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::i
   stored.matrix.rows = rows;
   stored.matrix.cols = cols;
   if (dtype == DType::F8_E4M3) {
-    const auto blocks = kernels::quantize_fp8_blocks(w.data(), rows, cols);
+    const auto blocks = kernels::quantize_fp8_blocks(w.data(), rows, cols, block_rows, block_cols);
     stored.bytes.resize(blocks.codes.size());
     std::memcpy(stored.bytes.data(), blocks.codes.data(), blocks.codes.size());
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = 0; c < cols; ++c)
-        stored.values[r * cols + c] =
-            fp8_e4m3_to_float(blocks.codes[r * cols + c]) * blocks.scales[(r / 128) * blocks.scale_cols + c / 128];
+        stored.values[r * cols + c] = fp8_e4m3_to_float(blocks.codes[r * cols + c]) *
+                                      blocks.scales[(r / block_rows) * blocks.scale_cols + c / block_cols];
     stored.matrix.scales = std::make_shared<const std::vector<float>>(blocks.scales);
+    stored.matrix.block_rows = block_rows;
+    stored.matrix.block_cols = block_cols;
   } else {
     stored.bytes.resize(w.size() * dtype_size(dtype));
     for (std::size_t i = 0; i < w.size(); ++i) {
@@ -63,6 +66,10 @@ StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::i
         const std::uint16_t bits = float_to_bf16(w[i]);
         std::memcpy(stored.bytes.data() + 2 * i, &bits, 2);
         stored.values[i] = bf16_to_float(bits);
+      } else if (dtype == DType::F16) {
+        const std::uint16_t bits = float_to_f16(w[i]);
+        std::memcpy(stored.bytes.data() + 2 * i, &bits, 2);
+        stored.values[i] = f16_to_float(bits);
       } else {
         std::memcpy(stored.bytes.data() + 4 * i, &w[i], 4);
         stored.values[i] = w[i];
@@ -73,20 +80,102 @@ StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::i
   return stored;
 }
 
-TEST(Kernels, LinearMatchesReferenceForEveryDtypeAndAwkwardSizes) {
-  const std::int64_t sizes[][3] = {{1, 1, 1}, {7, 129, 33}, {1, 1000, 257}, {129, 7, 300}, {3, 200, 1000}};
-  for (DType dtype : {DType::F32, DType::BF16, DType::F8_E4M3}) {
-    for (const auto& size : sizes) {
-      const std::int64_t rows = size[0], out = size[1], in = size[2];
-      SCOPED_TRACE(fmt::format("{} rows={} out={} in={}", dtype_name(dtype), rows, out, in));
-      const auto x = random_values(static_cast<std::size_t>(rows * in), 1);
-      const StoredWeight w = store_weight(random_values(static_cast<std::size_t>(out * in), 2, 0.05f), out, in, dtype);
+// Every instruction set this CPU has, forced in turn, so AVX2 and scalar are checked on an
+// AVX-512 machine too; restores the automatic choice when it goes out of scope.
+struct EachIsa {
+  std::vector<kernels::Isa> isas;
+  EachIsa() {
+    for (auto isa : {kernels::Isa::scalar, kernels::Isa::avx2, kernels::Isa::avx512})
+      if (kernels::isa_supported(isa)) isas.push_back(isa);
+  }
+  ~EachIsa() { kernels::set_isa_for_testing(std::nullopt); }
+};
+
+TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
+  // {rows, out, in}: rows on both sides of the GEMV / sgemm switch, ragged lane and block edges.
+  const std::int64_t sizes[][3] = {{1, 1, 1},    {1, 7, 129},  {1, 1000, 257}, {2, 129, 1000}, {3, 130, 33},
+                                   {4, 5, 300},  {5, 33, 128}, {7, 129, 33},   {8, 64, 17},    {9, 7, 1000},
+                                   {16, 129, 7}, {129, 7, 300}, {3, 200, 1000}};
+  EachIsa each;
+  for (auto isa : each.isas) {
+    kernels::set_isa_for_testing(isa);
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+      for (const auto& size : sizes) {
+        const std::int64_t rows = size[0], out = size[1], in = size[2];
+        SCOPED_TRACE(fmt::format("{} {} rows={} out={} in={}", kernels::isa_name(isa), dtype_name(dtype), rows, out, in));
+        const auto x = random_values(static_cast<std::size_t>(rows * in), 1);
+        const StoredWeight w =
+            store_weight(random_values(static_cast<std::size_t>(out * in), 2, 0.05f), out, in, dtype);
+        std::vector<float> y(static_cast<std::size_t>(rows * out), NAN);
+        kernels::linear(x.data(), rows, w.matrix, y.data());
+        const auto expected = linear_reference(x, rows, w.values, out, in);
+        // FP32 accumulation over at most 1000 terms: ~1e-7 relative; a wrong lane, scale or edge is far off.
+        EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 2e-6);
+      }
+    }
+  }
+}
+
+TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {
+  EachIsa each;
+  for (auto isa : each.isas) {
+    kernels::set_isa_for_testing(isa);
+    for (std::int64_t rows : {1, 6, 40}) {
+      const std::int64_t out = 50, in = 77;
+      SCOPED_TRACE(fmt::format("{} rows={}", kernels::isa_name(isa), rows));
+      const auto x = random_values(static_cast<std::size_t>(rows * in), 3);
+      const StoredWeight w = store_weight(random_values(static_cast<std::size_t>(out * in), 4, 0.05f), out, in,
+                                          DType::F8_E4M3, /*block_rows=*/3, /*block_cols=*/20);
       std::vector<float> y(static_cast<std::size_t>(rows * out));
       kernels::linear(x.data(), rows, w.matrix, y.data());
       const auto expected = linear_reference(x, rows, w.values, out, in);
-      EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 1e-5);
+      EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 2e-6);
     }
   }
+}
+
+TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
+  // Every E4M3 code but the two NaNs (0x7f, 0xff), subnormals included, in rows of 127 so lanes
+  // and blocks meet ragged edges; each row block with its own scale.
+  std::vector<std::uint8_t> codes;
+  for (int code = 0; code < 256; ++code)
+    if ((code & 0x7f) != 0x7f) codes.push_back(static_cast<std::uint8_t>(code));
+  const std::int64_t cols = 127, rows = static_cast<std::int64_t>(codes.size()) * 3 / cols + 1;
+  std::vector<std::byte> fp8(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < fp8.size(); ++i) fp8[i] = static_cast<std::byte>(codes[(i * 7) % codes.size()]);
+  Matrix matrix;
+  matrix.name = "codes";
+  matrix.dtype = DType::F8_E4M3;
+  matrix.rows = rows;
+  matrix.cols = cols;
+  matrix.data = fp8.data();
+  matrix.block_rows = 2;
+  matrix.block_cols = 50;
+  std::vector<float> scales(static_cast<std::size_t>((rows + 1) / 2 * matrix.scale_cols()));
+  for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = std::ldexp(1.0f + 0.37f * static_cast<float>(i), -12 + static_cast<int>(i % 9));
+  matrix.scales = std::make_shared<const std::vector<float>>(scales);
+  const StoredWeight bf16 = store_weight(random_values(static_cast<std::size_t>(rows * cols), 5), rows, cols, DType::BF16);
+
+  EachIsa each;
+  for (auto isa : each.isas) {
+    SCOPED_TRACE(kernels::isa_name(isa));
+    kernels::set_isa_for_testing(isa);
+    std::vector<float> out(static_cast<std::size_t>(rows * cols));
+    kernels::dequantize_rows(matrix, 0, rows, out.data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) {
+        const auto code = static_cast<std::uint8_t>(fp8[r * cols + c]);
+        const float expected = fp8_e4m3_to_float(code) * scales[(r / 2) * matrix.scale_cols() + c / 50];
+        ASSERT_EQ(out[r * cols + c], expected) << "code " << int(code) << " at " << r << "," << c;
+      }
+    kernels::dequantize_rows(bf16.matrix, 1, rows, out.data());
+    for (std::int64_t i = 0; i < (rows - 1) * cols; ++i) ASSERT_EQ(out[i], bf16.values[cols + i]);
+  }
+}
+
+TEST(Kernels, ForcingAnIsaTheCpuLacksIsAnError) {
+  if (kernels::isa_supported(kernels::Isa::avx512)) GTEST_SKIP() << "this CPU has every instruction set";
+  EXPECT_THROW(kernels::set_isa_for_testing(kernels::Isa::avx512), Error);
 }
 
 TEST(Kernels, RmsnormMatchesDefinition) {

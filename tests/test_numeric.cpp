@@ -18,6 +18,25 @@ TEST(Numeric, Fp8E4M3DecodesKnownCodes) {
   EXPECT_TRUE(std::isnan(fp8_e4m3_to_float(0xff)));
 }
 
+TEST(Numeric, F16RoundTripsEveryCodeAndRoundsHalfwayToEven) {
+  for (std::uint32_t code = 0; code < 0x10000; ++code) {
+    const float value = f16_to_float(static_cast<std::uint16_t>(code));
+    if (std::isnan(value)) {
+      EXPECT_TRUE(std::isnan(f16_to_float(float_to_f16(value))));
+      continue;
+    }
+    ASSERT_EQ(float_to_f16(value), code) << "value " << value;
+  }
+  EXPECT_EQ(float_to_f16(1.0f + 0x1p-11f), 0x3c00);             // halfway between 1 and its successor: even
+  EXPECT_EQ(float_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);  // just above halfway
+  EXPECT_EQ(float_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);         // halfway from the odd 0x3c01: up to even
+  EXPECT_EQ(float_to_f16(0x1p-25f), 0x0000);                    // half the smallest subnormal: even (zero)
+  EXPECT_EQ(float_to_f16(3 * 0x1p-25f), 0x0002);
+  EXPECT_EQ(float_to_f16(65519.0f), 0x7bff);
+  EXPECT_EQ(float_to_f16(65520.0f), 0x7c00);
+  EXPECT_EQ(float_to_f16(-1e9f), 0xfc00);
+}
+
 TEST(Numeric, Fp8E4M3RoundTripsEveryFiniteCode) {
   for (int code = 0; code < 256; ++code) {
     if ((code & 0x7f) == 0x7f) continue;

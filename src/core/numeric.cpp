@@ -2,6 +2,22 @@
 
 namespace dsv3 {
 
+std::uint16_t float_to_f16(float value) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  const std::uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return sign | 0x7e00u;
+  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // 65520 and above round to infinity
+  if (magnitude < 0x38800000u) {  // below 2^-14 the format is subnormal, in steps of 2^-24
+    const float steps = std::nearbyint(std::bit_cast<float>(magnitude) * 0x1p24f);
+    return sign | static_cast<std::uint16_t>(steps);  // 1024 steps is the smallest normal's encoding
+  }
+  // Rebias the exponent (127 -> 15) and round the mantissa from 23 to 10 bits, ties to even; a
+  // carry out of the mantissa correctly bumps the exponent.
+  const std::uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
+  return sign | static_cast<std::uint16_t>((rounded - 0x38000000u) >> 13);
+}
+
 std::uint8_t float_to_fp8_e4m3(float value) {
   if (std::isnan(value)) return 0x7f;
   const std::uint8_t sign = std::signbit(value) ? 0x80 : 0x00;

@@ -31,6 +31,9 @@ inline float f16_to_float(std::uint16_t bits) {
   return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
+// Round to nearest even; beyond the largest finite half (65504) to infinity, NaN stays NaN.
+std::uint16_t float_to_f16(float value);
+
 // OCP FP8 E4M3 ("e4m3fn"): bias 7, no infinities, 0x7f/0xff are NaN, largest finite 448.
 inline float fp8_e4m3_to_float(std::uint8_t bits) {
   const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x80u) << 24;

@@ -1,7 +1,10 @@
 #pragma once
 // Shared by the CPU kernel files; not part of the op interface.
 #include <cstddef>
+#include <cstdint>
 #include <vector>
+
+#include "core/matrix.h"
 
 namespace dsv3::kernels {
 
@@ -10,5 +13,20 @@ void use_single_threaded_blas();
 
 // A per-thread scratch buffer of at least `size` floats, reused across calls.
 std::vector<float>& thread_buffer(std::size_t size);
+
+// One instruction set's weight-streaming kernels (linear_scalar.cpp, linear_avx2.cpp,
+// linear_avx512.cpp). Each lives in its own file so that its template instantiations, compiled
+// for its target, stay internal to that file.
+struct WeightKernels {
+  // y[m * weight.rows + n] = x[m, :] · weight[n, :] for m < rows and n in [n_begin, n_end): each
+  // weight row is read once from memory and used against every activation row.
+  void (*gemv)(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
+               float* y);
+  // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
+  void (*dequantize)(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
+};
+const WeightKernels& scalar_weight_kernels();
+const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
+const WeightKernels* avx512_weight_kernels();  // nullptr when the build is not for x86-64
 
 }  // namespace dsv3::kernels

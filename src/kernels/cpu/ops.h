@@ -2,14 +2,28 @@
 // The CPU ops the model is written against (DESIGN.md, "the op interface"). Activations are
 // row-major float32; weights are Matrix views in their storage dtype.
 #include <cstdint>
+#include <optional>
 #include <span>
+#include <string_view>
 
 #include "core/matrix.h"
 
 namespace dsv3::kernels {
 
-// y[rows, W.rows] = x[rows, W.cols] · Wᵀ, FP32 accumulation, any weight dtype.
+// y[rows, W.rows] = x[rows, W.cols] · Wᵀ, FP32 activations and accumulation, any weight dtype.
+// Few rows (decode) stream each weight row once, converting in registers; many rows (prefill)
+// dequantise panels of the weight and multiply them with OpenBLAS.
+// FP8 E4M3 NaN codes (0x7f, 0xff) are not preserved by the SIMD paths; checkpoints hold none.
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
+
+// The instruction set the weight kernels use, chosen once from the CPU's features.
+enum class Isa { scalar, avx2, avx512 };
+std::string_view isa_name(Isa isa);
+bool isa_supported(Isa isa);  // by this CPU and this build
+Isa active_isa();
+// Tests and benchmarks force a path (so AVX2 and scalar are checked on an AVX-512 machine);
+// nullopt restores the automatic choice. Throws when the CPU lacks the instruction set.
+void set_isa_for_testing(std::optional<Isa> isa);
 
 // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);

@@ -1,0 +1,223 @@
+// CPU kernel benchmarks: decode-shaped linear (few activation rows) in BF16 and FP8 against the
+// machine's own read bandwidth measured in the same run, and against the previous implementation
+// (dequantise 64-row panels + OpenBLAS sgemm) across activation rows, to place the GEMV / sgemm switch.
+//
+//   build/bench_kernels                      all shapes
+//   build/bench_kernels --benchmark_filter=Gemv/129280
+//
+// Weights are random and cycled through copies totalling > 64 MiB, so every call streams them
+// from memory as decode does (each layer's weights are distinct), not from cache.
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/numeric.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+
+namespace dsv3 {
+namespace {
+
+constexpr std::size_t kMinStreamedBytes = std::size_t{64} << 20;
+
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.starts_with("model name")) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+// Read bandwidth with the pool's threads: each sums its share of a buffer far larger than the
+// caches (eight independent 64-bit sums so the loop is bound by memory, not by an add chain).
+// Best of `passes`. The machine is shared, so each benchmark measures it again next to itself.
+double measure_read_bandwidth(int passes) {
+  static const std::vector<std::uint64_t> buffer = [] {
+    std::vector<std::uint64_t> values((std::size_t{256} << 20) / 8);
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = i * 0x9e3779b97f4a7c15ull;
+    return values;
+  }();
+  ThreadPool& pool = ThreadPool::global();
+  double best = 0.0;
+  volatile std::uint64_t sink = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    const std::int64_t words = static_cast<std::int64_t>(buffer.size());
+    const std::int64_t per_thread = words / pool.size();
+    pool.parallel_for(pool.size(), 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t t = first; t < last; ++t) {
+        const std::uint64_t* p = buffer.data() + t * per_thread;
+        std::uint64_t s[8] = {};
+        for (std::int64_t i = 0; i + 8 <= per_thread; i += 8)
+          for (int k = 0; k < 8; ++k) s[k] += p[i + k];
+        sink = sink + (s[0] ^ s[1] ^ s[2] ^ s[3] ^ s[4] ^ s[5] ^ s[6] ^ s[7]);
+      }
+    });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    best = std::max(best, static_cast<double>(per_thread * pool.size() * 8) / seconds);
+  }
+  return best;
+}
+
+
+// Copy bandwidth (memcpy on every thread), the usual "stream copy" figure; bytes read + written.
+void BM_CopyBandwidth(benchmark::State& state) {
+  const std::size_t bytes = std::size_t{256} << 20;
+  std::vector<std::byte> source(bytes, std::byte{1}), target(bytes, std::byte{0});
+  ThreadPool& pool = ThreadPool::global();
+  const std::int64_t per_thread = static_cast<std::int64_t>(bytes) / pool.size();
+  for (auto _ : state) {
+    pool.parallel_for(pool.size(), 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t t = first; t < last; ++t)
+        std::memcpy(target.data() + t * per_thread, source.data() + t * per_thread, static_cast<std::size_t>(per_thread));
+    });
+    benchmark::DoNotOptimize(target.data());
+  }
+  state.counters["GB/s(r+w)"] = benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * bytes / 1e9,
+                                                   benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_CopyBandwidth)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Enough random copies of one weight matrix to stream > 64 MiB per cycle through them.
+struct Weights {
+  std::vector<std::vector<std::byte>> bytes;
+  std::vector<Matrix> matrices;
+  std::size_t weight_bytes = 0;  // per matrix, scales included
+};
+
+Weights make_weights(std::int64_t rows, std::int64_t cols, DType dtype) {
+  Weights w;
+  const std::size_t bytes = static_cast<std::size_t>(rows * cols) * dtype_size(dtype);
+  const std::size_t copies = std::max<std::size_t>(1, (kMinStreamedBytes + bytes - 1) / bytes);
+  auto scales = std::make_shared<std::vector<float>>(static_cast<std::size_t>(((rows + 127) / 128) * ((cols + 127) / 128)));
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (auto& s : *scales) s = 0.02f * 4 / kFp8E4M3Max;
+  for (std::size_t copy = 0; copy < copies; ++copy) {
+    std::vector<std::byte> data(bytes);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(rows * cols); ++i) {
+      const float value = normal(rng);
+      if (dtype == DType::BF16) {
+        const std::uint16_t bits = float_to_bf16(value);
+        std::memcpy(data.data() + 2 * i, &bits, 2);
+      } else {
+        data[i] = static_cast<std::byte>(float_to_fp8_e4m3(value / (*scales)[0]));
+      }
+    }
+    w.bytes.push_back(std::move(data));
+    Matrix m;
+    m.name = "bench.weight";
+    m.dtype = dtype;
+    m.rows = rows;
+    m.cols = cols;
+    m.data = w.bytes.back().data();
+    if (dtype == DType::F8_E4M3) m.scales = scales;
+    w.matrices.push_back(m);
+  }
+  w.weight_bytes = bytes + (dtype == DType::F8_E4M3 ? scales->size() * sizeof(float) : 0);
+  return w;
+}
+
+// GB/s of weight bytes streamed, the read bandwidth measured just before and after (the better of
+// the two), and their ratio.
+void report(benchmark::State& state, const Weights& w, double read_bandwidth_before) {
+  const double read_bandwidth = std::max(read_bandwidth_before, measure_read_bandwidth(2));
+  const double streamed = static_cast<double>(state.iterations()) * static_cast<double>(w.weight_bytes);
+  state.counters["GB/s"] = benchmark::Counter(streamed / 1e9, benchmark::Counter::kIsRate);
+  state.counters["read_GB/s"] = read_bandwidth / 1e9;
+  state.counters["of_read_bw"] = benchmark::Counter(streamed / read_bandwidth, benchmark::Counter::kIsRate);
+}
+
+// args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8.
+void BM_Linear(benchmark::State& state) {
+  const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
+  const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
+  const double read_bandwidth = measure_read_bandwidth(2);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    kernels::linear(x.data(), rows, w.matrices[next], y.data());
+    next = (next + 1) % w.matrices.size();
+    benchmark::DoNotOptimize(y.data());
+  }
+  report(state, w, read_bandwidth);
+  state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())));
+}
+
+// The implementation before the GEMV kernels, as the baseline: dequantise 64-row panels, then sgemm.
+void BM_LinearPanelSgemm(benchmark::State& state) {
+  const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
+  const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
+  openblas_set_num_threads(1);
+  constexpr std::int64_t kPanel = 64;
+  const double read_bandwidth = measure_read_bandwidth(2);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    const Matrix& m = w.matrices[next];
+    ThreadPool::global().parallel_for((n + kPanel - 1) / kPanel, 1, [&](std::int64_t first, std::int64_t last) {
+      thread_local std::vector<float> panel;
+      panel.resize(static_cast<std::size_t>(kPanel * k));
+      for (std::int64_t p = first; p < last; ++p) {
+        const std::int64_t begin = p * kPanel, end = std::min(n, begin + kPanel);
+        kernels::dequantize_rows(m, begin, end, panel.data());
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(end - begin),
+                    static_cast<int>(k), 1.0f, x.data(), static_cast<int>(k), panel.data(), static_cast<int>(k), 0.0f,
+                    y.data() + begin, static_cast<int>(n));
+      }
+    });
+    next = (next + 1) % w.matrices.size();
+    benchmark::DoNotOptimize(y.data());
+  }
+  report(state, w, read_bandwidth);
+}
+
+// Decode shapes of bench-1b (hidden 1024: q_a 384, dense MLP 2816, vocab 129280) and of
+// DeepSeek-V3 itself (hidden 7168, expert intermediate 2048).
+void decode_shapes(benchmark::internal::Benchmark* b) {
+  const std::int64_t shapes[][2] = {{384, 1024}, {2816, 1024}, {1024, 2816}, {2048, 7168}, {7168, 2048}, {129280, 1024}};
+  for (std::int64_t dtype : {0, 1})
+    for (const auto& s : shapes) b->Args({1, s[0], s[1], dtype});
+}
+
+void row_sweep(benchmark::internal::Benchmark* b) {
+  for (std::int64_t dtype : {0, 1})
+    for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64}) b->Args({rows, 2816, 1024, dtype});
+}
+
+BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8"})->Apply(decode_shapes)->UseRealTime();
+BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8"})->Apply(row_sweep)->UseRealTime();
+BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8"})->Apply(row_sweep)->UseRealTime();
+
+}  // namespace
+}  // namespace dsv3
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (const char* isa = std::getenv("DSV3_ISA")) {  // scalar | avx2 | avx512: measure another path
+    bool known = false;
+    for (auto candidate : {dsv3::kernels::Isa::scalar, dsv3::kernels::Isa::avx2, dsv3::kernels::Isa::avx512})
+      if (dsv3::kernels::isa_name(candidate) == isa) {
+        dsv3::kernels::set_isa_for_testing(candidate);
+        known = true;
+      }
+    if (!known) {
+      std::fprintf(stderr, "DSV3_ISA=%s: expected scalar, avx2 or avx512\n", isa);
+      return 2;
+    }
+  }
+  benchmark::AddCustomContext("cpu_model", dsv3::cpu_model());
+  benchmark::AddCustomContext("isa", std::string(dsv3::kernels::isa_name(dsv3::kernels::active_isa())));
+  benchmark::AddCustomContext("threads", std::to_string(dsv3::ThreadPool::global().size()));
+  benchmark::AddCustomContext("read_bandwidth_GB/s", std::to_string(dsv3::measure_read_bandwidth(5) / 1e9));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+}

@@ -1,0 +1,151 @@
+// kernels::linear and the choice of instruction set for the weight kernels.
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/internal.h"
+#include "kernels/cpu/ops.h"
+
+namespace dsv3::kernels {
+namespace {
+
+// Up to this many activation rows, streaming the weight once (GEMV) beats dequantising panels for
+// sgemm: the weight's bytes dominate. Above it the panel's dequantisation is amortised over enough
+// rows for OpenBLAS's blocked sgemm to win (bench_kernels, BM_Linear* at rows 8..32).
+constexpr std::int64_t kMaxGemvRows = 8;
+
+// Output rows per task on the sgemm path: each task dequantises a [kPanelRows, cols] panel of the
+// weight once and reuses it for every input row, so the weight stays in its compact dtype in memory.
+constexpr std::int64_t kPanelRows = 64;
+
+// Weight bytes per GEMV task: large enough that scheduling costs nothing next to streaming them,
+// small enough that a 2-core machine still splits a 384 x 1024 matrix.
+constexpr std::int64_t kGemvTaskBytes = 64 * 1024;
+
+Isa best_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    return Isa::avx2;
+#endif
+  return Isa::scalar;
+}
+
+// -1: no override.
+std::atomic<int> g_forced_isa{-1};
+
+const WeightKernels& weight_kernels() {
+  static const Isa best = best_isa();
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  switch (forced >= 0 ? static_cast<Isa>(forced) : best) {
+    case Isa::avx512:
+      return *avx512_weight_kernels();
+    case Isa::avx2:
+      return *avx2_weight_kernels();
+    case Isa::scalar:
+      break;
+  }
+  return scalar_weight_kernels();
+}
+
+void check_weight(const Matrix& weight) {
+  switch (weight.dtype) {
+    case DType::F32:
+    case DType::BF16:
+    case DType::F16:
+      return;
+    case DType::F8_E4M3:
+      if (!weight.scales || static_cast<std::int64_t>(weight.scales->size()) <
+                                ((weight.rows + weight.block_rows - 1) / weight.block_rows) * weight.scale_cols())
+        fail("{}: FP8 weight without its block scales", weight.name);
+      return;
+    default:
+      fail("{}: dtype {} is not a weight dtype", weight.name, dtype_name(weight.dtype));
+  }
+}
+
+}  // namespace
+
+std::string_view isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512:
+      return "avx512";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::scalar:
+      break;
+  }
+  return "scalar";
+}
+
+bool isa_supported(Isa isa) {
+  static const Isa best = best_isa();
+  return static_cast<int>(isa) <= static_cast<int>(best);
+}
+
+Isa active_isa() {
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  static const Isa best = best_isa();
+  return forced >= 0 ? static_cast<Isa>(forced) : best;
+}
+
+void set_isa_for_testing(std::optional<Isa> isa) {
+  if (isa && !isa_supported(*isa)) fail("instruction set {} is not supported by this CPU", isa_name(*isa));
+  g_forced_isa.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
+}
+
+void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out) {
+  check_weight(weight);
+  weight_kernels().dequantize(weight, begin, end, out);
+}
+
+void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
+  const std::int64_t out_features = weight.rows;
+  const std::int64_t in_features = weight.cols;
+  if (rows == 0 || out_features == 0) return;
+  check_weight(weight);
+  if (in_features == 0) {
+    std::fill(y, y + rows * out_features, 0.0f);
+    return;
+  }
+  const WeightKernels& kernels = weight_kernels();
+  if (rows <= kMaxGemvRows) {
+    const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
+    const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);
+    ThreadPool::global().parallel_for(out_features, grain, [&](std::int64_t begin, std::int64_t end) {
+      kernels.gemv(x, rows, weight, begin, end, y);
+    });
+    return;
+  }
+  use_single_threaded_blas();
+  if (weight.dtype == DType::F32 && (reinterpret_cast<std::uintptr_t>(weight.data) % alignof(float)) == 0) {
+    const auto* w = reinterpret_cast<const float*>(weight.data);
+    ThreadPool::global().parallel_for(out_features, kPanelRows, [&](std::int64_t begin, std::int64_t end) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(end - begin),
+                  static_cast<int>(in_features), 1.0f, x, static_cast<int>(in_features), w + begin * in_features,
+                  static_cast<int>(in_features), 0.0f, y + begin, static_cast<int>(out_features));
+    });
+    return;
+  }
+  const std::int64_t panels = (out_features + kPanelRows - 1) / kPanelRows;
+  ThreadPool::global().parallel_for(panels, 1, [&](std::int64_t first, std::int64_t last) {
+    std::vector<float>& panel = thread_buffer(static_cast<std::size_t>(kPanelRows * in_features));
+    for (std::int64_t p = first; p < last; ++p) {
+      const std::int64_t begin = p * kPanelRows;
+      const std::int64_t end = std::min(out_features, begin + kPanelRows);
+      kernels.dequantize(weight, begin, end, panel.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows), static_cast<int>(end - begin),
+                  static_cast<int>(in_features), 1.0f, x, static_cast<int>(in_features), panel.data(),
+                  static_cast<int>(in_features), 0.0f, y + begin, static_cast<int>(out_features));
+    }
+  });
+}
+
+}  // namespace dsv3::kernels

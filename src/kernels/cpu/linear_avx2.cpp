@@ -1,0 +1,212 @@
+// The weight kernels for AVX2 + FMA + F16C: 8 floats per register. AVX2 has no byte or 16-bit
+// masked loads, so the ragged end of a row is copied into a zero-padded buffer first.
+// Compiled for that target here only; linear.cpp calls them after checking the CPU.
+#include "kernels/cpu/internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace dsv3::kernels {
+namespace {
+
+constexpr std::int64_t kLanes = 8;
+constexpr int kOutputRows = 4;
+// 4 x 2 accumulators, 4 scales and the loaded vectors fit the 16 ymm registers.
+constexpr int kActivationRows = 2;
+constexpr float kFp8ScaleFold = 256.0f;  // see load_weights
+
+#define DSV3_INLINE inline __attribute__((always_inline))
+
+template <DType D>
+constexpr std::int64_t element_bytes() {
+  return D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+}
+
+// Weights p[0, 8) as float32. FP8 E4M3 goes through F16 exactly as in linear_avx512.cpp: the
+// sign-extended byte shifted left by 7, bit 14 cleared, is the F16 of value code * 2^-8.
+template <DType D>
+DSV3_INLINE __m256 load_weights(const std::byte* p) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  } else if constexpr (D == DType::BF16 || D == DType::F16) {
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (D == DType::F16) return _mm256_cvtph_ps(bits);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  } else {
+    const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    const __m128i half = _mm_and_si128(_mm_slli_epi16(_mm_cvtepi8_epi16(codes), 7),
+                                       _mm_set1_epi16(static_cast<short>(0xbf80)));
+    return _mm256_cvtph_ps(half);
+  }
+}
+
+DSV3_INLINE float reduce_add(__m256 v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+  return _mm_cvtss_f32(sum);
+}
+
+// One step of 8 columns: `rows[r]` and `x + m * x_stride` point at the step's first column.
+template <DType D, int R, int M>
+DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::int64_t x_stride, const __m256* scale,
+                            __m256 (&acc)[R][M]) {
+  __m256 xv[M];
+  for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * x_stride);
+  for (int r = 0; r < R; ++r) {
+    __m256 w = load_weights<D>(rows[r]);
+    if constexpr (D == DType::F8_E4M3) w = _mm256_mul_ps(w, scale[r]);
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
+  }
+}
+
+template <DType D, int R, int M>
+void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
+  constexpr std::int64_t kBytes = element_bytes<D>();
+  const std::int64_t cols = w.cols;
+  const std::byte* rows[R];
+  const std::byte* next[R];  // the following R rows, prefetched as in linear_avx512.cpp
+  for (int r = 0; r < R; ++r) {
+    rows[r] = w.data + (n0 + r) * cols * kBytes;
+    next[r] = n0 + R + r < w.rows ? rows[r] + R * cols * kBytes : rows[r];
+  }
+  __m256 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
+  __m256 scale[R];
+  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
+    const std::int64_t c1 = std::min(cols, c0 + block_cols);
+    if constexpr (kScaled)
+      for (int r = 0; r < R; ++r)
+        scale[r] = _mm256_set1_ps((*w.scales)[((n0 + r) / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
+    std::int64_t c = c0;
+    for (; c + kLanes <= c1; c += kLanes) {
+      const std::byte* at[R];
+      for (int r = 0; r < R; ++r) {
+        at[r] = rows[r] + c * kBytes;
+        _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      }
+      accumulate<D, R, M>(at, x + c, cols, scale, acc);
+    }
+    if (c < c1) {
+      const std::int64_t count = c1 - c;
+      alignas(32) std::byte padded_w[R][kLanes * kBytes] = {};
+      alignas(32) float padded_x[M][kLanes] = {};
+      const std::byte* at[R];
+      for (int r = 0; r < R; ++r) {
+        std::memcpy(padded_w[r], rows[r] + c * kBytes, static_cast<std::size_t>(count * kBytes));
+        at[r] = padded_w[r];
+      }
+      for (int m = 0; m < M; ++m)
+        std::memcpy(padded_x[m], x + m * cols + c, static_cast<std::size_t>(count) * sizeof(float));
+      accumulate<D, R, M>(at, padded_x[0], kLanes, scale, acc);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = reduce_add(acc[r][m]);
+}
+
+template <DType D, int R>
+void all_activation_rows(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n0, float* y) {
+  for (std::int64_t m0 = 0; m0 < rows; m0 += kActivationRows) {
+    const float* xm = x + m0 * w.cols;
+    float* ym = y + m0 * w.rows;
+    if (rows - m0 >= 2)
+      block<D, R, 2>(xm, w, n0, ym);
+    else
+      block<D, R, 1>(xm, w, n0, ym);
+  }
+}
+
+template <DType D>
+void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                float* y) {
+  std::int64_t n = n_begin;
+  for (; n + kOutputRows <= n_end; n += kOutputRows) all_activation_rows<D, kOutputRows>(x, rows, w, n, y);
+  for (; n < n_end; ++n) all_activation_rows<D, 1>(x, rows, w, n, y);
+}
+
+template <DType D>
+void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, float* out) {
+  constexpr std::int64_t kBytes = element_bytes<D>();
+  const std::int64_t cols = w.cols;
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
+  for (std::int64_t r = begin; r < end; ++r) {
+    const std::byte* row = w.data + r * cols * kBytes;
+    float* out_row = out + (r - begin) * cols;
+    for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
+      const std::int64_t c1 = std::min(cols, c0 + block_cols);
+      __m256 scale = _mm256_set1_ps(1.0f);
+      if constexpr (kScaled)
+        scale = _mm256_set1_ps((*w.scales)[(r / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
+      std::int64_t c = c0;
+      for (; c + kLanes <= c1; c += kLanes) {
+        __m256 v = load_weights<D>(row + c * kBytes);
+        if constexpr (kScaled) v = _mm256_mul_ps(v, scale);
+        _mm256_storeu_ps(out_row + c, v);
+      }
+      if (c < c1) {
+        const std::int64_t count = c1 - c;
+        alignas(32) std::byte padded[kLanes * kBytes] = {};
+        alignas(32) float values[kLanes];
+        std::memcpy(padded, row + c * kBytes, static_cast<std::size_t>(count * kBytes));
+        __m256 v = load_weights<D>(padded);
+        if constexpr (kScaled) v = _mm256_mul_ps(v, scale);
+        _mm256_store_ps(values, v);
+        std::memcpy(out_row + c, values, static_cast<std::size_t>(count) * sizeof(float));
+      }
+    }
+  }
+}
+
+void gemv(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
+  switch (w.dtype) {
+    case DType::F32: return gemv_typed<DType::F32>(x, rows, w, n_begin, n_end, y);
+    case DType::BF16: return gemv_typed<DType::BF16>(x, rows, w, n_begin, n_end, y);
+    case DType::F16: return gemv_typed<DType::F16>(x, rows, w, n_begin, n_end, y);
+    case DType::F8_E4M3: return gemv_typed<DType::F8_E4M3>(x, rows, w, n_begin, n_end, y);
+    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
+  }
+}
+
+void dequantize(const Matrix& w, std::int64_t begin, std::int64_t end, float* out) {
+  switch (w.dtype) {
+    case DType::F32: return dequantize_typed<DType::F32>(w, begin, end, out);
+    case DType::BF16: return dequantize_typed<DType::BF16>(w, begin, end, out);
+    case DType::F16: return dequantize_typed<DType::F16>(w, begin, end, out);
+    case DType::F8_E4M3: return dequantize_typed<DType::F8_E4M3>(w, begin, end, out);
+    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
+  }
+}
+
+#undef DSV3_INLINE
+
+}  // namespace
+
+const WeightKernels* avx2_weight_kernels() {
+  static const WeightKernels kernels{gemv, dequantize};
+  return &kernels;
+}
+
+}  // namespace dsv3::kernels
+
+#pragma GCC pop_options
+
+#else
+
+namespace dsv3::kernels {
+const WeightKernels* avx2_weight_kernels() { return nullptr; }
+}  // namespace dsv3::kernels
+
+#endif

@@ -1,0 +1,206 @@
+// The weight kernels for AVX-512 (F, BW, VL): 16 floats per register, masked loads for the edges.
+// Compiled for that target here only; linear.cpp calls them after checking the CPU.
+#include "kernels/cpu/internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "core/error.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+// GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
+// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace dsv3::kernels {
+namespace {
+
+constexpr std::int64_t kLanes = 16;
+// Output rows per step: four weight streams in flight, four independent FMA chains per activation row.
+constexpr int kOutputRows = 4;
+// Activation rows per pass over a step's weights: 4 x 4 accumulators leave registers for the rest.
+constexpr int kActivationRows = 4;
+
+#define DSV3_INLINE inline __attribute__((always_inline))
+
+template <DType D>
+constexpr std::int64_t element_bytes() {
+  return D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+}
+
+// Weights [col, col + 16) of a row as float32; with kFull false only the `mask` lanes are read.
+// FP8 E4M3 goes through F16: sign-extending the byte and shifting left by 7 puts the sign in bit 15
+// (and a copy in bit 14, masked off) and exponent + mantissa in bits 7..13, which is the F16 with
+// value code * 2^-8, subnormals included; the 2^8 goes into the block scale. Converting through
+// F16 rather than F32 bits keeps every intermediate a normal float (no denormal slow paths) and the
+// folded scale cannot overflow.
+template <DType D, bool kFull>
+DSV3_INLINE __m512 load_weights(const std::byte* row, std::int64_t col, __mmask16 mask) {
+  if constexpr (D == DType::F32) {
+    const auto* p = reinterpret_cast<const float*>(row) + col;
+    return kFull ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(mask, p);
+  } else if constexpr (D == DType::BF16 || D == DType::F16) {
+    const auto* p = row + col * 2;
+    const __m256i bits = kFull ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi16(mask, p);
+    if constexpr (D == DType::F16) return _mm512_cvtph_ps(bits);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  } else {
+    const auto* p = row + col;
+    const __m128i codes = kFull ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)) : _mm_maskz_loadu_epi8(mask, p);
+    const __m256i half = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(codes), 7),
+                                          _mm256_set1_epi16(static_cast<short>(0xbf80)));
+    return _mm512_cvtph_ps(half);
+  }
+}
+
+// What the FP8 path multiplies a block's F16-converted codes by.
+constexpr float kFp8ScaleFold = 256.0f;
+
+template <DType D, int R, int M, bool kFull>
+DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::int64_t cols, std::int64_t col,
+                            __mmask16 mask, const __m512* scale, __m512 (&acc)[R][M]) {
+  __m512 xv[M];
+  for (int m = 0; m < M; ++m)
+    xv[m] = kFull ? _mm512_loadu_ps(x + m * cols + col) : _mm512_maskz_loadu_ps(mask, x + m * cols + col);
+  for (int r = 0; r < R; ++r) {
+    __m512 w = load_weights<D, kFull>(rows[r], col, mask);
+    if constexpr (D == DType::F8_E4M3) w = _mm512_mul_ps(w, scale[r]);
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
+  }
+}
+
+// y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows.
+template <DType D, int R, int M>
+void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
+  constexpr std::int64_t kBytes = element_bytes<D>();
+  const std::int64_t cols = w.cols;
+  const std::byte* rows[R];
+  // The next R rows follow these in memory: fetching them while these are used keeps short rows
+  // (K = 1024 is 2 KiB of BF16) from waiting at each start for the prefetcher to find the stream.
+  const std::byte* next[R];
+  for (int r = 0; r < R; ++r) {
+    rows[r] = w.data + (n0 + r) * cols * kBytes;
+    next[r] = n0 + R + r < w.rows ? rows[r] + R * cols * kBytes : rows[r];
+  }
+  __m512 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
+  __m512 scale[R];
+  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
+    const std::int64_t c1 = std::min(cols, c0 + block_cols);
+    if constexpr (kScaled)
+      for (int r = 0; r < R; ++r)
+        scale[r] = _mm512_set1_ps((*w.scales)[((n0 + r) / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
+    std::int64_t c = c0;
+    for (; c + kLanes <= c1; c += kLanes) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, scale, acc);
+    }
+    if (c < c1) {
+      const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
+      accumulate<D, R, M, false>(rows, x, cols, c, mask, scale, acc);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <DType D, int R>
+void all_activation_rows(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n0, float* y) {
+  for (std::int64_t m0 = 0; m0 < rows; m0 += kActivationRows) {
+    const float* xm = x + m0 * w.cols;
+    float* ym = y + m0 * w.rows;
+    switch (std::min<std::int64_t>(kActivationRows, rows - m0)) {
+      case 1: block<D, R, 1>(xm, w, n0, ym); break;
+      case 2: block<D, R, 2>(xm, w, n0, ym); break;
+      case 3: block<D, R, 3>(xm, w, n0, ym); break;
+      default: block<D, R, 4>(xm, w, n0, ym); break;
+    }
+  }
+}
+
+template <DType D>
+void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                float* y) {
+  std::int64_t n = n_begin;
+  for (; n + kOutputRows <= n_end; n += kOutputRows) all_activation_rows<D, kOutputRows>(x, rows, w, n, y);
+  for (; n < n_end; ++n) all_activation_rows<D, 1>(x, rows, w, n, y);
+}
+
+template <DType D>
+void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, float* out) {
+  const std::int64_t cols = w.cols;
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
+  for (std::int64_t r = begin; r < end; ++r) {
+    const std::byte* row = w.data + r * cols * element_bytes<D>();
+    float* out_row = out + (r - begin) * cols;
+    for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
+      const std::int64_t c1 = std::min(cols, c0 + block_cols);
+      __m512 scale = _mm512_set1_ps(1.0f);
+      if constexpr (kScaled)
+        scale = _mm512_set1_ps((*w.scales)[(r / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
+      std::int64_t c = c0;
+      for (; c + kLanes <= c1; c += kLanes) {
+        __m512 v = load_weights<D, true>(row, c, 0xffff);
+        if constexpr (kScaled) v = _mm512_mul_ps(v, scale);
+        _mm512_storeu_ps(out_row + c, v);
+      }
+      if (c < c1) {
+        const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
+        __m512 v = load_weights<D, false>(row, c, mask);
+        if constexpr (kScaled) v = _mm512_mul_ps(v, scale);
+        _mm512_mask_storeu_ps(out_row + c, mask, v);
+      }
+    }
+  }
+}
+
+void gemv(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
+  switch (w.dtype) {
+    case DType::F32: return gemv_typed<DType::F32>(x, rows, w, n_begin, n_end, y);
+    case DType::BF16: return gemv_typed<DType::BF16>(x, rows, w, n_begin, n_end, y);
+    case DType::F16: return gemv_typed<DType::F16>(x, rows, w, n_begin, n_end, y);
+    case DType::F8_E4M3: return gemv_typed<DType::F8_E4M3>(x, rows, w, n_begin, n_end, y);
+    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
+  }
+}
+
+void dequantize(const Matrix& w, std::int64_t begin, std::int64_t end, float* out) {
+  switch (w.dtype) {
+    case DType::F32: return dequantize_typed<DType::F32>(w, begin, end, out);
+    case DType::BF16: return dequantize_typed<DType::BF16>(w, begin, end, out);
+    case DType::F16: return dequantize_typed<DType::F16>(w, begin, end, out);
+    case DType::F8_E4M3: return dequantize_typed<DType::F8_E4M3>(w, begin, end, out);
+    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
+  }
+}
+
+#undef DSV3_INLINE
+
+}  // namespace
+
+const WeightKernels* avx512_weight_kernels() {
+  static const WeightKernels kernels{gemv, dequantize};
+  return &kernels;
+}
+
+}  // namespace dsv3::kernels
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+
+#else
+
+namespace dsv3::kernels {
+const WeightKernels* avx512_weight_kernels() { return nullptr; }
+}  // namespace dsv3::kernels
+
+#endif
