@@ -190,7 +190,7 @@ void decode_shapes(benchmark::internal::Benchmark* b) {
 
 void row_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
-    for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64}) b->Args({rows, 2816, 1024, dtype});
+    for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64, 128, 512}) b->Args({rows, 2816, 1024, dtype});
 }
 
 BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8"})->Apply(decode_shapes)->UseRealTime();

@@ -93,9 +93,9 @@ struct EachIsa {
 
 TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
   // {rows, out, in}: rows on both sides of the GEMV / sgemm switch, ragged lane and block edges.
-  const std::int64_t sizes[][3] = {{1, 1, 1},    {1, 7, 129},  {1, 1000, 257}, {2, 129, 1000}, {3, 130, 33},
-                                   {4, 5, 300},  {5, 33, 128}, {7, 129, 33},   {8, 64, 17},    {9, 7, 1000},
-                                   {16, 129, 7}, {129, 7, 300}, {3, 200, 1000}};
+  const std::int64_t sizes[][3] = {{1, 1, 1},   {1, 7, 129},  {1, 1000, 257}, {2, 129, 1000}, {3, 130, 33},
+                                   {4, 5, 300}, {5, 33, 128}, {7, 129, 33},   {8, 64, 17},    {9, 7, 1000},
+                                   {16, 129, 7}, {64, 33, 100}, {65, 9, 40},  {129, 7, 300},  {3, 200, 1000}};
   EachIsa each;
   for (auto isa : each.isas) {
     kernels::set_isa_for_testing(isa);

@@ -13,10 +13,13 @@
 namespace dsv3::kernels {
 namespace {
 
-// Up to this many activation rows, streaming the weight once (GEMV) beats dequantising panels for
-// sgemm: the weight's bytes dominate. Above it the panel's dequantisation is amortised over enough
-// rows for OpenBLAS's blocked sgemm to win (bench_kernels, BM_Linear* at rows 8..32).
-constexpr std::int64_t kMaxGemvRows = 8;
+// Up to this many activation rows the register-blocked GEMV kernels (4 weight rows x up to 4
+// activation rows per pass, the weights re-read from L1 for further passes) beat dequantising
+// 64-row panels for OpenBLAS sgemm. bench_kernels (LinearRows vs PanelSgemmRows, 2816 x 1024, 2
+// threads, AVX-512): 8 rows 0.47 vs 1.9 ms, 16 rows 0.86 vs 1.8 ms, 64 rows 3.1 vs 4.1 ms BF16;
+// at 128 and 512 rows AVX-512 GEMV still led (4.2 vs 7.6, 21.6 vs 28.5 ms) but the AVX2 and
+// scalar paths were not measured there, so prefill keeps sgemm above 64 rows for now.
+constexpr std::int64_t kMaxGemvRows = 64;
 
 // Output rows per task on the sgemm path: each task dequantises a [kPanelRows, cols] panel of the
 // weight once and reuses it for every input row, so the weight stays in its compact dtype in memory.

@@ -57,17 +57,16 @@ DSV3_INLINE float reduce_add(__m256 v) {
 
 // One step of 8 columns: `rows[r]` and `x + m * x_stride` point at the step's first column.
 template <DType D, int R, int M>
-DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::int64_t x_stride, const __m256* scale,
-                            __m256 (&acc)[R][M]) {
+DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::int64_t x_stride, __m256 (&acc)[R][M]) {
   __m256 xv[M];
   for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(x + m * x_stride);
   for (int r = 0; r < R; ++r) {
-    __m256 w = load_weights<D>(rows[r]);
-    if constexpr (D == DType::F8_E4M3) w = _mm256_mul_ps(w, scale[r]);
+    const __m256 w = load_weights<D>(rows[r]);
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(w, xv[m], acc[r][m]);
   }
 }
 
+// R weight rows against M activation rows (FP8: unscaled codes against scaled activations).
 template <DType D, int R, int M>
 void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   constexpr std::int64_t kBytes = element_bytes<D>();
@@ -81,36 +80,27 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   __m256 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-  constexpr bool kScaled = D == DType::F8_E4M3;
-  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
-  __m256 scale[R];
-  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
-    const std::int64_t c1 = std::min(cols, c0 + block_cols);
-    if constexpr (kScaled)
-      for (int r = 0; r < R; ++r)
-        scale[r] = _mm256_set1_ps((*w.scales)[((n0 + r) / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
-    std::int64_t c = c0;
-    for (; c + kLanes <= c1; c += kLanes) {
-      const std::byte* at[R];
-      for (int r = 0; r < R; ++r) {
-        at[r] = rows[r] + c * kBytes;
-        _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
-      }
-      accumulate<D, R, M>(at, x + c, cols, scale, acc);
+  std::int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    const std::byte* at[R];
+    for (int r = 0; r < R; ++r) {
+      at[r] = rows[r] + c * kBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
     }
-    if (c < c1) {
-      const std::int64_t count = c1 - c;
-      alignas(32) std::byte padded_w[R][kLanes * kBytes] = {};
-      alignas(32) float padded_x[M][kLanes] = {};
-      const std::byte* at[R];
-      for (int r = 0; r < R; ++r) {
-        std::memcpy(padded_w[r], rows[r] + c * kBytes, static_cast<std::size_t>(count * kBytes));
-        at[r] = padded_w[r];
-      }
-      for (int m = 0; m < M; ++m)
-        std::memcpy(padded_x[m], x + m * cols + c, static_cast<std::size_t>(count) * sizeof(float));
-      accumulate<D, R, M>(at, padded_x[0], kLanes, scale, acc);
+    accumulate<D, R, M>(at, x + c, cols, acc);
+  }
+  if (c < cols) {
+    const std::int64_t count = cols - c;
+    alignas(32) std::byte padded_w[R][kLanes * kBytes] = {};
+    alignas(32) float padded_x[M][kLanes] = {};
+    const std::byte* at[R];
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(padded_w[r], rows[r] + c * kBytes, static_cast<std::size_t>(count * kBytes));
+      at[r] = padded_w[r];
     }
+    for (int m = 0; m < M; ++m)
+      std::memcpy(padded_x[m], x + m * cols + c, static_cast<std::size_t>(count) * sizeof(float));
+    accumulate<D, R, M>(at, padded_x[0], kLanes, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = reduce_add(acc[r][m]);
@@ -129,11 +119,33 @@ void all_activation_rows(const float* x, std::int64_t rows, const Matrix& w, std
 }
 
 template <DType D>
-void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
-                float* y) {
+void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   std::int64_t n = n_begin;
   for (; n + kOutputRows <= n_end; n += kOutputRows) all_activation_rows<D, kOutputRows>(x, rows, w, n, y);
   for (; n < n_end; ++n) all_activation_rows<D, 1>(x, rows, w, n, y);
+}
+
+// FP8: the block scales are folded into a scaled copy of the activations once per band of
+// block_rows weight rows, as in linear_avx512.cpp.
+template <DType D>
+void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                float* y) {
+  if constexpr (D != DType::F8_E4M3) {
+    rows_range<D>(x, rows, w, n_begin, n_end, y);
+  } else {
+    const std::int64_t cols = w.cols;
+    std::vector<float>& scaled = thread_buffer(static_cast<std::size_t>(rows * cols));
+    for (std::int64_t n = n_begin; n < n_end;) {
+      const std::int64_t band = n / w.block_rows;
+      const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
+      const float* scale_row = w.scales->data() + band * w.scale_cols();
+      for (std::int64_t m = 0; m < rows; ++m)
+        for (std::int64_t c = 0; c < cols; ++c)
+          scaled[m * cols + c] = x[m * cols + c] * (scale_row[c / w.block_cols] * kFp8ScaleFold);
+      rows_range<D>(scaled.data(), rows, w, n, band_end, y);
+      n = band_end;
+    }
+  }
 }
 
 template <DType D>

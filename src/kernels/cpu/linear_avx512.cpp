@@ -63,18 +63,18 @@ constexpr float kFp8ScaleFold = 256.0f;
 
 template <DType D, int R, int M, bool kFull>
 DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::int64_t cols, std::int64_t col,
-                            __mmask16 mask, const __m512* scale, __m512 (&acc)[R][M]) {
+                            __mmask16 mask, __m512 (&acc)[R][M]) {
   __m512 xv[M];
   for (int m = 0; m < M; ++m)
     xv[m] = kFull ? _mm512_loadu_ps(x + m * cols + col) : _mm512_maskz_loadu_ps(mask, x + m * cols + col);
   for (int r = 0; r < R; ++r) {
-    __m512 w = load_weights<D, kFull>(rows[r], col, mask);
-    if constexpr (D == DType::F8_E4M3) w = _mm512_mul_ps(w, scale[r]);
+    const __m512 w = load_weights<D, kFull>(rows[r], col, mask);
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_fmadd_ps(w, xv[m], acc[r][m]);
   }
 }
 
-// y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows.
+// y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows (FP8: unscaled
+// codes against activations that carry the block scales, see gemv_typed).
 template <DType D, int R, int M>
 void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   constexpr std::int64_t kBytes = element_bytes<D>();
@@ -90,23 +90,14 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   __m512 acc[R][M];
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
-  constexpr bool kScaled = D == DType::F8_E4M3;
-  const std::int64_t block_cols = kScaled ? w.block_cols : cols;
-  __m512 scale[R];
-  for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += block_cols, ++b) {
-    const std::int64_t c1 = std::min(cols, c0 + block_cols);
-    if constexpr (kScaled)
-      for (int r = 0; r < R; ++r)
-        scale[r] = _mm512_set1_ps((*w.scales)[((n0 + r) / w.block_rows) * w.scale_cols() + b] * kFp8ScaleFold);
-    std::int64_t c = c0;
-    for (; c + kLanes <= c1; c += kLanes) {
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
-      accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, scale, acc);
-    }
-    if (c < c1) {
-      const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
-      accumulate<D, R, M, false>(rows, x, cols, c, mask, scale, acc);
-    }
+  std::int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+    accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, acc);
+  }
+  if (c < cols) {
+    const auto mask = static_cast<__mmask16>((1u << (cols - c)) - 1);
+    accumulate<D, R, M, false>(rows, x, cols, c, mask, acc);
   }
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
@@ -127,11 +118,45 @@ void all_activation_rows(const float* x, std::int64_t rows, const Matrix& w, std
 }
 
 template <DType D>
-void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
-                float* y) {
+void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   std::int64_t n = n_begin;
   for (; n + kOutputRows <= n_end; n += kOutputRows) all_activation_rows<D, kOutputRows>(x, rows, w, n, y);
   for (; n < n_end; ++n) all_activation_rows<D, 1>(x, rows, w, n, y);
+}
+
+// FP8: every weight row of one band of block_rows shares its scale per column block, so the scales
+// (and the F16 conversion's 2^8) are folded into a scaled copy of the activations once per band,
+// and the inner loop is conversion + FMA only.
+template <DType D>
+void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                float* y) {
+  if constexpr (D != DType::F8_E4M3) {
+    rows_range<D>(x, rows, w, n_begin, n_end, y);
+  } else {
+    const std::int64_t cols = w.cols;
+    std::vector<float>& scaled = thread_buffer(static_cast<std::size_t>(rows * cols));
+    for (std::int64_t n = n_begin; n < n_end;) {
+      const std::int64_t band = n / w.block_rows;
+      const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
+      const float* scale_row = w.scales->data() + band * w.scale_cols();
+      for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += w.block_cols, ++b) {
+        const std::int64_t c1 = std::min(cols, c0 + w.block_cols);
+        const __m512 scale = _mm512_set1_ps(scale_row[b] * kFp8ScaleFold);
+        for (std::int64_t m = 0; m < rows; ++m) {
+          const float* in = x + m * cols;
+          float* out = scaled.data() + m * cols;
+          std::int64_t c = c0;
+          for (; c + kLanes <= c1; c += kLanes) _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_loadu_ps(in + c), scale));
+          if (c < c1) {
+            const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
+            _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, in + c), scale));
+          }
+        }
+      }
+      rows_range<D>(scaled.data(), rows, w, n, band_end, y);
+      n = band_end;
+    }
+  }
 }
 
 template <DType D>
