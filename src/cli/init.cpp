@@ -28,6 +28,11 @@ int run(const InitOptions& options) {
   if (fs::exists(out) && !fs::is_empty(out) && !options.force)
     fail("{}: is not empty (pass --force to write into it)", out.string());
   fs::create_directories(out);
+  // A stale index or shard from an earlier model would be read in place of the new files.
+  for (const auto& entry : fs::directory_iterator(out))
+    if (entry.path().filename().string().starts_with("model") &&
+        entry.path().filename().string().find(".safetensors") != std::string::npos)
+      fs::remove(entry.path());
   const auto start = std::chrono::steady_clock::now();
   {
     std::unique_ptr<ProgressBar> sized;
