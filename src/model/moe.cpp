@@ -4,6 +4,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
 #include "model/blocks.h"
 
@@ -84,23 +85,39 @@ void moe_forward(const MoeWeights& w, const ModelConfig& c, const float* x, std:
     std::fill_n(out, tokens * hidden, 0.0f);
   }
   // Tokens grouped by expert, so each expert runs once over all its rows.
-  std::vector<std::vector<std::int64_t>> assignments(static_cast<std::size_t>(c.n_routed_experts));
-  for (std::int64_t i = 0; i < tokens * top_k; ++i) assignments[routes.experts[i]].push_back(i);
-  std::vector<float> rows, expert_out;
-  for (std::int64_t e = 0; e < c.n_routed_experts; ++e) {
-    const auto& slots = assignments[e];
-    if (slots.empty()) continue;
-    const auto count = static_cast<std::int64_t>(slots.size());
-    rows.resize(static_cast<std::size_t>(count * hidden));
-    expert_out.resize(rows.size());
-    for (std::int64_t r = 0; r < count; ++r) std::copy_n(x + (slots[r] / top_k) * hidden, hidden, rows.data() + r * hidden);
-    mlp_forward(w.experts[e], rows.data(), count, expert_out.data());
-    for (std::int64_t r = 0; r < count; ++r) {
-      float* target = out + (slots[r] / top_k) * hidden;
-      const float gate = routes.weights[slots[r]];
-      for (std::int64_t i = 0; i < hidden; ++i) target[i] += gate * expert_out[r * hidden + i];
-    }
+  struct ExpertJob {
+    std::int64_t expert = 0;
+    std::vector<std::int64_t> slots;  // indices into routes (token * top_k + k)
+    std::vector<float> out;           // [slots, hidden]
+  };
+  std::vector<ExpertJob> jobs(static_cast<std::size_t>(c.n_routed_experts));
+  for (std::int64_t i = 0; i < tokens * top_k; ++i) jobs[routes.experts[i]].slots.push_back(i);
+  for (std::int64_t e = 0; e < c.n_routed_experts; ++e) jobs[e].expert = e;
+  std::erase_if(jobs, [](const ExpertJob& job) { return job.slots.empty(); });
+  auto run_expert = [&](ExpertJob& job) {
+    const auto count = static_cast<std::int64_t>(job.slots.size());
+    std::vector<float> rows(static_cast<std::size_t>(count * hidden));
+    for (std::int64_t r = 0; r < count; ++r) std::copy_n(x + (job.slots[r] / top_k) * hidden, hidden, rows.data() + r * hidden);
+    job.out.resize(rows.size());
+    mlp_forward(w.experts[job.expert], rows.data(), count, job.out.data());
+  };
+  // With several experts per core, one task per expert (its small matrices on one core) beats
+  // splitting each small matrix across the cores and meeting three times per expert.
+  ThreadPool& pool = ThreadPool::global();
+  if (static_cast<std::int64_t>(jobs.size()) >= 2 * pool.size()) {
+    pool.parallel_for(static_cast<std::int64_t>(jobs.size()), 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t j = first; j < last; ++j) run_expert(jobs[j]);
+    });
+  } else {
+    for (auto& job : jobs) run_expert(job);
   }
+  // Summed in expert order, so the result does not depend on how the work was scheduled.
+  for (const auto& job : jobs)
+    for (std::size_t r = 0; r < job.slots.size(); ++r) {
+      float* target = out + (job.slots[r] / top_k) * hidden;
+      const float gate = routes.weights[job.slots[r]];
+      for (std::int64_t i = 0; i < hidden; ++i) target[i] += gate * job.out[r * hidden + i];
+    }
 }
 
 }  // namespace dsv3
