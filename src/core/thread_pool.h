@@ -1,6 +1,7 @@
 #pragma once
 // A fixed pool of worker threads for data-parallel loops. The calling thread takes part, so a
 // pool of N threads keeps N cores busy. One loop runs at a time; nested calls run inline.
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -39,8 +40,9 @@ class ThreadPool {
   std::int64_t count_ = 0;
   std::int64_t chunk_ = 0;
   std::int64_t next_ = 0;
-  int busy_ = 0;
+  std::atomic<int> busy_{0};
   std::uint64_t generation_ = 0;
+  std::atomic<std::uint64_t> published_{0};  // generation_, readable without the lock for spinning
   bool stop_ = false;
   bool running_ = false;
 };
