@@ -2,7 +2,10 @@
 // Shared helpers for the tests: where fixtures live, reading tensors, comparing logits.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -79,6 +82,18 @@ inline RowComparison compare_rows(const float* ours, const float* reference, std
     }
   }
   return result;
+}
+
+// Runs the built `dsv3` with `arguments` (a shell fragment) and returns its exit code, filling
+// `output` with stdout and stderr together.
+inline int run_dsv3(const std::string& arguments, std::string& output) {
+  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return -1;
+  char buffer[4096];
+  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 // The message of the dsv3::Error that `action` throws; a test failure when it throws none. Any

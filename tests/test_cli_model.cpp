@@ -17,14 +17,8 @@ struct CommandResult {
 };
 
 CommandResult run(const std::string& arguments) {
-  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
   CommandResult result;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) return result;
-  char buffer[4096];
-  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) result.output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.exit_code = test::run_dsv3(arguments, result.output);
   return result;
 }
 

@@ -14,16 +14,6 @@
 namespace dsv3 {
 namespace {
 
-int run(const std::string& arguments, std::string& output) {
-  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) return -1;
-  char buffer[4096];
-  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 double read_f64(const TensorView& view) {
   EXPECT_EQ(view.dtype, DType::F64) << view.name;
   double value = 0.0;
@@ -40,7 +30,7 @@ TEST(Grad, CliMatchesAutogradGradientsOfTheFixture) {
   const auto dir = test::temp_dir("grad");
   const auto fixture = test::tiny_model_dir();
   std::string output;
-  const int code = run("grad --model " + fixture.string() + " --input " + (fixture / "reference.safetensors").string() +
+  const int code = test::run_dsv3("grad --model " + fixture.string() + " --input " + (fixture / "reference.safetensors").string() +
                            " --seq 2 --mtp-weight 0.3 --output " + (dir / "grads.safetensors").string(),
                        output);
   ASSERT_EQ(code, 0) << output;

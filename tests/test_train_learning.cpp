@@ -167,16 +167,6 @@ TEST(Fp8Train, TrainingEndsWithinHalfAPercentOfFp32) {
 namespace dsv3 {
 namespace {
 
-int run_cli(const std::string& arguments, std::string& output) {
-  const std::string command = std::string(DSV3_BINARY) + " " + arguments + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) return -1;
-  char buffer[4096];
-  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 std::size_t occurrences(const std::string& text, const std::string& needle) {
   std::size_t count = 0;
   for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++count;
@@ -229,7 +219,7 @@ TEST(Train, CliTrainsResumesAndPlots) {
                            {"resume", "latest"}};
   std::ofstream(setup.dir / "train.json") << config.dump(2);
   std::string output;
-  ASSERT_EQ(run_cli("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
+  ASSERT_EQ(test::run_dsv3("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
   EXPECT_NE(output.find("trained steps 1..6"), std::string::npos) << output;
   EXPECT_EQ(output.find("ETA"), std::string::npos) << "no progress bar when piped:\n" << output;
   EXPECT_TRUE(std::filesystem::exists(setup.dir / "ckpt" / "step-3" / "model.safetensors"));
@@ -239,7 +229,7 @@ TEST(Train, CliTrainsResumesAndPlots) {
   config["steps"] = 8;
   std::ofstream(setup.dir / "train.json") << config.dump(2);
   output.clear();
-  ASSERT_EQ(run_cli("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
+  ASSERT_EQ(test::run_dsv3("train --config " + (setup.dir / "train.json").string(), output), 0) << output;
   EXPECT_NE(output.find("resumed from"), std::string::npos) << output;
   EXPECT_NE(output.find("trained steps 7..8"), std::string::npos) << output;
   std::ifstream log(setup.dir / "ckpt" / "metrics.jsonl");
@@ -255,7 +245,7 @@ TEST(Train, CliTrainsResumesAndPlots) {
 
   output.clear();
   const auto svg = setup.dir / "metrics.svg";
-  ASSERT_EQ(run_cli("plot " + (setup.dir / "ckpt" / "metrics.jsonl").string() + " --out " + svg.string(), output), 0)
+  ASSERT_EQ(test::run_dsv3("plot " + (setup.dir / "ckpt" / "metrics.jsonl").string() + " --out " + svg.string(), output), 0)
       << output;
   EXPECT_GT(std::filesystem::file_size(svg), 1000u);
 
@@ -263,7 +253,7 @@ TEST(Train, CliTrainsResumesAndPlots) {
   config["learning_rate"] = 0.1;
   std::ofstream(setup.dir / "bad.json") << config.dump(2);
   output.clear();
-  EXPECT_NE(run_cli("train --config " + (setup.dir / "bad.json").string(), output), 0);
+  EXPECT_NE(test::run_dsv3("train --config " + (setup.dir / "bad.json").string(), output), 0);
   EXPECT_NE(output.find("unknown key \"learning_rate\""), std::string::npos) << output;
 }
 
