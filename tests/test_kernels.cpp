@@ -263,3 +263,71 @@ TEST(Kernels, Fp8BlockQuantisationUsesAmaxOver448PerBlock) {
 
 }  // namespace
 }  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+
+// Absorbed attention over a paged latent cache, split into key ranges and merged, against a plain
+// softmax over the same rows (as the cache stores them: rounded to BF16 for a BF16 cache).
+TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
+  const std::int64_t heads = 3, width = 40, value_dim = 32, block_tokens = 16, layers = 2, layer = 1;
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    for (std::int64_t keys : {1, 7, 129, 1000}) {
+      SCOPED_TRACE(fmt::format("{} keys={}", dtype_name(dtype), keys));
+      const std::int64_t blocks = (keys + block_tokens - 1) / block_tokens;
+      // Pages handed out in reverse order, so a sequence's rows are not contiguous in storage.
+      std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+      for (std::int64_t b = 0; b < blocks; ++b) table[b] = static_cast<std::int32_t>(blocks - 1 - b);
+      const auto values = random_values(static_cast<std::size_t>(blocks * layers * block_tokens * width), 11);
+      std::vector<std::byte> storage(values.size() * dtype_size(dtype));
+      std::vector<float> stored(values.size());
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        if (dtype == DType::BF16) {
+          const std::uint16_t bits = float_to_bf16(values[i]);
+          std::memcpy(storage.data() + 2 * i, &bits, 2);
+          stored[i] = bf16_to_float(bits);
+        } else {
+          std::memcpy(storage.data() + 4 * i, &values[i], 4);
+          stored[i] = values[i];
+        }
+      }
+      kernels::LatentPages pages{storage.data(), dtype, width, block_tokens, layers * block_tokens,
+                                 layer * block_tokens, table};
+      auto row = [&](std::int64_t j) {
+        const std::int64_t block = table[j / block_tokens];
+        return stored.data() + ((block * layers + layer) * block_tokens + j % block_tokens) * width;
+      };
+      const auto q = random_values(static_cast<std::size_t>(heads * width), 12, 0.3f);
+      const float scale = 0.5f;
+      std::vector<float> expected(static_cast<std::size_t>(heads * value_dim));
+      for (std::int64_t h = 0; h < heads; ++h) {
+        std::vector<double> p(static_cast<std::size_t>(keys));
+        double max_score = -INFINITY, total = 0.0;
+        for (std::int64_t j = 0; j < keys; ++j) {
+          double s = 0.0;
+          for (std::int64_t c = 0; c < width; ++c) s += static_cast<double>(q[h * width + c]) * row(j)[c];
+          max_score = std::max(max_score, p[j] = s * scale);
+        }
+        for (auto& v : p) total += (v = std::exp(v - max_score));
+        for (std::int64_t d = 0; d < value_dim; ++d) {
+          double sum = 0.0;
+          for (std::int64_t j = 0; j < keys; ++j) sum += p[j] / total * row(j)[d];
+          expected[h * value_dim + d] = static_cast<float>(sum);
+        }
+      }
+      for (std::int64_t splits : {1, 2, 3}) {
+        std::vector<kernels::LatentPartial> partials(static_cast<std::size_t>(splits));
+        for (std::int64_t s = 0; s < splits; ++s)
+          kernels::attention_latent(q.data(), heads, pages, keys * s / splits, keys * (s + 1) / splits, value_dim,
+                                    scale, partials[s]);
+        std::vector<float> out(expected.size());
+        kernels::merge_latent_partials(partials, heads, value_dim, out.data());
+        EXPECT_LE(test::relative_l2(out.data(), expected.data(), static_cast<std::int64_t>(out.size())), 1e-5)
+            << splits << " key ranges";
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dsv3

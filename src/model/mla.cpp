@@ -87,23 +87,37 @@ void attend_absorbed(const AttentionWeights& w, const MlaDims& d, float scale, s
                        .ldc = d.heads * d.width});
     }
   });
-  // Attention over the latents, per (row, head group).
-  const std::int64_t head_group = std::max<std::int64_t>(1, std::min<std::int64_t>(16, d.heads));
-  const std::int64_t groups = (d.heads + head_group - 1) / head_group;
+  // Attention over the latents, per (row, key range): a decoding row over a long context is
+  // split into ranges of at least kMinKeysPerTask keys so every core has work, and the ranges'
+  // partial softmaxes are merged.
+  constexpr std::int64_t kMinKeysPerTask = 256;
+  const std::int64_t wanted_splits = std::max<std::int64_t>(1, (2 * pool.size() + count - 1) / count);
+  std::vector<std::int64_t> splits(static_cast<std::size_t>(count)), first_task(static_cast<std::size_t>(count) + 1, 0);
+  for (std::int64_t r = 0; r < count; ++r) {
+    const std::int64_t keys = batch.positions[rows[r]] + 1;
+    splits[r] = std::clamp<std::int64_t>(keys / kMinKeysPerTask, 1, wanted_splits);
+    first_task[r + 1] = first_task[r] + splits[r];
+  }
+  std::vector<kernels::LatentPartial> partials(static_cast<std::size_t>(first_task[count]));
+  std::vector<std::int64_t> task_row(partials.size());
+  for (std::int64_t r = 0; r < count; ++r)
+    for (std::int64_t t = first_task[r]; t < first_task[r + 1]; ++t) task_row[t] = r;
   std::vector<const BatchRows::Run*> run_of_row(static_cast<std::size_t>(count));
   for (std::int64_t r = 0; r < count; ++r)
     for (const auto& run : batch.runs)
       if (rows[r] >= run.first_row && rows[r] < run.first_row + run.count) run_of_row[r] = &run;
-  pool.parallel_for(count * groups, 1, [&](std::int64_t first, std::int64_t last) {
+  pool.parallel_for(static_cast<std::int64_t>(partials.size()), 1, [&](std::int64_t first, std::int64_t last) {
     for (std::int64_t task = first; task < last; ++task) {
-      const std::int64_t r = task / groups, g = task % groups;
+      const std::int64_t r = task_row[task], part = task - first_task[r];
       const std::int64_t keys = batch.positions[rows[r]] + 1;
-      const auto pages = cache.pages(layer, *run_of_row[r]->table);
-      kernels::attention_latent(q_latent.data() + r * d.heads * d.width, g * head_group,
-                                std::min(d.heads, (g + 1) * head_group), pages, keys, d.kv_lora, scale,
-                                o_latent.data() + r * d.heads * d.kv_lora);
+      const std::int64_t key_begin = keys * part / splits[r], key_end = keys * (part + 1) / splits[r];
+      kernels::attention_latent(q_latent.data() + r * d.heads * d.width, d.heads, cache.pages(layer, *run_of_row[r]->table),
+                                key_begin, key_end, d.kv_lora, scale, partials[task]);
     }
   });
+  for (std::int64_t r = 0; r < count; ++r)
+    kernels::merge_latent_partials(std::span(partials).subspan(first_task[r], splits[r]), d.heads, d.kv_lora,
+                                   o_latent.data() + r * d.heads * d.kv_lora);
   // out[r, h] = W_UV[h] o_latent[r, h]
   std::vector<float> head_out(static_cast<std::size_t>(count * d.heads * d.v));  // [rows, heads, v]
   pool.parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {

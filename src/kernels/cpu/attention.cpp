@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -58,54 +59,83 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 }  // namespace dsv3::kernels
 
 namespace dsv3::kernels {
+namespace {
+// Keys per step of attention_latent: a multiple of the page size, near this.
+constexpr std::int64_t kLatentChunk = 256;
+}  // namespace
 
-void attention_latent(const float* q, std::int64_t head_begin, std::int64_t head_end, const LatentPages& pages,
-                      std::int64_t keys, std::int64_t value_dim, float scale, float* out) {
+void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
+                      std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial) {
   use_single_threaded_blas();
-  const std::int64_t heads = head_end - head_begin, width = pages.width, block_tokens = pages.block_tokens;
-  thread_local std::vector<float> rows, scores, running_max, running_sum;
-  rows.resize(static_cast<std::size_t>(block_tokens * width));
-  scores.resize(static_cast<std::size_t>(heads * block_tokens));
-  running_max.assign(static_cast<std::size_t>(heads), -std::numeric_limits<float>::infinity());
-  running_sum.assign(static_cast<std::size_t>(heads), 0.0f);
-  float* accumulator = out + head_begin * value_dim;
-  std::fill_n(accumulator, heads * value_dim, 0.0f);
+  const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
+  thread_local std::vector<float> rows, scores;
+  rows.resize(static_cast<std::size_t>(kLatentChunk * width));
+  scores.resize(static_cast<std::size_t>(heads * kLatentChunk));
+  partial.max.assign(static_cast<std::size_t>(heads), -std::numeric_limits<float>::infinity());
+  partial.sum.assign(static_cast<std::size_t>(heads), 0.0f);
+  partial.acc.assign(static_cast<std::size_t>(heads * value_dim), 0.0f);
 
   const std::size_t element = dtype_size(pages.dtype);
-  for (std::int64_t first = 0; first < keys; first += block_tokens) {
-    const std::int64_t count = std::min(block_tokens, keys - first);
-    const std::int64_t block = pages.blocks[static_cast<std::size_t>(first / block_tokens)];
-    const std::byte* source =
-        pages.storage + static_cast<std::size_t>((block * pages.block_stride_rows + pages.layer_offset_rows) * width) * element;
-    const float* block_rows = reinterpret_cast<const float*>(source);
-    if (pages.dtype == DType::BF16) {
-      const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
-      for (std::int64_t i = 0; i < count * width; ++i) rows[i] = bf16_to_float(bits[i]);
-      block_rows = rows.data();
+  // Keys are taken kLatentChunk at a time, gathered from their pages into float32, so the two
+  // matrix products per chunk are large enough to run at speed.
+  for (std::int64_t first = key_begin; first < key_end; first += kLatentChunk) {
+    const std::int64_t count = std::min(kLatentChunk, key_end - first);
+    for (std::int64_t position = first; position < first + count;) {
+      const std::int64_t slot = position % block_tokens;
+      const std::int64_t run = std::min(block_tokens - slot, first + count - position);
+      const std::int64_t block = pages.blocks[static_cast<std::size_t>(position / block_tokens)];
+      const std::byte* source =
+          pages.storage +
+          static_cast<std::size_t>((block * pages.block_stride_rows + pages.layer_offset_rows + slot) * width) * element;
+      float* target = rows.data() + (position - first) * width;
+      if (pages.dtype == DType::BF16) {
+        const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
+        for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
+      } else {
+        std::memcpy(target, source, static_cast<std::size_t>(run * width) * sizeof(float));
+      }
+      position += run;
     }
-    // scores[h, j] = scale * q[h] · row_j for this block's rows
+    // scores[h, j] = scale * q[h] · row_j for this chunk's rows
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
-                static_cast<int>(width), scale, q + head_begin * width, static_cast<int>(width), block_rows,
-                static_cast<int>(width), 0.0f, scores.data(), static_cast<int>(count));
+                static_cast<int>(width), scale, q, static_cast<int>(width), rows.data(), static_cast<int>(width), 0.0f,
+                scores.data(), static_cast<int>(count));
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
-      const float block_max = *std::max_element(row, row + count);
-      const float new_max = std::max(running_max[h], block_max);
-      const float rescale = std::exp(running_max[h] - new_max);  // 0 on the first block
+      const float chunk_max = *std::max_element(row, row + count);
+      const float new_max = std::max(partial.max[h], chunk_max);
+      const float rescale = std::exp(partial.max[h] - new_max);  // 0 on the first chunk
       float sum = 0.0f;
       for (std::int64_t j = 0; j < count; ++j) sum += (row[j] = std::exp(row[j] - new_max));
-      running_sum[h] = running_sum[h] * rescale + sum;
-      running_max[h] = new_max;
+      partial.sum[h] = partial.sum[h] * rescale + sum;
+      partial.max[h] = new_max;
       if (rescale != 1.0f)
-        for (std::int64_t d = 0; d < value_dim; ++d) accumulator[h * value_dim + d] *= rescale;
+        for (std::int64_t d = 0; d < value_dim; ++d) partial.acc[h * value_dim + d] *= rescale;
     }
-    // accumulator[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
+    // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
-                static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), block_rows,
-                static_cast<int>(width), 1.0f, accumulator, static_cast<int>(value_dim));
+                static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), rows.data(),
+                static_cast<int>(width), 1.0f, partial.acc.data(), static_cast<int>(value_dim));
   }
-  for (std::int64_t h = 0; h < heads; ++h)
-    for (std::int64_t d = 0; d < value_dim; ++d) accumulator[h * value_dim + d] /= running_sum[h];
+}
+
+void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t heads, std::int64_t value_dim,
+                           float* out) {
+  for (std::int64_t h = 0; h < heads; ++h) {
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (const auto& p : partials) max_score = std::max(max_score, p.max[h]);
+    double total = 0.0;
+    float* target = out + h * value_dim;
+    std::fill_n(target, value_dim, 0.0f);
+    for (const auto& p : partials) {
+      if (p.sum[h] == 0.0f) continue;  // an empty key range
+      const float weight = std::exp(p.max[h] - max_score);
+      total += static_cast<double>(p.sum[h]) * weight;
+      for (std::int64_t d = 0; d < value_dim; ++d) target[d] += weight * p.acc[h * value_dim + d];
+    }
+    const auto inverse = static_cast<float>(1.0 / total);
+    for (std::int64_t d = 0; d < value_dim; ++d) target[d] *= inverse;
+  }
 }
 
 }  // namespace dsv3::kernels

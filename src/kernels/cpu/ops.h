@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <vector>
 #include <string_view>
 
 #include "core/matrix.h"
@@ -73,13 +74,23 @@ struct LatentPages {
   std::span<const std::int32_t> blocks;
 };
 
-// Absorbed MLA attention for one query position: q[h] (width = kv_lora_rank + rope_dim: the query
-// absorbed into the latent space, then its rope part) against cached rows 0..keys-1
-// (c_kv | k_rope); the values are the rows' first value_dim entries (c_kv). For heads [head_begin,
-// head_end): out[h, value_dim] = softmax_j(scale * q[h] · row_j) · c_kv_j. One pass with an
-// online softmax, so scores for long contexts are never stored whole.
-void attention_latent(const float* q, std::int64_t head_begin, std::int64_t head_end, const LatentPages& pages,
-                      std::int64_t keys, std::int64_t value_dim, float scale, float* out);
+// Absorbed MLA attention for one query position, over a range of its cached keys. q[h] (width =
+// kv_lora_rank + rope_dim) is the query absorbed into the latent space, then its rope part; the
+// keys are cached rows (c_kv | k_rope) and the values their first value_dim entries (c_kv). The
+// result for keys [key_begin, key_end) is partial: per head the largest score, the sum of
+// exp(score - max) and the unnormalised exp-weighted sum of values, so that disjoint ranges can be
+// computed in parallel (long contexts, one decoding row) and merged.
+struct LatentPartial {
+  std::vector<float> max;  // [heads]
+  std::vector<float> sum;  // [heads]
+  std::vector<float> acc;  // [heads, value_dim]
+};
+void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
+                      std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial);
+
+// out[heads, value_dim] = softmax(scale * q · k) · v over the union of the partials' key ranges.
+void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t heads, std::int64_t value_dim,
+                           float* out);
 
 }  // namespace dsv3::kernels
 
