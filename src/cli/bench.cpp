@@ -98,7 +98,7 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
 
 int bench(const BenchOptions& options) {
   const auto load_start = Clock::now();
-  const Model model = load_model(options.model);
+  const Model model = load_model(options.model, true);  // page faults are not what is measured
   const double load_seconds = since(load_start);
   const ModelConfig& c = model.config();
   if (options.prompt_len + options.gen_len + options.mtp > c.max_position_embeddings)

@@ -78,10 +78,11 @@ std::string GenerationOptions::tokenizer_dir() const {
   return fs::exists(fs::path(model) / "tokenizer.json") ? model : std::string();
 }
 
-Model load_model(const std::string& dir) {
+Model load_model(const std::string& dir, bool read_in) {
   Weights weights = Weights::load(dir);
   ProgressBar bar("loading " + dir, static_cast<std::int64_t>(weights.store.total_bytes()), ProgressBar::Unit::bytes);
-  if (bar.visible())  // on a terminal: read the weights in now, showing progress, rather than on first use
+  // On a terminal the weights are read in now, with progress, rather than on first use.
+  if (read_in || bar.visible())
     weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
   return Model(std::move(weights));
 }

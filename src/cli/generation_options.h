@@ -37,7 +37,8 @@ struct GenerationOptions {
   void fit_to(const Tokenizer& tokenizer, const ModelConfig& config, SamplingParams& params) const;
 };
 
-// Loads weights; on a terminal it also reads them in with a progress bar (quiet when piped).
-Model load_model(const std::string& dir);
+// Loads weights. With `read_in`, or on a terminal (with a progress bar; quiet when piped), every
+// page is read now instead of on first use.
+Model load_model(const std::string& dir, bool read_in = false);
 
 }  // namespace dsv3::cli
