@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <vector>
 
 #include "core/error.h"
@@ -17,9 +18,15 @@ namespace {
 // activation rows per pass, the weights re-read from L1 for further passes) beat dequantising
 // 64-row panels for OpenBLAS sgemm. bench_kernels (LinearRows vs PanelSgemmRows, 2816 x 1024, 2
 // threads, AVX-512): 8 rows 0.47 vs 1.9 ms, 16 rows 0.86 vs 1.8 ms, 64 rows 3.1 vs 4.1 ms BF16;
-// at 128 and 512 rows AVX-512 GEMV still led (4.2 vs 7.6, 21.6 vs 28.5 ms) but the AVX2 and
-// scalar paths were not measured there, so prefill keeps sgemm above 64 rows for now.
+// at 128 and 512 rows AVX-512 GEMV still led (4.2 vs 7.6, 21.6 vs 28.5 ms), and end to end
+// (dsv3 bench, bench-1b, prompt 512) AVX-512 GEMV prefill ran at 659 tokens/s against 510 with
+// sgemm, so AVX-512 uses it at every size; the AVX2 and scalar paths were not measured above 64
+// rows and keep sgemm there.
 constexpr std::int64_t kMaxGemvRows = 64;
+
+std::int64_t max_gemv_rows() {
+  return active_isa() == Isa::avx512 ? std::numeric_limits<std::int64_t>::max() : kMaxGemvRows;
+}
 
 // Output rows per task on the sgemm path: each task dequantises a [kPanelRows, cols] panel of the
 // weight once and reuses it for every input row, so the weight stays in its compact dtype in memory.
@@ -119,7 +126,7 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
     return;
   }
   const WeightKernels& kernels = weight_kernels();
-  if (rows <= kMaxGemvRows) {
+  if (rows <= max_gemv_rows()) {
     const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
     const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);
     ThreadPool::global().parallel_for(out_features, grain, [&](std::int64_t begin, std::int64_t end) {
