@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/machine.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
@@ -29,44 +30,8 @@ namespace {
 
 constexpr std::size_t kMinStreamedBytes = std::size_t{64} << 20;
 
-std::string cpu_model() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);)
-    if (line.starts_with("model name")) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
-// Read bandwidth with the pool's threads: each sums its share of a buffer far larger than the
-// caches (eight independent 64-bit sums so the loop is bound by memory, not by an add chain).
-// Best of `passes`. The machine is shared, so each benchmark measures it again next to itself.
-double measure_read_bandwidth(int passes) {
-  static const std::vector<std::uint64_t> buffer = [] {
-    std::vector<std::uint64_t> values((std::size_t{256} << 20) / 8);
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] = i * 0x9e3779b97f4a7c15ull;
-    return values;
-  }();
-  ThreadPool& pool = ThreadPool::global();
-  double best = 0.0;
-  volatile std::uint64_t sink = 0;
-  for (int pass = 0; pass < passes; ++pass) {
-    const auto start = std::chrono::steady_clock::now();
-    const std::int64_t words = static_cast<std::int64_t>(buffer.size());
-    const std::int64_t per_thread = words / pool.size();
-    pool.parallel_for(pool.size(), 1, [&](std::int64_t first, std::int64_t last) {
-      for (std::int64_t t = first; t < last; ++t) {
-        const std::uint64_t* p = buffer.data() + t * per_thread;
-        std::uint64_t s[8] = {};
-        for (std::int64_t i = 0; i + 8 <= per_thread; i += 8)
-          for (int k = 0; k < 8; ++k) s[k] += p[i + k];
-        sink = sink + (s[0] ^ s[1] ^ s[2] ^ s[3] ^ s[4] ^ s[5] ^ s[6] ^ s[7]);
-      }
-    });
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    best = std::max(best, static_cast<double>(per_thread * pool.size() * 8) / seconds);
-  }
-  return best;
-}
-
+// The read-bandwidth roofline of core/machine.h, over a 256 MB buffer (well past the caches).
+double measure_read_bandwidth(int passes) { return dsv3::measure_read_bandwidth(std::int64_t{256} << 20, passes); }
 
 // Copy bandwidth (memcpy on every thread), the usual "stream copy" figure; bytes read + written.
 void BM_CopyBandwidth(benchmark::State& state) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/machine.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -44,13 +45,6 @@ std::vector<std::string> sotu_documents() {
   std::vector<std::string> documents;
   for (const fs::path& file : files) documents.push_back(read_file(file));
   return documents;
-}
-
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
 }
 
 const dsv3::Tokenizer& tokenizer() {
@@ -161,7 +155,7 @@ int compare_with_hugging_face() {
   std::memcpy(hf_ids.data(), hf_bytes.data(), hf_ids.size() * sizeof(std::int32_t));
   bool same = hf_ids == ids;
 
-  fmt::print("\nmachine: {} (single thread; rates are bytes per second of CPU time)\n", cpu_model());
+  fmt::print("\nmachine: {} (single thread; rates are bytes per second of CPU time)\n", dsv3::cpu_model());
   fmt::print("text: State of the Union corpus, {} addresses encoded one by one, {:.2f} MB, {} tokens\n",
              documents().size(), document_bytes() / 1e6, ids.size());
   fmt::print("dsv3 encode:                    {:7.2f} MB/s\n", dsv3_rate);

@@ -38,35 +38,36 @@ std::string cpu_features() {
 }
 
 double measure_read_bandwidth(std::int64_t bytes, int repeats) {
-  const auto count = static_cast<std::size_t>(bytes / static_cast<std::int64_t>(sizeof(float)));
-  std::vector<float> buffer(count, 1.0f);
+  const auto words = static_cast<std::size_t>(bytes / 8);
+  std::vector<std::uint64_t> buffer(words);
+  for (std::size_t i = 0; i < words; ++i) buffer[i] = i * 0x9e3779b97f4a7c15ull;
   ThreadPool& pool = ThreadPool::global();
-  const auto chunks = static_cast<std::int64_t>(pool.size()) * 8;
-  std::vector<double> sums(static_cast<std::size_t>(chunks));
+  const auto chunks = static_cast<std::int64_t>(pool.size());
+  std::vector<std::uint64_t> sums(static_cast<std::size_t>(chunks));
   double best = 0.0;
   for (int pass = 0; pass < repeats; ++pass) {
     const auto start = std::chrono::steady_clock::now();
     pool.parallel_for(chunks, 1, [&](std::int64_t first, std::int64_t last) {
       for (std::int64_t c = first; c < last; ++c) {
-        const std::size_t begin = count * static_cast<std::size_t>(c) / static_cast<std::size_t>(chunks);
-        const std::size_t end = count * static_cast<std::size_t>(c + 1) / static_cast<std::size_t>(chunks);
-        // Eight independent sums keep the loads, not the adds, the bottleneck.
-        float partial[8] = {};
+        const std::size_t begin = words * static_cast<std::size_t>(c) / static_cast<std::size_t>(chunks);
+        const std::size_t end = words * static_cast<std::size_t>(c + 1) / static_cast<std::size_t>(chunks);
+        // Eight independent integer sums vectorise and keep the loads, not the adds, the limit.
+        std::uint64_t partial[8] = {};
         std::size_t i = begin;
         for (; i + 8 <= end; i += 8)
           for (int lane = 0; lane < 8; ++lane) partial[lane] += buffer[i + lane];
         for (; i < end; ++i) partial[0] += buffer[i];
-        double total = 0.0;
-        for (float p : partial) total += p;
+        std::uint64_t total = 0;
+        for (std::uint64_t p : partial) total ^= p;
         sums[static_cast<std::size_t>(c)] = total;
       }
     });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    best = std::max(best, static_cast<double>(count * sizeof(float)) / seconds);
+    best = std::max(best, static_cast<double>(words * 8) / seconds);
   }
   // Using the sums keeps the compiler from dropping the loads.
-  volatile double sink = 0.0;
-  for (double s : sums) sink = sink + s;
+  volatile std::uint64_t sink = 0;
+  for (std::uint64_t s : sums) sink = sink ^ s;
   return best;
 }
 
