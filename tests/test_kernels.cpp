@@ -331,3 +331,33 @@ TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
 
 }  // namespace
 }  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+
+TEST(Kernels, LinearRowsComputesExactlyItsSliceOfLinear) {
+  const std::int64_t rows = 3, out = 300, in = 200;  // slices cross the FP8 128-row blocks
+  const auto x = random_values(static_cast<std::size_t>(rows * in), 21);
+  for (DType dtype : {DType::F32, DType::BF16, DType::F8_E4M3}) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)));
+    const StoredWeight w = store_weight(random_values(static_cast<std::size_t>(out * in), 22, 0.05f), out, in, dtype);
+    std::vector<float> full(static_cast<std::size_t>(rows * out)), sliced(full.size(), -7.0f);
+    kernels::linear(x.data(), rows, w.matrix, full.data());
+    for (const auto& [begin, end] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {100, 150}, {150, 300}})
+      kernels::linear_rows(x.data(), rows, w.matrix, begin, end, sliced.data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t n = 0; n < out; ++n) {
+        const float value = sliced[r * out + n];
+        if (n >= 1 && n < 100) {
+          EXPECT_EQ(value, -7.0f) << "row " << n << " is outside every slice and must be left alone";
+        } else {
+          EXPECT_NEAR(value, full[r * out + n], 1e-5f * (1.0f + std::fabs(full[r * out + n])));
+        }
+      }
+    std::vector<float> y(static_cast<std::size_t>(rows * out));
+    EXPECT_THROW(kernels::linear_rows(x.data(), rows, w.matrix, 290, 301, y.data()), Error);
+  }
+}
+
+}  // namespace
+}  // namespace dsv3

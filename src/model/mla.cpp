@@ -118,19 +118,21 @@ void attend_absorbed(const AttentionWeights& w, const MlaDims& d, float scale, s
   for (std::int64_t r = 0; r < count; ++r)
     kernels::merge_latent_partials(std::span(partials).subspan(first_task[r], splits[r]), d.heads, d.kv_lora,
                                    o_latent.data() + r * d.heads * d.kv_lora);
-  // out[r, h] = W_UV[h] o_latent[r, h]
-  std::vector<float> head_out(static_cast<std::size_t>(count * d.heads * d.v));  // [rows, heads, v]
+  // out[r, h] = W_UV[h] o_latent[r, h]: each head's slice of kv_b_proj through the GEMV kernel,
+  // which converts the stored weights in registers.
+  const std::int64_t kv_rows = w.kv_b_proj.rows;
+  std::vector<float> kv_out(static_cast<std::size_t>(count * kv_rows));  // [rows, heads * (nope + v)]
   pool.parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
-    std::vector<float> w_uv(static_cast<std::size_t>(d.v * d.kv_lora));
+    std::vector<float> latent(static_cast<std::size_t>(count * d.kv_lora));  // o_latent[:, h]: [rows, kv_lora]
     for (std::int64_t h = h0; h < h1; ++h) {
-      kernels::dequantize_rows(w.kv_b_proj, h * kv_dim + d.nope, (h + 1) * kv_dim, w_uv.data());  // [v, kv_lora]
-      kernels::matmul(o_latent.data() + h * d.kv_lora, w_uv.data(), head_out.data() + h * d.v,
-                      {.m = count, .n = d.v, .k = d.kv_lora, .lda = d.heads * d.kv_lora, .ldb = d.kv_lora,
-                       .ldc = d.heads * d.v, .b_transposed = true});
+      for (std::int64_t r = 0; r < count; ++r)
+        std::copy_n(o_latent.data() + (r * d.heads + h) * d.kv_lora, d.kv_lora, latent.data() + r * d.kv_lora);
+      kernels::linear_rows(latent.data(), count, w.kv_b_proj, h * kv_dim + d.nope, (h + 1) * kv_dim, kv_out.data());
     }
   });
   for (std::int64_t r = 0; r < count; ++r)
-    std::copy_n(head_out.data() + r * d.heads * d.v, d.heads * d.v, out + rows[r] * d.heads * d.v);
+    for (std::int64_t h = 0; h < d.heads; ++h)
+      std::copy_n(kv_out.data() + r * kv_rows + h * kv_dim + d.nope, d.v, out + (rows[r] * d.heads + h) * d.v);
 }
 
 }  // namespace

@@ -116,6 +116,15 @@ void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end,
   weight_kernels().dequantize(weight, begin, end, out);
 }
 
+void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
+                 float* y) {
+  check_weight(weight);
+  if (n_begin < 0 || n_end > weight.rows || n_begin > n_end)
+    fail("{}: output rows [{}, {}) outside [0, {})", weight.name, n_begin, n_end, weight.rows);
+  if (rows == 0 || n_begin == n_end) return;
+  weight_kernels().gemv(x, rows, weight, n_begin, n_end, y);
+}
+
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
   const std::int64_t out_features = weight.rows;
   const std::int64_t in_features = weight.cols;

@@ -26,6 +26,12 @@ Isa active_isa();
 // nullopt restores the automatic choice. Throws when the CPU lacks the instruction set.
 void set_isa_for_testing(std::optional<Isa> isa);
 
+// y[r, n] = x[r, :] · weight[n, :] for the output rows n in [n_begin, n_end) only, y laid out
+// [rows, weight.rows], on the calling thread: for callers that split one matrix into slices and
+// parallelise over them themselves (MLA's per-head slices of kv_b_proj).
+void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
+                 float* y);
+
 // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
 
