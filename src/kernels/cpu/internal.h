@@ -2,8 +2,10 @@
 // Shared by the CPU kernel files; not part of the op interface.
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
+#include "core/error.h"
 #include "core/matrix.h"
 
 namespace dsv3::kernels {
@@ -25,6 +27,19 @@ struct WeightKernels {
   // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
   void (*dequantize)(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
 };
+// Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
+// through which each instruction set's file reaches its kernels instantiated per weight dtype.
+template <typename Body>
+void for_weight_dtype(const Matrix& weight, Body&& body) {
+  switch (weight.dtype) {
+    case DType::F32: return body(std::integral_constant<DType, DType::F32>{});
+    case DType::BF16: return body(std::integral_constant<DType, DType::BF16>{});
+    case DType::F16: return body(std::integral_constant<DType, DType::F16>{});
+    case DType::F8_E4M3: return body(std::integral_constant<DType, DType::F8_E4M3>{});
+    default: fail("{}: dtype {} is not a weight dtype", weight.name, dtype_name(weight.dtype));
+  }
+}
+
 const WeightKernels& scalar_weight_kernels();
 const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
 const WeightKernels* avx512_weight_kernels();  // nullptr when the build is not for x86-64

@@ -189,23 +189,11 @@ void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, flo
 }
 
 void gemv(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
-  switch (w.dtype) {
-    case DType::F32: return gemv_typed<DType::F32>(x, rows, w, n_begin, n_end, y);
-    case DType::BF16: return gemv_typed<DType::BF16>(x, rows, w, n_begin, n_end, y);
-    case DType::F16: return gemv_typed<DType::F16>(x, rows, w, n_begin, n_end, y);
-    case DType::F8_E4M3: return gemv_typed<DType::F8_E4M3>(x, rows, w, n_begin, n_end, y);
-    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
-  }
+  for_weight_dtype(w, [&](auto dtype) { gemv_typed<decltype(dtype)::value>(x, rows, w, n_begin, n_end, y); });
 }
 
 void dequantize(const Matrix& w, std::int64_t begin, std::int64_t end, float* out) {
-  switch (w.dtype) {
-    case DType::F32: return dequantize_typed<DType::F32>(w, begin, end, out);
-    case DType::BF16: return dequantize_typed<DType::BF16>(w, begin, end, out);
-    case DType::F16: return dequantize_typed<DType::F16>(w, begin, end, out);
-    case DType::F8_E4M3: return dequantize_typed<DType::F8_E4M3>(w, begin, end, out);
-    default: fail("{}: dtype {} is not a weight dtype", w.name, dtype_name(w.dtype));
-  }
+  for_weight_dtype(w, [&](auto dtype) { dequantize_typed<decltype(dtype)::value>(w, begin, end, out); });
 }
 
 #undef DSV3_INLINE
