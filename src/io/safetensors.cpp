@@ -25,15 +25,6 @@ using json = nlohmann::json;
 // tensors spread over 163 shards; each shard header is well under 1 MB).
 constexpr std::uint64_t kMaxHeaderBytes = 100ull << 20;
 
-std::string join_shape(const std::vector<std::int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) text += ",";
-    text += std::to_string(shape[i]);
-  }
-  return text + "]";
-}
-
 // Every partial product must fit in int64, so TensorView::numel() (left to right, in int64) cannot
 // overflow even for a zero-sized shape such as [2^62, 4, 0].
 std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std::string& where) {
@@ -42,7 +33,7 @@ std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std:
   for (std::int64_t dim : shape) {
     if (dim < 0) fail("{}: negative dimension {} in shape", where, dim);
     if (dim != 0 && product > kMax / static_cast<std::uint64_t>(dim))
-      fail("{}: shape {} overflows int64", where, join_shape(shape));
+      fail("{}: shape {} overflows int64", where, shape_string(shape));
     product *= static_cast<std::uint64_t>(dim);
   }
   return product;
@@ -56,7 +47,16 @@ std::int64_t TensorView::numel() const {
   return count;
 }
 
-std::string TensorView::shape_string() const { return join_shape(shape); }
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) text += ",";
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+std::string TensorView::shape_string() const { return dsv3::shape_string(shape); }
 
 std::map<std::string, TensorView> SafetensorsFile::parse_header(std::string_view header_json,
                                                                 std::size_t data_size,
@@ -111,7 +111,7 @@ std::map<std::string, TensorView> SafetensorsFile::parse_header(std::string_view
       fail("{}: shape overflows 64 bits", tensor_where);
     if (elements * element_size != end - begin)
       fail("{}: {} bytes for shape {} of {} ({} bytes expected)", tensor_where, end - begin,
-           join_shape(view.shape), dtype_name(view.dtype), elements * element_size);
+           shape_string(view.shape), dtype_name(view.dtype), elements * element_size);
     view.nbytes = end - begin;
     view.data = reinterpret_cast<const std::byte*>(begin);  // rebased onto the mapping by open()
     ranges.emplace_back(begin, end, name);
@@ -289,7 +289,7 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     const std::uint64_t expected = checked_product(tensor.shape, tensor.name) * dtype_size(tensor.dtype);
     if (expected != tensor.bytes.size())
       fail("writing {}: tensor {} has {} bytes, shape {} of {} needs {}", path.string(), tensor.name,
-           tensor.bytes.size(), join_shape(tensor.shape), dtype_name(tensor.dtype), expected);
+           tensor.bytes.size(), shape_string(tensor.shape), dtype_name(tensor.dtype), expected);
     if (header.contains(tensor.name)) fail("writing {}: tensor {} given twice", path.string(), tensor.name);
     header[tensor.name] = {{"dtype", dtype_name(tensor.dtype)},
                            {"shape", tensor.shape},

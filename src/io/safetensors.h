@@ -16,6 +16,9 @@
 
 namespace dsv3 {
 
+// "[2,3]": how errors spell a shape.
+std::string shape_string(const std::vector<std::int64_t>& shape);
+
 struct TensorView {
   std::string name;
   DType dtype = DType::F32;

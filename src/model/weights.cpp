@@ -8,15 +8,6 @@
 namespace dsv3 {
 namespace {
 
-std::string shape_text(const std::vector<std::int64_t>& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (i) text += ",";
-    text += std::to_string(shape[i]);
-  }
-  return text + "]";
-}
-
 class Loader {
  public:
   Loader(const ModelConfig& config, const TensorStore& store) : config_(config), store_(store) {}
@@ -25,7 +16,7 @@ class Loader {
     const TensorView& view = store_.require(name);
     if (view.shape != expected)
       fail("{} (in {}): shape {}, expected {} from config.json", name, view.file.string(), view.shape_string(),
-           shape_text(expected));
+           shape_string(expected));
     return view;
   }
 
