@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,15 @@ inline std::vector<std::int64_t> read_i64(const TensorView& view) {
   EXPECT_EQ(view.dtype, DType::I64) << view.name;
   std::vector<std::int64_t> values(static_cast<std::size_t>(view.numel()));
   std::memcpy(values.data(), view.data, view.nbytes);
+  return values;
+}
+
+// `count` normal(0, scale) values from a seeded generator: the tests' random inputs.
+inline std::vector<float> random_values(std::size_t count, std::uint64_t seed, float scale = 1.0f) {
+  std::mt19937_64 generator(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> values(count);
+  for (float& v : values) v = normal(generator);
   return values;
 }
 

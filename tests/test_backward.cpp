@@ -43,14 +43,6 @@ ModelConfig small_config(bool q_lora = true, bool norm_topk_prob = true) {
   return ModelConfig::from_json(j, "small test config");
 }
 
-std::vector<float> random_values(std::size_t count, std::uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 generator(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (float& v : values) v = normal(generator);
-  return values;
-}
-
 // Perturbs each vector (a block input or a Parameter's values) along a random direction and
 // compares the central difference of `loss` with the gradients given by the caller.
 struct Variable {
@@ -63,7 +55,7 @@ double directional_error(const std::vector<Variable>& variables, const std::func
   std::vector<std::vector<float>> directions, originals;
   double analytic = 0.0;
   for (std::size_t i = 0; i < variables.size(); ++i) {
-    directions.push_back(random_values(variables[i].value->size(), 1000 + i));
+    directions.push_back(test::random_values(variables[i].value->size(), 1000 + i));
     originals.push_back(*variables[i].value);
     for (std::size_t j = 0; j < directions[i].size(); ++j)
       analytic += static_cast<double>((*variables[i].grad)[j]) * directions[i][j];
@@ -102,8 +94,8 @@ std::vector<Variable> variables_of(std::initializer_list<Parameter*> parameters)
 
 TEST(Backward, RmsNormMatchesFiniteDifferences) {
   const std::int64_t rows = 5, dim = 24;
-  Parameter weight{"w", {dim}, random_values(dim, 1), std::vector<float>(dim, 0.0f)};
-  std::vector<float> x = random_values(rows * dim, 2), r = random_values(rows * dim, 3), y(x.size());
+  Parameter weight{"w", {dim}, test::random_values(dim, 1), std::vector<float>(dim, 0.0f)};
+  std::vector<float> x = test::random_values(rows * dim, 2), r = test::random_values(rows * dim, 3), y(x.size());
   std::vector<float> d_x(x.size(), 0.0f);
   rmsnorm_backward(x.data(), rows, weight, 1e-6f, r.data(), d_x.data());
   auto variables = variables_of({&weight});
@@ -119,7 +111,7 @@ TEST(Backward, RmsNormMatchesFiniteDifferences) {
 TEST(Backward, CrossEntropyMatchesFiniteDifferences) {
   const std::int64_t rows = 4, vocab = 30;
   const std::vector<std::int64_t> targets = {3, 0, 29, 3};
-  std::vector<float> logits = random_values(rows * vocab, 4, 3.0f), d_logits(logits.size()), scratch(logits.size());
+  std::vector<float> logits = test::random_values(rows * vocab, 4, 3.0f), d_logits(logits.size()), scratch(logits.size());
   const double loss = cross_entropy(logits.data(), rows, vocab, targets, 0.5f, d_logits.data());
   EXPECT_GT(loss, 0.0);
   EXPECT_LE(directional_error({{&logits, &d_logits}},
@@ -147,12 +139,12 @@ struct BlockCase {
   explicit BlockCase(ModelConfig config)
       : model(TrainableModel::initialise(config, 11, 0.3f)), positions(static_cast<std::size_t>(tokens)) {
     std::iota(positions.begin(), positions.end(), 0);
-    x = random_values(static_cast<std::size_t>(tokens * config.hidden_size), 12);
-    r = random_values(x.size(), 13);
+    x = test::random_values(static_cast<std::size_t>(tokens * config.hidden_size), 12);
+    r = test::random_values(x.size(), 13);
     // Norm weights away from 1 so their gradients are not degenerate.
     for (auto& [name, p] : model.parameters) {
       if (p.shape.size() != 1) continue;
-      p.value = random_values(p.value.size(), 14, 0.3f);
+      p.value = test::random_values(p.value.size(), 14, 0.3f);
       for (float& v : p.value) v += 1.0f;
     }
   }
@@ -279,7 +271,7 @@ TEST(Backward, TiedRoutingScoresGiveFiniteGradients) {
   EXPECT_TRUE(std::any_of(router_grad.begin(), router_grad.end(), [](float g) { return g != 0.0f; }));
 
   MoeSaved saved;
-  std::vector<float> x = random_values(4 * 32, 5), y(x.size());
+  std::vector<float> x = test::random_values(4 * 32, 5), y(x.size());
   moe_forward(*model.layers[1].moe, config, x.data(), 4, 0.0, saved, y.data());
   for (std::int64_t t = 0; t < 4; ++t) EXPECT_NE(saved.routes.experts[2 * t], saved.routes.experts[2 * t + 1]);
 }

@@ -13,14 +13,6 @@
 namespace dsv3 {
 namespace {
 
-std::vector<float> random_values(std::size_t count, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> values(count);
-  for (auto& v : values) v = normal(rng);
-  return values;
-}
-
 // y = x · Wᵀ in double from already-dequantised float weights.
 std::vector<float> linear_reference(const std::vector<float>& x, std::int64_t rows, const std::vector<float>& w,
                                     std::int64_t out, std::int64_t in) {
@@ -103,9 +95,9 @@ TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
       for (const auto& size : sizes) {
         const std::int64_t rows = size[0], out = size[1], in = size[2];
         SCOPED_TRACE(fmt::format("{} {} rows={} out={} in={}", kernels::isa_name(isa), dtype_name(dtype), rows, out, in));
-        const auto x = random_values(static_cast<std::size_t>(rows * in), 1);
+        const auto x = test::random_values(static_cast<std::size_t>(rows * in), 1);
         const StoredWeight w =
-            store_weight(random_values(static_cast<std::size_t>(out * in), 2, 0.05f), out, in, dtype);
+            store_weight(test::random_values(static_cast<std::size_t>(out * in), 2, 0.05f), out, in, dtype);
         std::vector<float> y(static_cast<std::size_t>(rows * out), NAN);
         kernels::linear(x.data(), rows, w.matrix, y.data());
         const auto expected = linear_reference(x, rows, w.values, out, in);
@@ -123,8 +115,8 @@ TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {
     for (std::int64_t rows : {1, 6, 40}) {
       const std::int64_t out = 50, in = 77;
       SCOPED_TRACE(fmt::format("{} rows={}", kernels::isa_name(isa), rows));
-      const auto x = random_values(static_cast<std::size_t>(rows * in), 3);
-      const StoredWeight w = store_weight(random_values(static_cast<std::size_t>(out * in), 4, 0.05f), out, in,
+      const auto x = test::random_values(static_cast<std::size_t>(rows * in), 3);
+      const StoredWeight w = store_weight(test::random_values(static_cast<std::size_t>(out * in), 4, 0.05f), out, in,
                                           DType::F8_E4M3, /*block_rows=*/3, /*block_cols=*/20);
       std::vector<float> y(static_cast<std::size_t>(rows * out));
       kernels::linear(x.data(), rows, w.matrix, y.data());
@@ -154,7 +146,7 @@ TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
   std::vector<float> scales(static_cast<std::size_t>((rows + 1) / 2 * matrix.scale_cols()));
   for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = std::ldexp(1.0f + 0.37f * static_cast<float>(i), -12 + static_cast<int>(i % 9));
   matrix.scales = std::make_shared<const std::vector<float>>(scales);
-  const StoredWeight bf16 = store_weight(random_values(static_cast<std::size_t>(rows * cols), 5), rows, cols, DType::BF16);
+  const StoredWeight bf16 = store_weight(test::random_values(static_cast<std::size_t>(rows * cols), 5), rows, cols, DType::BF16);
 
   EachIsa each;
   for (auto isa : each.isas) {
@@ -180,8 +172,8 @@ TEST(Kernels, ForcingAnIsaTheCpuLacksIsAnError) {
 
 TEST(Kernels, RmsnormMatchesDefinition) {
   const std::int64_t rows = 3, dim = 129;
-  const auto x = random_values(static_cast<std::size_t>(rows * dim), 3);
-  const auto weight = random_values(static_cast<std::size_t>(dim), 4);
+  const auto x = test::random_values(static_cast<std::size_t>(rows * dim), 3);
+  const auto weight = test::random_values(static_cast<std::size_t>(dim), 4);
   std::vector<float> out(x.size());
   kernels::rmsnorm(x.data(), rows, dim, weight.data(), 1e-6f, out.data());
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -205,9 +197,9 @@ TEST(Kernels, CausalAttentionMatchesNaiveSoftmax) {
     shape.q_head_stride = shape.k_head_stride = qk;
     shape.v_stride = heads * (v_dim + 5);  // packed with other data, as MLA's kv is
     shape.v_head_stride = v_dim + 5;
-    const auto q = random_values(static_cast<std::size_t>(tokens * heads * qk), 5);
-    const auto k = random_values(q.size(), 6);
-    const auto v = random_values(static_cast<std::size_t>(tokens * shape.v_stride), 7);
+    const auto q = test::random_values(static_cast<std::size_t>(tokens * heads * qk), 5);
+    const auto k = test::random_values(q.size(), 6);
+    const auto v = test::random_values(static_cast<std::size_t>(tokens * shape.v_stride), 7);
     const float scale = 0.3f;
     std::vector<float> out(static_cast<std::size_t>(tokens * heads * v_dim));
     kernels::attention_causal(q.data(), k.data(), v.data(), shape, scale, out.data());
@@ -234,7 +226,7 @@ TEST(Kernels, CausalAttentionMatchesNaiveSoftmax) {
 }
 
 TEST(Kernels, EmbeddingRejectsOutOfRangeIds) {
-  const StoredWeight table = store_weight(random_values(40, 8), 10, 4, DType::BF16);
+  const StoredWeight table = store_weight(test::random_values(40, 8), 10, 4, DType::BF16);
   std::vector<float> out(8);
   const std::int64_t good[] = {0, 9};
   kernels::embedding(table.matrix, good, out.data());
@@ -245,7 +237,7 @@ TEST(Kernels, EmbeddingRejectsOutOfRangeIds) {
 
 TEST(Kernels, Fp8BlockQuantisationUsesAmaxOver448PerBlock) {
   const std::int64_t rows = 130, cols = 200;  // 2 x 2 blocks, the last ones partial
-  auto w = random_values(static_cast<std::size_t>(rows * cols), 9);
+  auto w = test::random_values(static_cast<std::size_t>(rows * cols), 9);
   w[129 * cols + 199] = 10.0f;  // the bottom-right partial block's amax
   const auto blocks = kernels::quantize_fp8_blocks(w.data(), rows, cols);
   ASSERT_EQ(blocks.scale_rows, 2);
@@ -278,7 +270,7 @@ TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
       // Pages handed out in reverse order, so a sequence's rows are not contiguous in storage.
       std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
       for (std::int64_t b = 0; b < blocks; ++b) table[b] = static_cast<std::int32_t>(blocks - 1 - b);
-      const auto values = random_values(static_cast<std::size_t>(blocks * layers * block_tokens * width), 11);
+      const auto values = test::random_values(static_cast<std::size_t>(blocks * layers * block_tokens * width), 11);
       std::vector<std::byte> storage(values.size() * dtype_size(dtype));
       std::vector<float> stored(values.size());
       for (std::size_t i = 0; i < values.size(); ++i) {
@@ -297,7 +289,7 @@ TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
         const std::int64_t block = table[j / block_tokens];
         return stored.data() + ((block * layers + layer) * block_tokens + j % block_tokens) * width;
       };
-      const auto q = random_values(static_cast<std::size_t>(heads * width), 12, 0.3f);
+      const auto q = test::random_values(static_cast<std::size_t>(heads * width), 12, 0.3f);
       const float scale = 0.5f;
       std::vector<float> expected(static_cast<std::size_t>(heads * value_dim));
       for (std::int64_t h = 0; h < heads; ++h) {
@@ -337,10 +329,10 @@ namespace {
 
 TEST(Kernels, LinearRowsComputesExactlyItsSliceOfLinear) {
   const std::int64_t rows = 3, out = 300, in = 200;  // slices cross the FP8 128-row blocks
-  const auto x = random_values(static_cast<std::size_t>(rows * in), 21);
+  const auto x = test::random_values(static_cast<std::size_t>(rows * in), 21);
   for (DType dtype : {DType::F32, DType::BF16, DType::F8_E4M3}) {
     SCOPED_TRACE(std::string(dtype_name(dtype)));
-    const StoredWeight w = store_weight(random_values(static_cast<std::size_t>(out * in), 22, 0.05f), out, in, dtype);
+    const StoredWeight w = store_weight(test::random_values(static_cast<std::size_t>(out * in), 22, 0.05f), out, in, dtype);
     std::vector<float> full(static_cast<std::size_t>(rows * out)), sliced(full.size(), -7.0f);
     kernels::linear(x.data(), rows, w.matrix, full.data());
     for (const auto& [begin, end] : {std::pair<std::int64_t, std::int64_t>{0, 1}, {100, 150}, {150, 300}})
