@@ -31,6 +31,14 @@ struct Matrix {
   std::size_t bytes() const { return static_cast<std::size_t>(rows * cols) * dtype_size(dtype); }
 };
 
+// The three matrices of a SwiGLU MLP (dense layers, shared and routed experts):
+// down(silu(gate x) * up x).
+struct MlpWeights {
+  Matrix gate_proj;  // [intermediate, hidden]
+  Matrix up_proj;    // [intermediate, hidden]
+  Matrix down_proj;  // [hidden, intermediate]
+};
+
 // A float32 matrix owning its values (tests, freshly initialised or converted weights).
 Matrix make_f32_matrix(std::string name, std::int64_t rows, std::int64_t cols, std::vector<float> values);
 

@@ -25,12 +25,6 @@ struct AttentionWeights {
   Matrix o_proj;                     // [hidden, heads * v_head_dim]
 };
 
-struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
-  Matrix gate_proj;
-  Matrix up_proj;
-  Matrix down_proj;
-};
-
 struct MoeWeights {
   Matrix router;                              // mlp.gate.weight [n_routed_experts, hidden]
   std::vector<float> e_score_correction_bias; // used only to choose experts

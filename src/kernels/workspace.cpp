@@ -1,0 +1,113 @@
+// Tensor views and the Workspace arena: the device-neutral part of the op interface.
+#include <algorithm>
+#include <new>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace dsv3::kernels {
+
+Tensor Tensor::row_range(std::int64_t begin, std::int64_t end) const {
+  if (begin < 0 || end > rows || begin > end) fail("tensor rows [{}, {}) outside [0, {})", begin, end, rows);
+  return {data + begin * stride, end - begin, cols, stride};
+}
+
+Tensor Tensor::columns(std::int64_t begin, std::int64_t end) const {
+  if (begin < 0 || end > cols || begin > end) fail("tensor columns [{}, {}) outside [0, {})", begin, end, cols);
+  return {data + begin, rows, end - begin, stride};
+}
+
+Tensor Tensor::reshape(std::int64_t new_rows, std::int64_t new_cols) const {
+  if (!contiguous()) fail("reshape of a strided [{}, {}] tensor", rows, cols);
+  if (new_rows * new_cols != rows * cols) fail("reshape of [{}, {}] to [{}, {}]", rows, cols, new_rows, new_cols);
+  return {data, new_rows, new_cols};
+}
+
+namespace {
+constexpr std::size_t kAlignment = 64;  // a cache line, and enough for any SIMD load
+std::size_t align_up(std::size_t value, std::size_t alignment) { return (value + alignment - 1) / alignment * alignment; }
+}  // namespace
+
+Workspace::Workspace(const Backend& backend) : backend_(backend), device_(&backend), host_(nullptr) {}
+Workspace::~Workspace() = default;
+
+Tensor Workspace::tensor(std::int64_t rows, std::int64_t cols) {
+  if (rows < 0 || cols < 0) fail("workspace tensor of shape [{}, {}]", rows, cols);
+  return {static_cast<float*>(device_.take(static_cast<std::size_t>(rows * cols) * sizeof(float), kAlignment)), rows,
+          cols};
+}
+
+void Workspace::reset() {
+  device_.reset();
+  host_.reset();
+}
+
+void Workspace::reserve(std::int64_t device_bytes, std::int64_t host_bytes) {
+  device_.reserve(static_cast<std::size_t>(device_bytes));
+  host_.reserve(static_cast<std::size_t>(host_bytes));
+}
+
+Workspace::Arena::~Arena() {
+  for (const Block& block : blocks_) release(block.data);
+}
+
+std::byte* Workspace::Arena::allocate(std::size_t bytes) const {
+  if (device_) return static_cast<std::byte*>(device_->allocate(bytes));
+  return static_cast<std::byte*>(::operator new(bytes, std::align_val_t{kAlignment}));
+}
+
+void Workspace::Arena::release(std::byte* data) const {
+  if (device_) {
+    device_->release(data);
+  } else {
+    ::operator delete(data, std::align_val_t{kAlignment});
+  }
+}
+
+void* Workspace::Arena::take(std::size_t bytes, std::size_t alignment) {
+  alignment = std::max(alignment, kAlignment);
+  bytes = std::max<std::size_t>(bytes, 1);
+  if (!blocks_.empty()) {
+    const std::size_t offset = align_up(used_, alignment);
+    if (offset + bytes <= blocks_.back().size) {
+      taken_ += offset + bytes - used_;
+      used_ = offset + bytes;
+      return blocks_.back().data + offset;
+    }
+  }
+  // A new block, at least as large as all before it, so few steps ever grow it.
+  const std::size_t size = std::max(align_up(bytes, kAlignment), capacity() > 0 ? static_cast<std::size_t>(capacity()) : 0);
+  blocks_.push_back({allocate(size), size});
+  taken_ += bytes;
+  used_ = bytes;
+  return blocks_.back().data;
+}
+
+void Workspace::Arena::reset() {
+  if (blocks_.size() > 1) {
+    // Fold the blocks into one of the high-water size: the next step of this shape fits.
+    const std::size_t total = std::max(taken_, static_cast<std::size_t>(capacity()));
+    for (const Block& block : blocks_) release(block.data);
+    blocks_.clear();
+    blocks_.push_back({allocate(total), total});
+  }
+  used_ = 0;
+  taken_ = 0;
+}
+
+void Workspace::Arena::reserve(std::size_t bytes) {
+  if (static_cast<std::size_t>(capacity()) >= bytes && blocks_.size() <= 1) return;
+  if (used_ != 0 || taken_ != 0) fail("Workspace::reserve during a step");
+  for (const Block& block : blocks_) release(block.data);
+  blocks_.clear();
+  const std::size_t size = align_up(bytes, kAlignment);
+  blocks_.push_back({allocate(size), size});
+}
+
+std::int64_t Workspace::Arena::capacity() const {
+  std::size_t total = 0;
+  for (const Block& block : blocks_) total += block.size;
+  return static_cast<std::int64_t>(total);
+}
+
+}  // namespace dsv3::kernels
