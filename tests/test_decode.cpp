@@ -43,6 +43,7 @@ struct Stepper {
 void run_batched(std::vector<Stepper>& sequences, LatentCache& cache, const std::vector<std::int64_t>& chunks) {
   const Model& model = tiny_model();
   const std::int64_t vocab = model.config().vocab_size;
+  kernels::Workspace workspace(model.backend());
   for (;;) {
     std::vector<StepSegment> segments;
     std::vector<Stepper*> owners;
@@ -57,12 +58,12 @@ void run_batched(std::vector<Stepper>& sequences, LatentCache& cache, const std:
       owners.push_back(&seq);
     }
     if (segments.empty()) return;
-    const StepOutput out = model.step(segments, cache);
+    const StepOutput out = model.step(segments, cache, workspace);
     for (std::size_t s = 0; s < segments.size(); ++s) {
       Stepper& seq = *owners[s];
       for (std::int64_t r = out.logit_offsets[s]; r < out.logit_offsets[s + 1]; ++r) {
         const std::int64_t position = seq.cached + (r - out.logit_offsets[s]);
-        seq.worst = std::max(seq.worst, test::relative_l2(out.logits.data() + r * vocab,
+        seq.worst = std::max(seq.worst, test::relative_l2(out.logits.data + r * vocab,
                                                           seq.fixture.logits.data() + position * vocab, vocab));
         ++seq.rows_checked;
       }
@@ -103,6 +104,7 @@ TEST(Decode, MtpStepIncrementalMatchesReference) {
   LatentCache cache(model.config(), {.capacity_tokens = 128, .dtype = DType::F32});
   LatentCache::Table table;
   cache.reserve(table, tokens);
+  kernels::Workspace workspace(model.backend());
   double worst = 0.0;
   // Prefill MTP rows 0..9 at once, then one row at a time, as speculative decoding does.
   for (std::int64_t start = 0; start < tokens - 1;) {
@@ -112,9 +114,9 @@ TEST(Decode, MtpStepIncrementalMatchesReference) {
                                                             static_cast<std::size_t>(count * hidden)),
                              std::span(f.ids).subspan(static_cast<std::size_t>(start + 1), static_cast<std::size_t>(count)),
                              false};
-    const StepOutput out = model.mtp_step(std::span(&segment, 1), cache);
+    const StepOutput out = model.mtp_step(std::span(&segment, 1), cache, workspace);
     const std::int64_t row = start + count - 1;
-    if (row >= 1) worst = std::max(worst, test::relative_l2(out.logits.data(), f.mtp_logits.data() + row * vocab, vocab));
+    if (row >= 1) worst = std::max(worst, test::relative_l2(out.logits.data, f.mtp_logits.data() + row * vocab, vocab));
     start += count;
   }
   EXPECT_LE(worst, 1e-3);
@@ -139,7 +141,8 @@ TEST(Decode, ExhaustedCacheSaysHowMuchWasAskedAndIsLeft) {
   // A step whose pages are too short is refused, not run out of bounds.
   const std::int64_t ids[] = {1, 2};
   const StepSegment segment{&b, 15, ids, false};
-  EXPECT_THROW(tiny_model().step(std::span(&segment, 1), cache), Error);
+  kernels::Workspace workspace(tiny_model().backend());
+  EXPECT_THROW(tiny_model().step(std::span(&segment, 1), cache, workspace), Error);
 }
 
 }  // namespace

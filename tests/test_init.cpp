@@ -103,13 +103,14 @@ TEST(Init, MoonlightShapedModelRunsAndDecodesConsistently) {
   LatentCache::Table table;
   cache.reserve(table, static_cast<std::int64_t>(ids.size()));
   const std::int64_t vocab = c.vocab_size;
+  kernels::Workspace workspace(model.backend());
   double worst = 0.0;
   for (std::int64_t start = 0; start < static_cast<std::int64_t>(ids.size());) {
     const std::int64_t count = start == 0 ? 5 : 1;
     const StepSegment segment{&table, start, std::span(ids).subspan(start, count), false};
-    const StepOutput out = model.step(std::span(&segment, 1), cache);
+    const StepOutput out = model.step(std::span(&segment, 1), cache, workspace);
     const std::int64_t last = start + count - 1;
-    worst = std::max(worst, test::relative_l2(out.logits.data(), full.logits.data() + last * vocab, vocab));
+    worst = std::max(worst, test::relative_l2(out.logits.data, full.logits.data() + last * vocab, vocab));
     start += count;
   }
   EXPECT_LE(worst, 1e-5);

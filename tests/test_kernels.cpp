@@ -309,6 +309,11 @@ TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
       }
       for (std::int64_t splits : {1, 2, 3}) {
         std::vector<kernels::LatentPartial> partials(static_cast<std::size_t>(splits));
+        std::vector<float> storage(static_cast<std::size_t>(splits * heads * (2 + value_dim)));
+        for (std::int64_t s = 0; s < splits; ++s) {
+          float* base = storage.data() + s * heads * (2 + value_dim);
+          partials[s] = {base, base + heads, base + 2 * heads};
+        }
         for (std::int64_t s = 0; s < splits; ++s)
           kernels::attention_latent(q.data(), heads, pages, keys * s / splits, keys * (s + 1) / splits, value_dim,
                                     scale, partials[s]);

@@ -33,9 +33,10 @@ struct Engine::Drafts {
 Engine::Engine(const Model& model, EngineOptions options)
     : model_(model),
       options_(options),
-      cache_(model.config(), {.capacity_tokens = options.cache_tokens,
-                              .dtype = options.cache_dtype,
-                              .block_tokens = options.block_tokens}) {
+      cache_(model.config(),
+             {.capacity_tokens = options.cache_tokens, .dtype = options.cache_dtype, .block_tokens = options.block_tokens},
+             model.backend()),
+      workspace_(model.backend()) {
   if (options_.prefill_chunk <= 0) fail("prefill chunk must be positive");
   if (options_.mtp_drafts < 0) fail("--mtp must be 0 or more draft tokens");
   if (options_.mtp_drafts > 0 && model.weights().mtp.empty())
@@ -115,21 +116,21 @@ void Engine::draft(std::vector<Sequence*>& decoding, std::vector<Drafts>& drafts
     for (std::int64_t p = seq.mtp_cached; p < seq.main_cached; ++p) next_tokens[s].push_back(seq.token(p + 1));
     segments.push_back({&seq.table, seq.mtp_cached, seq.mtp_hidden, next_tokens[s], false});
   }
-  StepOutput out = model_.mtp_step(segments, cache_);
+  StepOutput out = model_.mtp_step(segments, cache_, workspace_);
   std::vector<float> chained(decoding.size() * static_cast<std::size_t>(hidden));
   for (std::int64_t i = 0;; ++i) {
     std::int64_t row_end = 0;
     for (std::size_t s = 0; s < decoding.size(); ++s) {
       Sequence& seq = *decoding[s];
       Drafts& d = drafts[s];
-      const std::span<const float> logits(out.logits.data() + out.logit_offsets[s] * vocab, static_cast<std::size_t>(vocab));
+      const std::span<const float> logits(out.logits.data + out.logit_offsets[s] * vocab, static_cast<std::size_t>(vocab));
       std::vector<std::int32_t> history(seq.output);
       history.insert(history.end(), d.tokens.begin(), d.tokens.end());
       const std::vector<float> q = target_distribution(logits, {seq.prompt, history}, seq.params);
       d.tokens.push_back(draw(q, seq.rng));
       d.distributions.insert(d.distributions.end(), q.begin(), q.end());
       row_end += static_cast<std::int64_t>(segments[s].next_tokens.size());
-      std::copy_n(out.hidden.data() + (row_end - 1) * hidden, hidden, chained.data() + s * hidden);
+      std::copy_n(out.hidden.data + (row_end - 1) * hidden, hidden, chained.data() + s * hidden);
       if (i == 0) {
         seq.mtp_cached = seq.main_cached;
         seq.mtp_hidden.clear();
@@ -145,7 +146,7 @@ void Engine::draft(std::vector<Sequence*>& decoding, std::vector<Drafts>& drafts
                           std::span<const float>(chained.data() + s * hidden, static_cast<std::size_t>(hidden)),
                           next_tokens[s], false});
     }
-    out = model_.mtp_step(segments, cache_);
+    out = model_.mtp_step(segments, cache_, workspace_);
   }
 }
 
@@ -184,13 +185,13 @@ std::vector<TokenEvent> Engine::step() {
   }
   std::vector<TokenEvent> events;
   if (segments.empty()) return events;
-  const StepOutput out = model_.step(segments, cache_);
+  const StepOutput out = model_.step(segments, cache_, workspace_);
 
   std::int64_t row = 0;  // first hidden row of the current segment
   for (std::size_t s = 0; s < segments.size(); ++s) {
     const auto count = static_cast<std::int64_t>(tokens[s].size());
-    const float* logits = out.logits.data() + out.logit_offsets[s] * vocab;
-    const float* hidden_rows = out.hidden.data() + row * hidden;
+    const float* logits = out.logits.data + out.logit_offsets[s] * vocab;
+    const float* hidden_rows = out.hidden.data + row * hidden;
     row += count;
     if (s < prefilling.size()) {
       Sequence& seq = *prefilling[s];

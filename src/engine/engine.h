@@ -74,6 +74,7 @@ class Engine {
   const Model& model_;
   EngineOptions options_;
   LatentCache cache_;
+  kernels::Workspace workspace_;  // the model's scratch, reused by every step
   std::map<SequenceId, std::unique_ptr<Sequence>> sequences_;
   SequenceId next_id_ = 1;
   SpeculationStats speculation_;

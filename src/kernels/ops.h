@@ -68,6 +68,19 @@ class Workspace {
   }
   // Everything handed out since the last reset becomes free again.
   void reset();
+  // Memory taken while a Scope lives is free again when it ends (a layer's temporaries), so a
+  // step needs the largest layer's scratch, not the sum over layers.
+  class Scope {
+   public:
+    explicit Scope(Workspace& workspace);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    Workspace& workspace_;
+    std::size_t device_mark_, host_mark_;
+  };
   // Makes room for `device_bytes` and `host_bytes` without further allocation.
   void reserve(std::int64_t device_bytes, std::int64_t host_bytes);
   std::int64_t device_capacity() const { return device_.capacity(); }
@@ -82,6 +95,8 @@ class Workspace {
     ~Arena();
     void* take(std::size_t bytes, std::size_t alignment);
     void reset();
+    std::size_t mark() const { return current_; }
+    void rollback(std::size_t mark);
     void reserve(std::size_t bytes);
     std::int64_t capacity() const;
 
@@ -89,13 +104,15 @@ class Workspace {
     struct Block {
       std::byte* data = nullptr;
       std::size_t size = 0;
+      std::size_t start = 0;  // current_ when the block was started
     };
     std::byte* allocate(std::size_t bytes) const;
     void release(std::byte* data) const;
     const Backend* device_;  // nullptr: host memory
     std::vector<Block> blocks_;
-    std::size_t used_ = 0;   // in the last block
-    std::size_t taken_ = 0;  // over all blocks since reset
+    std::size_t used_ = 0;     // in the last block
+    std::size_t current_ = 0;  // in use over all blocks (padding included)
+    std::size_t peak_ = 0;     // the most in use since reset
   };
   const Backend& backend_;
   Arena device_;
@@ -206,6 +223,8 @@ class Backend {
                     const RopeParams& params) const = 0;
   // x += y.
   virtual void add(Tensor x, Tensor y) const = 0;
+  // x = value everywhere.
+  virtual void fill(Tensor x, float value) const = 0;
   // out = silu(gate) * up; out may be gate.
   virtual void swiglu(Tensor gate, Tensor up, Tensor out) const = 0;
   // dst row r = src row r / repeat (repeat > 1 broadcasts a row to consecutive rows).
@@ -241,9 +260,10 @@ class Backend {
   virtual Dispatch moe_dispatch(Tensor x, std::span<const std::int32_t> experts, std::int64_t n_experts,
                                 std::int64_t top_k, Workspace& workspace) const = 0;
   // out[i] = the SwiGLU MLP of rows[i]'s expert over rows[i]: [tokens * top_k, hidden]. With
-  // `saved` (training), also gate and up outputs: [tokens * top_k, 2 * intermediate].
+  // `gate` and `up` given (training keeps them), their [tokens * top_k, intermediate] receive the
+  // gate_proj and up_proj outputs.
   virtual void moe_experts(const Dispatch& dispatch, std::span<const MlpWeights> experts, Tensor out,
-                           Workspace& workspace, Tensor saved = {}) const = 0;
+                           Workspace& workspace, Tensor gate = {}, Tensor up = {}) const = 0;
   // y[token] += Σ_k weights[token * top_k + k] · out[row of slot (token, k)], summed in expert
   // order whatever the device's schedule.
   virtual void moe_combine(const Dispatch& dispatch, std::span<const float> weights, Tensor out,

@@ -42,6 +42,14 @@ void Workspace::reset() {
   host_.reset();
 }
 
+Workspace::Scope::Scope(Workspace& workspace)
+    : workspace_(workspace), device_mark_(workspace.device_.mark()), host_mark_(workspace.host_.mark()) {}
+
+Workspace::Scope::~Scope() {
+  workspace_.device_.rollback(device_mark_);
+  workspace_.host_.rollback(host_mark_);
+}
+
 void Workspace::reserve(std::int64_t device_bytes, std::int64_t host_bytes) {
   device_.reserve(static_cast<std::size_t>(device_bytes));
   host_.reserve(static_cast<std::size_t>(host_bytes));
@@ -70,38 +78,50 @@ void* Workspace::Arena::take(std::size_t bytes, std::size_t alignment) {
   if (!blocks_.empty()) {
     const std::size_t offset = align_up(used_, alignment);
     if (offset + bytes <= blocks_.back().size) {
-      taken_ += offset + bytes - used_;
       used_ = offset + bytes;
+      current_ = blocks_.back().start + used_;
+      peak_ = std::max(peak_, current_);
       return blocks_.back().data + offset;
     }
   }
   // A new block, at least as large as all before it, so few steps ever grow it.
-  const std::size_t size = std::max(align_up(bytes, kAlignment), capacity() > 0 ? static_cast<std::size_t>(capacity()) : 0);
-  blocks_.push_back({allocate(size), size});
-  taken_ += bytes;
+  const std::size_t size = std::max(align_up(bytes, kAlignment), static_cast<std::size_t>(capacity()));
+  blocks_.push_back({allocate(size), size, current_});
   used_ = bytes;
+  current_ += bytes;
+  peak_ = std::max(peak_, current_);
   return blocks_.back().data;
+}
+
+void Workspace::Arena::rollback(std::size_t mark) {
+  while (blocks_.size() > 1 && blocks_.back().start > mark) {
+    release(blocks_.back().data);
+    blocks_.pop_back();
+  }
+  if (blocks_.empty()) return;
+  used_ = mark - blocks_.back().start;
+  current_ = mark;
 }
 
 void Workspace::Arena::reset() {
   if (blocks_.size() > 1) {
-    // Fold the blocks into one of the high-water size: the next step of this shape fits.
-    const std::size_t total = std::max(taken_, static_cast<std::size_t>(capacity()));
+    // Fold the blocks into one of the high-water size (with room for each block's alignment), so
+    // the next step of this shape fits without allocating.
+    const std::size_t total = align_up(peak_ + blocks_.size() * kAlignment, kAlignment);
     for (const Block& block : blocks_) release(block.data);
     blocks_.clear();
-    blocks_.push_back({allocate(total), total});
+    blocks_.push_back({allocate(total), total, 0});
   }
-  used_ = 0;
-  taken_ = 0;
+  used_ = current_ = peak_ = 0;
 }
 
 void Workspace::Arena::reserve(std::size_t bytes) {
   if (static_cast<std::size_t>(capacity()) >= bytes && blocks_.size() <= 1) return;
-  if (used_ != 0 || taken_ != 0) fail("Workspace::reserve during a step");
+  if (current_ != 0) fail("Workspace::reserve during a step");
   for (const Block& block : blocks_) release(block.data);
   blocks_.clear();
   const std::size_t size = align_up(bytes, kAlignment);
-  blocks_.push_back({allocate(size), size});
+  blocks_.push_back({allocate(size), size, 0});
 }
 
 std::int64_t Workspace::Arena::capacity() const {

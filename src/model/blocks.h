@@ -1,14 +1,27 @@
 #pragma once
-// The blocks of DeepSeek-V3, one function each (internal to model/).
+// The blocks of DeepSeek-V3, one function each (internal to model/), written against the op
+// interface: every value lives in a kernels::Tensor from the step's workspace, every computation
+// is an op of the backend.
 #include <cstdint>
 #include <span>
-#include <vector>
 
+#include "kernels/ops.h"
 #include "model/latent_cache.h"
 #include "model/rope.h"
 #include "model/weights.h"
 
 namespace dsv3 {
+
+struct StepOutput;
+
+// What every block of one step shares: the config, the backend computing it, the step's scratch.
+struct Context {
+  const ModelConfig& config;
+  const kernels::Backend& backend;
+  kernels::Workspace& workspace;
+  kernels::RopeParams rope;
+  float eps;
+};
 
 // The rows of one step: consecutive runs of new tokens, each run from one sequence whose cache
 // pages already hold positions [0, start).
@@ -18,41 +31,35 @@ struct BatchRows {
     std::int64_t start = 0;   // position of the run's first token
     std::int64_t count = 0;   // new tokens
     std::int64_t first_row = 0;
+    bool all_logits = false;  // logits for every row of the run, or only the last
   };
-  std::vector<Run> runs;
-  std::vector<std::int64_t> positions;  // [rows]
+  std::span<Run> runs;
+  std::span<std::int64_t> positions;  // [rows]
   std::int64_t rows() const { return static_cast<std::int64_t>(positions.size()); }
 };
 
+// Lays out the rows of a step in the workspace from `runs` (first_row filled in), checked
+// against the cache.
+BatchRows make_batch_rows(Context& context, std::span<BatchRows::Run> runs, const LatentCache& cache);
+
 // Multi-head Latent Attention over the batch; stores each new token's latent row in `cache` at
 // `layer`, then attends over the cached rows. x, out: [rows, hidden].
-void mla_forward(const AttentionWeights& w, const ModelConfig& config, const RopeTable& rope, std::int64_t layer,
-                 const float* x, const BatchRows& batch, LatentCache& cache, float* out);
+void mla_forward(Context& context, const AttentionWeights& w, std::int64_t layer, kernels::Tensor x,
+                 const BatchRows& batch, LatentCache& cache, kernels::Tensor out);
 
-// Dense SwiGLU MLP. x: [T, hidden], out: [T, hidden].
-void mlp_forward(const MlpWeights& w, const float* x, std::int64_t tokens, float* out);
-
-// DeepSeekMoE routing for each token: the chosen experts and their gate weights.
-struct Routes {
-  std::vector<std::int32_t> experts;  // [T, top_k]
-  std::vector<float> weights;         // [T, top_k]
-};
-Routes route(const MoeWeights& w, const ModelConfig& config, const float* x, std::int64_t tokens);
+// Dense SwiGLU MLP. x, out: [T, hidden].
+void mlp_forward(Context& context, const MlpWeights& w, kernels::Tensor x, kernels::Tensor out);
 
 // Routed experts weighted by their gates, plus the shared experts. x, out: [T, hidden].
-void moe_forward(const MoeWeights& w, const ModelConfig& config, const float* x, std::int64_t tokens, float* out);
+void moe_forward(Context& context, const MoeWeights& w, kernels::Tensor x, kernels::Tensor out);
 
 // One pre-norm decoder layer, updating the residual stream h: [rows, hidden] in place.
-void decoder_layer_forward(const LayerWeights& w, const ModelConfig& config, const RopeTable& rope,
-                           std::int64_t layer, float* h, const BatchRows& batch, LatentCache& cache);
+void decoder_layer_forward(Context& context, const LayerWeights& w, std::int64_t layer, kernels::Tensor h,
+                           const BatchRows& batch, LatentCache& cache);
 
-// Lays out the rows of a step from runs of (table, start, count), checked against the cache.
-BatchRows make_batch_rows(const std::vector<BatchRows::Run>& runs, const LatentCache& cache);
-
-// Final norm and output head for each run's last row, or all its rows where all_logits[run] is set;
-// fills out.logits and out.logit_offsets.
-struct StepOutput;
-void output_head(const Matrix& head_weight, const std::vector<float>& norm, float eps, const BatchRows& batch,
-                 const std::vector<bool>& all_logits, const float* h, std::int64_t hidden, StepOutput& out);
+// Final norm and output head for each run's last row, or all its rows where the run asks; fills
+// out.logits and out.logit_offsets.
+void output_head(Context& context, const Matrix& head_weight, std::span<const float> norm, const BatchRows& batch,
+                 kernels::Tensor h, StepOutput& out);
 
 }  // namespace dsv3

@@ -1,15 +1,13 @@
 #include "model/latent_cache.h"
 
 #include <algorithm>
-#include <cstring>
-#include <utility>
 
-#include "core/numeric.h"
 
 namespace dsv3 {
 
-LatentCache::LatentCache(const ModelConfig& config, Options options)
-    : options_(options),
+LatentCache::LatentCache(const ModelConfig& config, Options options, const kernels::Backend& backend)
+    : backend_(backend),
+      options_(options),
       width_(config.kv_lora_rank + config.qk_rope_head_dim),
       layers_(config.num_hidden_layers + config.num_nextn_predict_layers) {
   if (options_.dtype != DType::F32 && options_.dtype != DType::BF16)
@@ -19,11 +17,13 @@ LatentCache::LatentCache(const ModelConfig& config, Options options)
   block_count_ = (options_.capacity_tokens + options_.block_tokens - 1) / options_.block_tokens;
   const std::size_t bytes =
       static_cast<std::size_t>(block_count_ * layers_ * options_.block_tokens * width_) * dtype_size(options_.dtype);
-  storage_.resize(bytes);
+  storage_ = static_cast<std::byte*>(backend_.allocate(bytes));
   free_blocks_.resize(static_cast<std::size_t>(block_count_));
   // Handed out from the back: block 0 first.
   for (std::int64_t i = 0; i < block_count_; ++i) free_blocks_[i] = static_cast<std::int32_t>(block_count_ - 1 - i);
 }
+
+LatentCache::~LatentCache() { backend_.release(storage_); }
 
 std::int64_t LatentCache::bytes_per_token(const ModelConfig& config, DType dtype) {
   return (config.num_hidden_layers + config.num_nextn_predict_layers) *
@@ -57,43 +57,9 @@ void LatentCache::truncate(Table& table, std::int64_t tokens) {
   }
 }
 
-const std::byte* LatentCache::row_address(std::int64_t layer, const Table& table, std::int64_t position) const {
-  const std::int64_t block = table.blocks.at(static_cast<std::size_t>(position / options_.block_tokens));
-  const std::int64_t row = (block * layers_ + layer) * options_.block_tokens + position % options_.block_tokens;
-  return storage_.data() + static_cast<std::size_t>(row * width_) * dtype_size(options_.dtype);
-}
-
-std::byte* LatentCache::row_address(std::int64_t layer, const Table& table, std::int64_t position) {
-  return const_cast<std::byte*>(std::as_const(*this).row_address(layer, table, position));
-}
-
-void LatentCache::store(std::int64_t layer, const Table& table, std::int64_t position, const float* row) {
-  std::byte* target = row_address(layer, table, position);
-  if (options_.dtype == DType::F32) {
-    std::memcpy(target, row, static_cast<std::size_t>(width_) * sizeof(float));
-    return;
-  }
-  auto* bits = reinterpret_cast<std::uint16_t*>(target);
-  for (std::int64_t i = 0; i < width_; ++i) bits[i] = float_to_bf16(row[i]);
-}
-
-void LatentCache::load(std::int64_t layer, const Table& table, std::int64_t count, float* out) const {
-  for (std::int64_t first = 0; first < count; first += options_.block_tokens) {
-    const std::int64_t rows = std::min(options_.block_tokens, count - first);
-    const std::byte* source = row_address(layer, table, first);
-    float* target = out + first * width_;
-    if (options_.dtype == DType::F32) {
-      std::memcpy(target, source, static_cast<std::size_t>(rows * width_) * sizeof(float));
-    } else {
-      const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
-      for (std::int64_t i = 0; i < rows * width_; ++i) target[i] = bf16_to_float(bits[i]);
-    }
-  }
-}
-
 kernels::LatentPages LatentCache::pages(std::int64_t layer, const Table& table) const {
   kernels::LatentPages pages;
-  pages.storage = storage_.data();
+  pages.storage = storage_;
   pages.dtype = options_.dtype;
   pages.width = width_;
   pages.block_tokens = options_.block_tokens;

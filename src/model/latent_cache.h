@@ -10,7 +10,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "io/model_config.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace dsv3 {
 
@@ -33,7 +33,12 @@ class LatentCache {
     std::vector<std::int32_t> blocks;
   };
 
-  LatentCache(const ModelConfig& config, Options options);
+  // The pool lives in the backend's memory.
+  LatentCache(const ModelConfig& config, Options options,
+              const kernels::Backend& backend = kernels::default_backend());
+  ~LatentCache();
+  LatentCache(const LatentCache&) = delete;
+  LatentCache& operator=(const LatentCache&) = delete;
 
   static std::int64_t bytes_per_token(const ModelConfig& config, DType dtype);
   // Tokens that fit in `bytes` of cache memory.
@@ -55,21 +60,16 @@ class LatentCache {
   void truncate(Table& table, std::int64_t tokens);
   void release(Table& table) { truncate(table, 0); }
 
-  // Writes one row (c_kv then k_rope, `width` floats) of `layer` at `position`.
-  void store(std::int64_t layer, const Table& table, std::int64_t position, const float* row);
-  // Reads rows [0, count) of `layer` as float32 into out[count, width].
-  void load(std::int64_t layer, const Table& table, std::int64_t count, float* out) const;
+  // One layer of a sequence's rows, for the cache_store / cache_load / attention_latent ops.
   kernels::LatentPages pages(std::int64_t layer, const Table& table) const;
 
  private:
-  std::byte* row_address(std::int64_t layer, const Table& table, std::int64_t position);
-  const std::byte* row_address(std::int64_t layer, const Table& table, std::int64_t position) const;
-
+  const kernels::Backend& backend_;
   Options options_;
   std::int64_t width_;
   std::int64_t layers_;
   std::int64_t block_count_;
-  std::vector<std::byte> storage_;
+  std::byte* storage_ = nullptr;
   std::vector<std::int32_t> free_blocks_;
 };
 

@@ -38,26 +38,30 @@ struct MtpSegment {
   bool all_logits = false;
 };
 
+// What a step computed, in the workspace it was given: valid until that workspace's next step.
 struct StepOutput {
   // [rows, hidden]: for step(), the final hidden state after model.norm; for mtp_step(), the MTP
   // layer's output before shared_head.norm (what a further MTP step chains on).
-  std::vector<float> hidden;
-  std::vector<float> logits;                 // [logit rows, vocab]
-  std::vector<std::int64_t> logit_offsets;   // segment i's logits are rows [offsets[i], offsets[i+1])
+  kernels::Tensor hidden;
+  kernels::Tensor logits;                          // [logit rows, vocab]
+  std::span<const std::int64_t> logit_offsets;     // segment i's logits are rows [offsets[i], offsets[i+1])
 };
 
 class Model {
  public:
-  explicit Model(Weights weights);
+  explicit Model(Weights weights, const kernels::Backend& backend = kernels::default_backend());
 
   const ModelConfig& config() const { return weights_.config; }
   const Weights& weights() const { return weights_; }
+  const kernels::Backend& backend() const { return backend_; }
 
   // One batched forward step over runs of new tokens from several sequences (prefill chunks and
-  // decode tokens mixed), writing their latents into `cache`.
-  StepOutput step(std::span<const StepSegment> segments, LatentCache& cache) const;
+  // decode tokens mixed), writing their latents into `cache`. Scratch and the output come from
+  // `workspace`, which the step resets first.
+  StepOutput step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace) const;
   // One batched step of the MTP module `depth` (0 for DeepSeek-V3's single module).
-  StepOutput mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, std::int64_t depth = 0) const;
+  StepOutput mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                      std::int64_t depth = 0) const;
 
   // Logits for every position of one sequence (positions 0..T-1), through a temporary cache.
   ForwardOutput forward(std::span<const std::int64_t> ids) const;
@@ -68,6 +72,7 @@ class Model {
 
  private:
   Weights weights_;
+  const kernels::Backend& backend_;
   RopeTable rope_;
 };
 

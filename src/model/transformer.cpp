@@ -1,94 +1,108 @@
-#include <vector>
-
 #include "core/error.h"
-#include "kernels/cpu/ops.h"
 #include "model/blocks.h"
 #include "model/model.h"
 
 namespace dsv3 {
 
-void decoder_layer_forward(const LayerWeights& w, const ModelConfig& c, const RopeTable& rope, std::int64_t layer,
-                           float* h, const BatchRows& batch, LatentCache& cache) {
-  const std::int64_t hidden = c.hidden_size, rows = batch.rows();
-  const auto eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<float> normed(static_cast<std::size_t>(rows * hidden)), update(normed.size());
-  kernels::rmsnorm(h, rows, hidden, w.input_layernorm.data(), eps, normed.data());
-  mla_forward(w.attention, c, rope, layer, normed.data(), batch, cache, update.data());
-  for (std::size_t i = 0; i < update.size(); ++i) h[i] += update[i];
-  kernels::rmsnorm(h, rows, hidden, w.post_attention_layernorm.data(), eps, normed.data());
+using kernels::Tensor;
+
+void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t layer, Tensor h, const BatchRows& batch,
+                           LatentCache& cache) {
+  const kernels::Backend& ops = ctx.backend;
+  kernels::Workspace::Scope scope(ctx.workspace);
+  Tensor normed = ctx.workspace.tensor(h.rows, h.cols), update = ctx.workspace.tensor(h.rows, h.cols);
+  ops.rmsnorm(h, w.input_layernorm, ctx.eps, normed);
+  mla_forward(ctx, w.attention, layer, normed, batch, cache, update);
+  ops.add(h, update);
+  ops.rmsnorm(h, w.post_attention_layernorm, ctx.eps, normed);
   if (w.moe) {
-    moe_forward(*w.moe, c, normed.data(), rows, update.data());
+    moe_forward(ctx, *w.moe, normed, update);
   } else {
-    mlp_forward(*w.mlp, normed.data(), rows, update.data());
+    mlp_forward(ctx, *w.mlp, normed, update);
   }
-  for (std::size_t i = 0; i < update.size(); ++i) h[i] += update[i];
+  ops.add(h, update);
 }
 
-// Lays out the rows of a step: runs of (table, start, count), checked against the cache.
-BatchRows make_batch_rows(const std::vector<BatchRows::Run>& requests, const LatentCache& cache) {
-  BatchRows batch;
-  for (BatchRows::Run run : requests) {
+BatchRows make_batch_rows(Context& ctx, std::span<BatchRows::Run> runs, const LatentCache& cache) {
+  std::int64_t rows = 0;
+  for (BatchRows::Run& run : runs) {
     if (run.count == 0) fail("a step segment has no tokens");
     const std::int64_t reserved = run.table ? cache.reserved_tokens(*run.table) : 0;
     if (reserved < run.start + run.count)
       fail("a step segment's cache pages hold {} tokens, {} needed", reserved, run.start + run.count);
-    run.first_row = batch.rows();
-    batch.runs.push_back(run);
-    for (std::int64_t i = 0; i < run.count; ++i) batch.positions.push_back(run.start + i);
+    run.first_row = rows;
+    rows += run.count;
   }
+  BatchRows batch{runs, ctx.workspace.array<std::int64_t>(rows)};
+  for (const BatchRows::Run& run : runs)
+    for (std::int64_t i = 0; i < run.count; ++i) batch.positions[run.first_row + i] = run.start + i;
   return batch;
 }
 
-void output_head(const Matrix& head_weight, const std::vector<float>& norm, float eps, const BatchRows& batch,
-          const std::vector<bool>& all_logits, const float* h, std::int64_t hidden, StepOutput& out) {
-  std::vector<std::int64_t> rows;
-  out.logit_offsets.push_back(0);
+void output_head(Context& ctx, const Matrix& head_weight, std::span<const float> norm, const BatchRows& batch, Tensor h,
+                 StepOutput& out) {
+  std::span<std::int64_t> offsets = ctx.workspace.array<std::int64_t>(static_cast<std::int64_t>(batch.runs.size()) + 1);
+  offsets[0] = 0;
+  for (std::size_t s = 0; s < batch.runs.size(); ++s)
+    offsets[s + 1] = offsets[s] + (batch.runs[s].all_logits ? batch.runs[s].count : 1);
+  std::span<std::int64_t> rows = ctx.workspace.array<std::int64_t>(offsets.back());
   for (std::size_t s = 0; s < batch.runs.size(); ++s) {
     const auto& run = batch.runs[s];
-    for (std::int64_t i = all_logits[s] ? 0 : run.count - 1; i < run.count; ++i) rows.push_back(run.first_row + i);
-    out.logit_offsets.push_back(static_cast<std::int64_t>(rows.size()));
+    for (std::int64_t r = offsets[s]; r < offsets[s + 1]; ++r) rows[r] = run.first_row + run.count - (offsets[s + 1] - r);
   }
-  std::vector<float> selected(rows.size() * static_cast<std::size_t>(hidden));
-  for (std::size_t r = 0; r < rows.size(); ++r)
-    kernels::rmsnorm(h + rows[r] * hidden, 1, hidden, norm.data(), eps, selected.data() + r * hidden);
-  out.logits.resize(rows.size() * static_cast<std::size_t>(head_weight.rows));
-  kernels::linear(selected.data(), static_cast<std::int64_t>(rows.size()), head_weight, out.logits.data());
+  out.logit_offsets = offsets;
+  out.logits = ctx.workspace.tensor(offsets.back(), head_weight.rows);
+  kernels::Workspace::Scope scope(ctx.workspace);
+  Tensor selected = ctx.workspace.tensor(offsets.back(), h.cols);
+  ctx.backend.gather_rows(h, rows, selected);
+  ctx.backend.rmsnorm(selected, norm, ctx.eps, selected);
+  ctx.backend.linear(selected, head_weight, out.logits);
 }
 
-Model::Model(Weights weights) : weights_(std::move(weights)), rope_(weights_.config) {}
+Model::Model(Weights weights, const kernels::Backend& backend)
+    : weights_(std::move(weights)), backend_(backend), rope_(weights_.config) {}
 
-StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache) const {
+StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace) const {
   const ModelConfig& c = weights_.config;
-  const auto eps = static_cast<float>(c.rms_norm_eps);
-  std::vector<BatchRows::Run> runs;
-  std::vector<std::int64_t> ids;
-  std::vector<bool> all_logits;
-  for (const auto& segment : segments) {
-    runs.push_back({segment.table, segment.start, static_cast<std::int64_t>(segment.tokens.size())});
-    ids.insert(ids.end(), segment.tokens.begin(), segment.tokens.end());
-    all_logits.push_back(segment.all_logits);
-  }
-  const BatchRows batch = make_batch_rows(runs, cache);
-  const std::int64_t rows = batch.rows();
+  workspace.reset();
+  Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps)};
+  std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
+  for (std::size_t s = 0; s < segments.size(); ++s)
+    runs[s] = {segments[s].table, segments[s].start, static_cast<std::int64_t>(segments[s].tokens.size()), 0,
+               segments[s].all_logits};
+  const BatchRows batch = make_batch_rows(ctx, runs, cache);
+  std::span<std::int64_t> ids = workspace.array<std::int64_t>(batch.rows());
+  for (std::size_t s = 0; s < segments.size(); ++s)
+    std::copy(segments[s].tokens.begin(), segments[s].tokens.end(), ids.begin() + runs[s].first_row);
 
   StepOutput out;
-  out.hidden.resize(static_cast<std::size_t>(rows * c.hidden_size));
-  kernels::embedding(weights_.embed_tokens, ids, out.hidden.data());
+  out.hidden = workspace.tensor(batch.rows(), c.hidden_size);
+  backend_.embedding(weights_.embed_tokens, ids, out.hidden);
   for (std::int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
-    decoder_layer_forward(weights_.layers[layer], c, rope_, layer, out.hidden.data(), batch, cache);
-  output_head(weights_.lm_head, weights_.norm, eps, batch, all_logits, out.hidden.data(), c.hidden_size, out);
-  kernels::rmsnorm(out.hidden.data(), rows, c.hidden_size, weights_.norm.data(), eps, out.hidden.data());
+    decoder_layer_forward(ctx, weights_.layers[layer], layer, out.hidden, batch, cache);
+  output_head(ctx, weights_.lm_head, weights_.norm, batch, out.hidden, out);
+  backend_.rmsnorm(out.hidden, weights_.norm, ctx.eps, out.hidden);
   return out;
 }
 
+namespace {
+std::vector<float> to_vector(kernels::Tensor t) {
+  std::vector<float> values(static_cast<std::size_t>(t.size()));
+  for (std::int64_t r = 0; r < t.rows; ++r) std::copy_n(t.row(r), t.cols, values.begin() + r * t.cols);
+  return values;
+}
+}  // namespace
+
 ForwardOutput Model::forward(std::span<const std::int64_t> ids) const {
-  LatentCache cache(weights_.config, {.capacity_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(ids.size())),
-                                      .dtype = DType::F32});
+  LatentCache cache(weights_.config,
+                    {.capacity_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(ids.size())), .dtype = DType::F32},
+                    backend_);
   LatentCache::Table table;
   cache.reserve(table, static_cast<std::int64_t>(ids.size()));
+  kernels::Workspace workspace(backend_);
   const StepSegment segment{&table, 0, ids, true};
-  StepOutput out = step(std::span(&segment, 1), cache);
-  return {std::move(out.hidden), std::move(out.logits)};
+  const StepOutput out = step(std::span(&segment, 1), cache, workspace);
+  return {to_vector(out.hidden), to_vector(out.logits)};
 }
 
 }  // namespace dsv3

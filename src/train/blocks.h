@@ -67,6 +67,12 @@ void mlp_output(const MlpParameters& w, const MlpSaved& saved, std::int64_t toke
 void mlp_backward(const MlpParameters& w, const float* x, std::int64_t tokens, const MlpSaved& saved,
                   const float* d_out, float* d_x);
 
+// DeepSeekMoE routing for each token: the chosen experts and their gate weights.
+struct Routes {
+  std::vector<std::int32_t> experts;  // [T, top_k]
+  std::vector<float> weights;         // [T, top_k]
+};
+
 struct MoeSaved {
   std::vector<float> scores;        // [T, experts], sigmoid affinities s
   Routes routes;                    // chosen experts and their gate weights

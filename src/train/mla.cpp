@@ -19,6 +19,14 @@ struct MlaTensors {
 
 std::size_t count(std::int64_t a, std::int64_t b) { return static_cast<std::size_t>(a * b); }
 
+// Rotates `rows` rope parts of rope_dim floats, `stride` apart, through the backend's rope op.
+void apply_rope(const RopeTable& rope, float* x, std::int64_t rows, std::int64_t stride, std::int64_t rows_per_position,
+                std::span<const std::int64_t> positions) {
+  const kernels::RopeParams params = rope.params();
+  const auto dim = static_cast<std::int64_t>(2 * params.inverse_frequencies.size());
+  kernels::default_backend().rope(kernels::Tensor(x, rows, dim, stride), rows_per_position, positions, params);
+}
+
 void rebuild(const AttentionParameters& w, const ModelConfig& c, const RopeTable& rope, const float* x,
              std::int64_t tokens, std::span<const std::int64_t> positions, const MlaSaved& saved, MlaTensors& t) {
   const std::int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
@@ -34,7 +42,7 @@ void rebuild(const AttentionParameters& w, const ModelConfig& c, const RopeTable
   } else {
     linear(x, tokens, *w.q_proj, t.q.data());
   }
-  rope.apply(t.q.data() + nope, tokens * heads, qk_dim, heads, positions);
+  apply_rope(rope, t.q.data() + nope, tokens * heads, qk_dim, heads, positions);
 
   t.c_kv.resize(count(tokens, c.kv_lora_rank));
   std::vector<float> k_rope(count(tokens, rope_dim));
@@ -43,7 +51,7 @@ void rebuild(const AttentionParameters& w, const ModelConfig& c, const RopeTable
     std::copy_n(saved.kv_a.data() + i * kv_a_dim + c.kv_lora_rank, rope_dim, k_rope.data() + i * rope_dim);
   }
   rmsnorm(t.c_kv.data(), tokens, *w.kv_a_layernorm, eps, t.c_kv.data());
-  rope.apply(k_rope.data(), tokens, rope_dim, 1, positions);
+  apply_rope(rope, k_rope.data(), tokens, rope_dim, 1, positions);
 
   t.kv.resize(count(tokens, heads * kv_dim));
   linear(t.c_kv.data(), tokens, *w.kv_b_proj, t.kv.data());
@@ -124,7 +132,7 @@ void mla_backward(const AttentionParameters& w, const ModelConfig& c, const Rope
       float* d_rope = d_kv_a.data() + i * kv_a_dim + c.kv_lora_rank;
       for (std::int64_t j = 0; j < rope_dim; ++j) d_rope[j] += dk_row[nope + j];
     }
-  rope.apply(d_kv_a.data() + c.kv_lora_rank, tokens, kv_a_dim, 1, negated);
+  apply_rope(rope, d_kv_a.data() + c.kv_lora_rank, tokens, kv_a_dim, 1, negated);
 
   std::vector<float> d_c_kv(t.c_kv.size(), 0.0f);
   linear_backward(t.c_kv.data(), tokens, *w.kv_b_proj, d_kv.data(), d_c_kv.data());
@@ -136,7 +144,7 @@ void mla_backward(const AttentionParameters& w, const ModelConfig& c, const Rope
     std::copy_n(d_c_kv_raw.data() + i * c.kv_lora_rank, c.kv_lora_rank, d_kv_a.data() + i * kv_a_dim);
   linear_backward(x, tokens, *w.kv_a_proj_with_mqa, d_kv_a.data(), d_x);
 
-  rope.apply(d_q.data() + nope, tokens * heads, qk_dim, heads, negated);
+  apply_rope(rope, d_q.data() + nope, tokens * heads, qk_dim, heads, negated);
   if (w.q_a_proj) {
     std::vector<float> d_c_q(t.c_q.size(), 0.0f), d_c_q_raw(t.c_q.size(), 0.0f);
     linear_backward(t.c_q.data(), tokens, *w.q_b_proj, d_q.data(), d_c_q.data());

@@ -59,12 +59,14 @@ void mlp_backward(const MlpParameters& w, const float* x, std::int64_t tokens, c
 double moe_forward(const MoeParameters& w, const ModelConfig& c, const float* x, std::int64_t tokens, double alpha,
                    MoeSaved& saved, float* out) {
   const std::int64_t hidden = c.hidden_size, experts = c.n_routed_experts, top_k = c.num_experts_per_tok;
-  MoeWeights router;  // what the model's route() reads: the router and its bias
-  router.router = w.router->matrix();
-  router.e_score_correction_bias = w.e_score_correction_bias;
-  saved.routes = route(router, c, x, tokens);
   saved.scores.resize(count(tokens, experts));
   linear(x, tokens, *w.router, saved.scores.data());
+  saved.routes.experts.resize(count(tokens, top_k));
+  saved.routes.weights.resize(count(tokens, top_k));
+  kernels::default_backend().route(kernels::Tensor(saved.scores.data(), tokens, experts), w.e_score_correction_bias,
+                                   {.n_group = c.n_group, .topk_group = c.topk_group, .top_k = top_k,
+                                    .norm_topk_prob = c.norm_topk_prob, .routed_scaling_factor = c.routed_scaling_factor},
+                                   saved.routes.experts, saved.routes.weights);
   for (float& s : saved.scores) s = 1.0f / (1.0f + std::exp(-s));  // as route() computes them
 
   if (w.shared_experts) {

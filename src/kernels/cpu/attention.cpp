@@ -71,9 +71,9 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   thread_local std::vector<float> rows, scores;
   rows.resize(static_cast<std::size_t>(kLatentChunk * width));
   scores.resize(static_cast<std::size_t>(heads * kLatentChunk));
-  partial.max.assign(static_cast<std::size_t>(heads), -std::numeric_limits<float>::infinity());
-  partial.sum.assign(static_cast<std::size_t>(heads), 0.0f);
-  partial.acc.assign(static_cast<std::size_t>(heads * value_dim), 0.0f);
+  std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
+  std::fill_n(partial.sum, heads, 0.0f);
+  std::fill_n(partial.acc, heads * value_dim, 0.0f);
 
   const std::size_t element = dtype_size(pages.dtype);
   // Keys are taken kLatentChunk at a time, gathered from their pages into float32, so the two
@@ -115,7 +115,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
                 static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), rows.data(),
-                static_cast<int>(width), 1.0f, partial.acc.data(), static_cast<int>(value_dim));
+                static_cast<int>(width), 1.0f, partial.acc, static_cast<int>(value_dim));
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "core/matrix.h"
+#include "kernels/ops.h"
 
 namespace dsv3::kernels {
 
@@ -44,21 +45,8 @@ void rmsnorm(const float* x, std::int64_t rows, std::int64_t dim, const float* w
 // out = silu(gate) * up, elementwise (SwiGLU); out may alias gate.
 void silu_mul(const float* gate, const float* up, std::int64_t count, float* out);
 
-// Causal softmax attention for one sequence: for each head, q and k rows of qk_dim, v rows of
-// v_dim, addressed as base + token * stride + head * head_stride (in floats), so MLA's packed
-// kv_b_proj output is read in place. The `tokens` queries sit at positions query_offset + i and
-// see keys 0 ..= their position (k and v hold query_offset + tokens rows: a cached prefix, then
-// the new tokens). out: [tokens, heads, v_dim] contiguous.
-struct AttentionShape {
-  std::int64_t tokens = 0;
-  std::int64_t query_offset = 0;
-  std::int64_t heads = 0;
-  std::int64_t qk_dim = 0;
-  std::int64_t v_dim = 0;
-  std::int64_t q_stride = 0, q_head_stride = 0;
-  std::int64_t k_stride = 0, k_head_stride = 0;
-  std::int64_t v_stride = 0, v_head_stride = 0;
-};
+// Causal attention (kernels/ops.h documents the shape); single sequence, all cores.
+
 void attention_causal(const float* q, const float* k, const float* v, const AttentionShape& shape,
                       float scale, float* out);
 
@@ -66,19 +54,7 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 
 namespace dsv3::kernels {
 
-// A sequence's rows of one layer in a paged latent KV cache. Storage holds fixed-size blocks of
-// block_tokens rows of `width` values (F32 or BF16); the sequence's row j lives in block
-// blocks[j / block_tokens] at slot j % block_tokens, row address
-// storage + ((blocks[b] * block_stride_rows + layer_offset_rows + slot) * width) * dtype_size.
-struct LatentPages {
-  const std::byte* storage = nullptr;
-  DType dtype = DType::F32;
-  std::int64_t width = 0;
-  std::int64_t block_tokens = 0;
-  std::int64_t block_stride_rows = 0;
-  std::int64_t layer_offset_rows = 0;
-  std::span<const std::int32_t> blocks;
-};
+
 
 // Absorbed MLA attention for one query position, over a range of its cached keys. q[h] (width =
 // kv_lora_rank + rope_dim) is the query absorbed into the latent space, then its rope part; the
@@ -87,9 +63,9 @@ struct LatentPages {
 // exp(score - max) and the unnormalised exp-weighted sum of values, so that disjoint ranges can be
 // computed in parallel (long contexts, one decoding row) and merged.
 struct LatentPartial {
-  std::vector<float> max;  // [heads]
-  std::vector<float> sum;  // [heads]
-  std::vector<float> acc;  // [heads, value_dim]
+  float* max = nullptr;  // [heads]
+  float* sum = nullptr;  // [heads]
+  float* acc = nullptr;  // [heads, value_dim]
 };
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
                       std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial);
@@ -102,14 +78,8 @@ void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t
 
 namespace dsv3::kernels {
 
-// c[m, n] = a[m, k] · b (+ beta · c), b given as [k, n] or, with b_transposed, as [n, k]. Row-major
-// with leading dimensions in floats. Single-threaded: for use inside a parallel task.
-struct MatmulShape {
-  std::int64_t m = 0, n = 0, k = 0;
-  std::int64_t lda = 0, ldb = 0, ldc = 0;
-  bool b_transposed = false;
-  float beta = 0.0f;
-};
+// c = a · b (kernels/ops.h documents the shape). Single-threaded: for use inside a parallel task.
+
 void matmul(const float* a, const float* b, float* c, const MatmulShape& shape);
 
 }  // namespace dsv3::kernels

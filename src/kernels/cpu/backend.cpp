@@ -1,0 +1,435 @@
+// The CPU backend: every op of kernels/ops.h on host memory, over the SIMD weight kernels
+// (linear*.cpp), OpenBLAS for the float32 products of attention, and the thread pool.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "core/error.h"
+#include "core/numeric.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/internal.h"
+#include "kernels/cpu/ops.h"
+
+namespace dsv3::kernels {
+namespace {
+
+constexpr std::size_t kAlignment = 64;
+
+void check_rows(std::string_view op, Tensor a, Tensor b) {
+  if (a.rows != b.rows) fail("{}: {} rows against {}", op, a.rows, b.rows);
+}
+void check_shape(std::string_view op, Tensor a, Tensor b) {
+  if (a.rows != b.rows || a.cols != b.cols) fail("{}: [{}, {}] against [{}, {}]", op, a.rows, a.cols, b.rows, b.cols);
+}
+void check_contiguous(std::string_view op, Tensor t) {
+  if (!t.contiguous()) fail("{}: needs a contiguous tensor, got [{}, {}] with stride {}", op, t.rows, t.cols, t.stride);
+}
+
+std::byte* page_row(const LatentPages& pages, std::int64_t position) {
+  const std::int64_t block = pages.blocks[static_cast<std::size_t>(position / pages.block_tokens)];
+  const std::int64_t row = block * pages.block_stride_rows + pages.layer_offset_rows + position % pages.block_tokens;
+  return pages.storage + static_cast<std::size_t>(row * pages.width) * dtype_size(pages.dtype);
+}
+
+void check_pages(std::string_view op, const LatentPages& pages, std::int64_t end, std::int64_t width) {
+  if (pages.width != width) fail("{}: rows of {} values for a cache of width {}", op, width, pages.width);
+  if (end > static_cast<std::int64_t>(pages.blocks.size()) * pages.block_tokens)
+    fail("{}: position {} beyond the {} tokens the sequence's pages hold", op, end - 1,
+         static_cast<std::int64_t>(pages.blocks.size()) * pages.block_tokens);
+}
+
+// A SwiGLU MLP on the calling thread's share: linear parallelises itself unless it runs inside a
+// parallel task (nested loops run inline).
+void swiglu_mlp(const Backend& backend, const MlpWeights& w, Tensor x, Tensor gate, Tensor up, Tensor act, Tensor out) {
+  backend.linear(x, w.gate_proj, gate);
+  backend.linear(x, w.up_proj, up);
+  backend.swiglu(gate, up, act);
+  backend.linear(act, w.down_proj, out);
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cpu"; }
+
+  void* allocate(std::size_t bytes) const override {
+    return ::operator new(std::max<std::size_t>(bytes, 1), std::align_val_t{kAlignment});
+  }
+  void release(void* data) const override { ::operator delete(data, std::align_val_t{kAlignment}); }
+
+  void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override {
+    if (out.rows != static_cast<std::int64_t>(ids.size()) || out.cols != table.cols)
+      fail("embedding: {} ids of {} values into [{}, {}]", ids.size(), table.cols, out.rows, out.cols);
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] == kZeroRow) {
+        std::fill_n(out.row(static_cast<std::int64_t>(i)), out.cols, 0.0f);
+        continue;
+      }
+      if (ids[i] < 0 || ids[i] >= table.rows)
+        fail("token id {} at position {} is outside the vocabulary [0, {})", ids[i], i, table.rows);
+      dequantize_rows(table, ids[i], ids[i] + 1, out.row(static_cast<std::int64_t>(i)));
+    }
+  }
+
+  void linear(Tensor x, const Matrix& weight, Tensor y) const override {
+    check_rows("linear", x, y);
+    if (x.cols != weight.cols || y.cols != weight.rows)
+      fail("{}: linear of [{}, {}] into [{}, {}] with a [{}, {}] weight", weight.name, x.rows, x.cols, y.rows, y.cols,
+           weight.rows, weight.cols);
+    check_contiguous("linear", x);
+    check_contiguous("linear", y);
+    kernels::linear(x.data, x.rows, weight, y.data);
+  }
+
+  void rmsnorm(Tensor x, std::span<const float> weight, float eps, Tensor out) const override {
+    check_shape("rmsnorm", x, out);
+    if (static_cast<std::int64_t>(weight.size()) != x.cols)
+      fail("rmsnorm: a weight of {} for rows of {}", weight.size(), x.cols);
+    for (std::int64_t r = 0; r < x.rows; ++r) kernels::rmsnorm(x.row(r), 1, x.cols, weight.data(), eps, out.row(r));
+  }
+
+  void rope(Tensor x, std::int64_t rows_per_position, std::span<const std::int64_t> positions,
+            const RopeParams& params) const override {
+    const std::int64_t half = static_cast<std::int64_t>(params.inverse_frequencies.size());
+    if (x.cols != 2 * half) fail("rope: rows of {} for {} frequencies", x.cols, half);
+    if (rows_per_position <= 0 || x.rows != static_cast<std::int64_t>(positions.size()) * rows_per_position)
+      fail("rope: {} rows for {} positions of {} rows", x.rows, positions.size(), rows_per_position);
+    thread_local std::vector<float> cos_values, sin_values;
+    cos_values.resize(static_cast<std::size_t>(half));
+    sin_values.resize(static_cast<std::size_t>(half));
+    std::int64_t cached_position = std::numeric_limits<std::int64_t>::min();
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      const std::int64_t position = positions[static_cast<std::size_t>(r / rows_per_position)];
+      if (position != cached_position) {
+        for (std::int64_t i = 0; i < half; ++i) {
+          const double angle = static_cast<double>(position) * params.inverse_frequencies[i];
+          cos_values[i] = static_cast<float>(std::cos(angle) * params.attention_factor);
+          sin_values[i] = static_cast<float>(std::sin(angle) * params.attention_factor);
+        }
+        cached_position = position;
+      }
+      float* row = x.row(r);
+      for (std::int64_t i = 0; i < half; ++i) {
+        float& a = params.interleaved ? row[2 * i] : row[i];
+        float& b = params.interleaved ? row[2 * i + 1] : row[i + half];
+        const float a0 = a, b0 = b;
+        a = a0 * cos_values[i] - b0 * sin_values[i];
+        b = b0 * cos_values[i] + a0 * sin_values[i];
+      }
+    }
+  }
+
+  void add(Tensor x, Tensor y) const override {
+    check_shape("add", x, y);
+    for (std::int64_t r = 0; r < x.rows; ++r) {
+      float* target = x.row(r);
+      const float* source = y.row(r);
+      for (std::int64_t i = 0; i < x.cols; ++i) target[i] += source[i];
+    }
+  }
+
+  void fill(Tensor x, float value) const override {
+    for (std::int64_t r = 0; r < x.rows; ++r) std::fill_n(x.row(r), x.cols, value);
+  }
+
+  void swiglu(Tensor gate, Tensor up, Tensor out) const override {
+    check_shape("swiglu", gate, up);
+    check_shape("swiglu", gate, out);
+    for (std::int64_t r = 0; r < gate.rows; ++r) silu_mul(gate.row(r), up.row(r), gate.cols, out.row(r));
+  }
+
+  void copy_rows(Tensor src, Tensor dst, std::int64_t repeat) const override {
+    if (repeat <= 0 || dst.rows != src.rows * repeat || dst.cols != src.cols)
+      fail("copy_rows: [{}, {}] repeated {} times into [{}, {}]", src.rows, src.cols, repeat, dst.rows, dst.cols);
+    for (std::int64_t r = 0; r < dst.rows; ++r)
+      std::memcpy(dst.row(r), src.row(r / repeat), static_cast<std::size_t>(src.cols) * sizeof(float));
+  }
+
+  void gather_rows(Tensor src, std::span<const std::int64_t> rows, Tensor dst) const override {
+    if (dst.rows != static_cast<std::int64_t>(rows.size()) || dst.cols != src.cols)
+      fail("gather_rows: {} rows of {} into [{}, {}]", rows.size(), src.cols, dst.rows, dst.cols);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] < 0 || rows[i] >= src.rows) fail("gather_rows: row {} outside [0, {})", rows[i], src.rows);
+      std::memcpy(dst.row(static_cast<std::int64_t>(i)), src.row(rows[i]), static_cast<std::size_t>(src.cols) * sizeof(float));
+    }
+  }
+
+  void attention_causal(const float* q, const float* k, const float* v, const AttentionShape& shape, float scale,
+                        float* out) const override {
+    kernels::attention_causal(q, k, v, shape, scale, out);
+  }
+
+  void cache_store(const LatentPages& pages, std::int64_t first_position, Tensor rows) const override {
+    check_pages("cache_store", pages, first_position + rows.rows, rows.cols);
+    for (std::int64_t r = 0; r < rows.rows; ++r) {
+      std::byte* target = page_row(pages, first_position + r);
+      const float* row = rows.row(r);
+      if (pages.dtype == DType::F32) {
+        std::memcpy(target, row, static_cast<std::size_t>(rows.cols) * sizeof(float));
+      } else {
+        auto* bits = reinterpret_cast<std::uint16_t*>(target);
+        for (std::int64_t i = 0; i < rows.cols; ++i) bits[i] = float_to_bf16(row[i]);
+      }
+    }
+  }
+
+  void cache_load(const LatentPages& pages, Tensor out) const override {
+    check_pages("cache_load", pages, out.rows, out.cols);
+    for (std::int64_t r = 0; r < out.rows; ++r) {
+      const std::byte* source = page_row(pages, r);
+      float* row = out.row(r);
+      if (pages.dtype == DType::F32) {
+        std::memcpy(row, source, static_cast<std::size_t>(out.cols) * sizeof(float));
+      } else {
+        const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
+        for (std::int64_t i = 0; i < out.cols; ++i) row[i] = bf16_to_float(bits[i]);
+      }
+    }
+  }
+
+  void mla_absorb_query(Tensor q, const Matrix& kv_b_proj, const MlaShape& d, Tensor q_latent,
+                        Workspace& workspace) const override {
+    const std::int64_t rows = q.rows, kv_dim = d.nope + d.v;
+    if (q.cols != d.heads * d.qk() || q_latent.rows != rows || q_latent.cols != d.heads * d.width())
+      fail("mla_absorb_query: q [{}, {}] into [{}, {}] for {} heads", q.rows, q.cols, q_latent.rows, q_latent.cols,
+           d.heads);
+    check_contiguous("mla_absorb_query", q_latent);
+    if (kv_b_proj.rows != d.heads * kv_dim || kv_b_proj.cols != d.kv_lora)
+      fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_b_proj.rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
+    Workspace::Scope scope(workspace);
+    // q_nope per head, [heads, rows, nope], so each head's product reads one block.
+    Tensor q_nope = workspace.tensor(d.heads * rows, d.nope);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t h = 0; h < d.heads; ++h) {
+        const float* q_row = q.row(r) + h * d.qk();
+        std::copy_n(q_row, d.nope, q_nope.row(h * rows + r));
+        std::copy_n(q_row + d.nope, d.rope, q_latent.row(r) + h * d.width() + d.kv_lora);
+      }
+    ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+      std::vector<float>& w_uk = thread_buffer(static_cast<std::size_t>(d.nope * d.kv_lora));
+      for (std::int64_t h = h0; h < h1; ++h) {
+        dequantize_rows(kv_b_proj, h * kv_dim, h * kv_dim + d.nope, w_uk.data());  // W_UK[h]: [nope, kv_lora]
+        matmul(q_nope.row(h * rows), w_uk.data(), q_latent.data + h * d.width(),
+               {.m = rows, .n = d.kv_lora, .k = d.nope, .lda = d.nope, .ldb = d.kv_lora, .ldc = q_latent.stride});
+      }
+    });
+  }
+
+  void attention_latent(Tensor q_latent, std::span<const LatentQuery> queries, const MlaShape& d, float scale,
+                        Tensor o_latent, Workspace& workspace) const override {
+    const auto rows = static_cast<std::int64_t>(queries.size());
+    if (q_latent.rows != rows || q_latent.cols != d.heads * d.width() || o_latent.rows != rows ||
+        o_latent.cols != d.heads * d.kv_lora)
+      fail("attention_latent: q [{}, {}] and out [{}, {}] for {} queries of {} heads", q_latent.rows, q_latent.cols,
+           o_latent.rows, o_latent.cols, rows, d.heads);
+    for (const LatentQuery& query : queries) check_pages("attention_latent", *query.pages, query.keys, d.width());
+    Workspace::Scope scope(workspace);
+    // A row over a long context is split into key ranges of at least kMinKeysPerTask so every core
+    // has work; the ranges' partial softmaxes are merged.
+    constexpr std::int64_t kMinKeysPerTask = 256;
+    ThreadPool& pool = ThreadPool::global();
+    const std::int64_t wanted_splits = std::max<std::int64_t>(1, (2 * pool.size() + rows - 1) / std::max<std::int64_t>(rows, 1));
+    std::span<std::int64_t> first_task = workspace.array<std::int64_t>(rows + 1);
+    first_task[0] = 0;
+    for (std::int64_t r = 0; r < rows; ++r)
+      first_task[r + 1] = first_task[r] + std::clamp<std::int64_t>(queries[r].keys / kMinKeysPerTask, 1, wanted_splits);
+    const std::int64_t tasks = first_task[rows];
+    std::span<std::int64_t> task_row = workspace.array<std::int64_t>(tasks);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t t = first_task[r]; t < first_task[r + 1]; ++t) task_row[t] = r;
+    const std::int64_t partial_size = d.heads * (2 + d.kv_lora);
+    Tensor storage = workspace.tensor(tasks, partial_size);
+    std::span<LatentPartial> partials = workspace.array<LatentPartial>(tasks);
+    for (std::int64_t t = 0; t < tasks; ++t) {
+      float* base = storage.row(t);
+      partials[t] = {base, base + d.heads, base + 2 * d.heads};
+    }
+    pool.parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t task = first; task < last; ++task) {
+        const std::int64_t r = task_row[task], part = task - first_task[r], splits = first_task[r + 1] - first_task[r];
+        const std::int64_t keys = queries[r].keys;
+        kernels::attention_latent(q_latent.row(r), d.heads, *queries[r].pages, keys * part / splits,
+                                  keys * (part + 1) / splits, d.kv_lora, scale, partials[task]);
+      }
+    });
+    for (std::int64_t r = 0; r < rows; ++r)
+      merge_latent_partials(partials.subspan(first_task[r], first_task[r + 1] - first_task[r]), d.heads, d.kv_lora,
+                            o_latent.row(r));
+  }
+
+  void mla_absorb_output(Tensor o_latent, const Matrix& kv_b_proj, const MlaShape& d, Tensor out,
+                         Workspace& workspace) const override {
+    const std::int64_t rows = o_latent.rows, kv_dim = d.nope + d.v, kv_rows = kv_b_proj.rows;
+    if (o_latent.cols != d.heads * d.kv_lora || out.rows != rows || out.cols != d.heads * d.v)
+      fail("mla_absorb_output: [{}, {}] into [{}, {}] for {} heads", o_latent.rows, o_latent.cols, out.rows, out.cols,
+           d.heads);
+    if (kv_rows != d.heads * kv_dim || kv_b_proj.cols != d.kv_lora)
+      fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
+    Workspace::Scope scope(workspace);
+    Tensor latent = workspace.tensor(d.heads * rows, d.kv_lora);  // [heads, rows, kv_lora]
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t h = 0; h < d.heads; ++h)
+        std::copy_n(o_latent.row(r) + h * d.kv_lora, d.kv_lora, latent.row(h * rows + r));
+    Tensor kv_out = workspace.tensor(rows, kv_rows);  // [rows, heads * (nope + v)], only the v parts written
+    // W_UV[h] through the GEMV kernel, which converts the stored weights in registers.
+    ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+      for (std::int64_t h = h0; h < h1; ++h)
+        linear_rows(latent.row(h * rows), rows, kv_b_proj, h * kv_dim + d.nope, (h + 1) * kv_dim, kv_out.data);
+    });
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t h = 0; h < d.heads; ++h)
+        std::copy_n(kv_out.row(r) + h * kv_dim + d.nope, d.v, out.row(r) + h * d.v);
+  }
+
+  void route(Tensor logits, std::span<const float> bias, const RouteParams& p, std::span<std::int32_t> experts,
+             std::span<float> weights) const override {
+    const std::int64_t tokens = logits.rows, n_experts = logits.cols, top_k = p.top_k;
+    if (static_cast<std::int64_t>(bias.size()) != n_experts || p.n_group <= 0 || n_experts % p.n_group != 0 ||
+        p.topk_group <= 0 || p.topk_group > p.n_group || top_k <= 0 ||
+        top_k > p.topk_group * (n_experts / p.n_group))
+      fail("route: {} experts in {} groups (keep {}), top {} with a bias of {}", n_experts, p.n_group, p.topk_group,
+           top_k, bias.size());
+    if (static_cast<std::int64_t>(experts.size()) != tokens * top_k ||
+        static_cast<std::int64_t>(weights.size()) != tokens * top_k)
+      fail("route: room for {} and {} routes, {} needed", experts.size(), weights.size(), tokens * top_k);
+    const std::int64_t group_size = n_experts / p.n_group;
+    thread_local std::vector<float> scores, choice, group_scores;
+    thread_local std::vector<std::int32_t> order;
+    scores.resize(static_cast<std::size_t>(n_experts));
+    choice.resize(scores.size());
+    group_scores.resize(static_cast<std::size_t>(p.n_group));
+    order.resize(static_cast<std::size_t>(std::max(n_experts, p.n_group)));
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const float* row = logits.row(t);
+      for (std::int64_t e = 0; e < n_experts; ++e) {
+        scores[e] = 1.0f / (1.0f + std::exp(-row[e]));
+        choice[e] = scores[e] + bias[e];
+      }
+      if (p.n_group > 1) {
+        for (std::int64_t g = 0; g < p.n_group; ++g) {
+          const float* begin = choice.data() + g * group_size;
+          float best = -std::numeric_limits<float>::infinity(), second = best;
+          for (std::int64_t i = 0; i < group_size; ++i) {
+            if (begin[i] > best) {
+              second = best;
+              best = begin[i];
+            } else if (begin[i] > second) {
+              second = begin[i];
+            }
+          }
+          group_scores[g] = best + second;
+        }
+        for (std::int64_t g = 0; g < p.n_group; ++g) order[g] = static_cast<std::int32_t>(g);
+        std::stable_sort(order.begin(), order.begin() + p.n_group,
+                         [&](std::int32_t a, std::int32_t b) { return group_scores[a] > group_scores[b]; });
+        for (std::int64_t rank = p.topk_group; rank < p.n_group; ++rank)  // masked with -inf, as DeepSeek does
+          std::fill_n(choice.begin() + order[rank] * group_size, group_size, -std::numeric_limits<float>::infinity());
+      }
+      for (std::int64_t e = 0; e < n_experts; ++e) order[e] = static_cast<std::int32_t>(e);
+      std::partial_sort(order.begin(), order.begin() + top_k, order.begin() + n_experts, [&](std::int32_t a, std::int32_t b) {
+        return choice[a] > choice[b] || (choice[a] == choice[b] && a < b);
+      });
+      double total = 0.0;
+      for (std::int64_t k = 0; k < top_k; ++k) total += scores[order[k]];
+      const double normaliser = p.norm_topk_prob ? total + 1e-20 : 1.0;
+      for (std::int64_t k = 0; k < top_k; ++k) {
+        experts[t * top_k + k] = order[k];
+        weights[t * top_k + k] = static_cast<float>(scores[order[k]] / normaliser * p.routed_scaling_factor);
+      }
+    }
+  }
+
+  Dispatch moe_dispatch(Tensor x, std::span<const std::int32_t> experts, std::int64_t n_experts, std::int64_t top_k,
+                        Workspace& workspace) const override {
+    const auto routes = static_cast<std::int64_t>(experts.size());
+    if (top_k <= 0 || routes != x.rows * top_k)
+      fail("moe_dispatch: {} routes for {} tokens of top {}", routes, x.rows, top_k);
+    Dispatch dispatch;
+    dispatch.top_k = top_k;
+    dispatch.offsets = workspace.array<std::int64_t>(n_experts + 1);
+    dispatch.slots = workspace.array<std::int64_t>(routes);
+    dispatch.rows = workspace.tensor(routes, x.cols);
+    std::fill(dispatch.offsets.begin(), dispatch.offsets.end(), 0);
+    for (const std::int32_t e : experts) {
+      if (e < 0 || e >= n_experts) fail("moe_dispatch: expert {} outside [0, {})", e, n_experts);
+      ++dispatch.offsets[e + 1];
+    }
+    for (std::int64_t e = 0; e < n_experts; ++e) dispatch.offsets[e + 1] += dispatch.offsets[e];
+    // Counting sort, stable: an expert's rows keep token order.
+    std::span<std::int64_t> next = workspace.array<std::int64_t>(n_experts);
+    std::copy_n(dispatch.offsets.begin(), n_experts, next.begin());
+    for (std::int64_t slot = 0; slot < routes; ++slot) {
+      const std::int64_t row = next[experts[slot]]++;
+      dispatch.slots[row] = slot;
+      std::memcpy(dispatch.rows.row(row), x.row(slot / top_k), static_cast<std::size_t>(x.cols) * sizeof(float));
+    }
+    return dispatch;
+  }
+
+  void moe_experts(const Dispatch& dispatch, std::span<const MlpWeights> experts, Tensor out, Workspace& workspace,
+                   Tensor gate, Tensor up) const override {
+    const auto n_experts = static_cast<std::int64_t>(experts.size());
+    if (static_cast<std::int64_t>(dispatch.offsets.size()) != n_experts + 1)
+      fail("moe_experts: a dispatch over {} experts for {} experts", dispatch.offsets.size() - 1, n_experts);
+    check_shape("moe_experts", dispatch.rows, out);
+    const std::int64_t total = dispatch.rows.rows;
+    if (total == 0) return;
+    const std::int64_t intermediate = experts[0].gate_proj.rows;
+    Workspace::Scope scope(workspace);
+    if (gate.data == nullptr) gate = workspace.tensor(total, intermediate);
+    if (up.data == nullptr) up = workspace.tensor(total, intermediate);
+    if (gate.rows != total || gate.cols != intermediate || up.rows != total || up.cols != intermediate)
+      fail("moe_experts: gate and up of [{}, {}] and [{}, {}], [{}, {}] wanted", gate.rows, gate.cols, up.rows, up.cols,
+           total, intermediate);
+    Tensor act = workspace.tensor(total, intermediate);
+    std::span<std::int64_t> active = workspace.array<std::int64_t>(n_experts);
+    std::int64_t count = 0;
+    for (std::int64_t e = 0; e < n_experts; ++e)
+      if (dispatch.offsets[e + 1] > dispatch.offsets[e]) active[count++] = e;
+    auto run = [&](std::int64_t e) {
+      const std::int64_t begin = dispatch.offsets[e], end = dispatch.offsets[e + 1];
+      swiglu_mlp(*this, experts[e], dispatch.rows.row_range(begin, end), gate.row_range(begin, end),
+                 up.row_range(begin, end), act.row_range(begin, end), out.row_range(begin, end));
+    };
+    // With several experts per core, one task per expert (its small matrices on one core) beats
+    // splitting each small matrix across the cores and meeting three times per expert.
+    ThreadPool& pool = ThreadPool::global();
+    if (count >= 2 * pool.size()) {
+      pool.parallel_for(count, 1, [&](std::int64_t first, std::int64_t last) {
+        for (std::int64_t i = first; i < last; ++i) run(active[i]);
+      });
+    } else {
+      for (std::int64_t i = 0; i < count; ++i) run(active[i]);
+    }
+  }
+
+  void moe_combine(const Dispatch& dispatch, std::span<const float> weights, Tensor out, Tensor y) const override {
+    check_shape("moe_combine", dispatch.rows, out);
+    if (static_cast<std::int64_t>(weights.size()) != out.rows || y.rows * dispatch.top_k != out.rows || y.cols != out.cols)
+      fail("moe_combine: {} weights and [{}, {}] expert rows into [{}, {}]", weights.size(), out.rows, out.cols, y.rows,
+           y.cols);
+    // Rows are in expert order: the sum's order does not depend on how experts were scheduled.
+    for (std::int64_t row = 0; row < out.rows; ++row) {
+      const std::int64_t slot = dispatch.slots[row];
+      float* target = y.row(slot / dispatch.top_k);
+      const float* source = out.row(row);
+      const float gate = weights[slot];
+      for (std::int64_t i = 0; i < y.cols; ++i) target[i] += gate * source[i];
+    }
+  }
+
+  void matmul(const float* a, const float* b, float* c, const MatmulShape& shape) const override {
+    kernels::matmul(a, b, c, shape);
+  }
+};
+
+}  // namespace
+
+const Backend& default_backend() {
+  static const CpuBackend backend;
+  return backend;
+}
+
+}  // namespace dsv3::kernels
