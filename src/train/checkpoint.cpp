@@ -2,8 +2,10 @@
 // read), plus what only training needs to continue exactly: FP32 master weights (the exported BF16
 // weights are lossy), router biases, AdamW moments, and the step / data / RNG state.
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -51,6 +53,29 @@ void sync_path(const fs::path& path) {
   if (result != 0) fail("{}: fsync failed", path.string());
 }
 
+// The writer's process id of a ".tmp-<name>-<pid>" or ".old-<name>-<pid>" entry, with its
+// prefix and <name>; nullopt for any other name.
+struct Leftover {
+  std::string kind;  // ".tmp-" or ".old-"
+  std::string name;
+  pid_t pid = 0;
+};
+std::optional<Leftover> parse_leftover(const std::string& filename) {
+  for (const char* kind : {".tmp-", ".old-"}) {
+    if (!filename.starts_with(kind)) continue;
+    const std::size_t dash = filename.rfind('-');
+    if (dash <= 5 || dash + 1 == filename.size()) return std::nullopt;
+    const std::string digits = filename.substr(dash + 1);
+    if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return Leftover{kind, filename.substr(5, dash - 5), static_cast<pid_t>(std::stol(digits))};
+  }
+  return std::nullopt;
+}
+
+// Whether the writer may still be at work: this process (another thread may be saving), or a
+// process that still exists.
+bool writer_running(pid_t pid) { return pid == ::getpid() || ::kill(pid, 0) == 0 || errno == EPERM; }
+
 void read_f32(const TensorStore& store, const std::string& name, std::vector<float>& target) {
   const TensorView& view = store.require(name);
   if (view.dtype != DType::F32 || view.nbytes != target.size() * sizeof(float))
@@ -93,10 +118,28 @@ void export_model(const TrainableModel& model, const fs::path& dir, DType dtype)
   write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
+void clean_interrupted_checkpoints(const fs::path& root) {
+  if (!fs::is_directory(root)) return;
+  std::vector<std::pair<fs::path, Leftover>> leftovers;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const auto leftover = parse_leftover(entry.path().filename().string());
+    if (leftover && entry.is_directory() && !writer_running(leftover->pid)) leftovers.emplace_back(entry.path(), *leftover);
+  }
+  for (const auto& [path, leftover] : leftovers) {
+    if (leftover.kind == ".old-" && !fs::exists(root / leftover.name)) {
+      // Interrupted between moving the old checkpoint aside and publishing the new one.
+      fs::rename(path, root / leftover.name);
+    } else {
+      fs::remove_all(path);
+    }
+  }
+}
+
 void write_checkpoint(const fs::path& dir, const TrainableModel& model, const AdamW& optimizer,
                       const nlohmann::json& state, DType dtype, const fs::path& tokenizer_dir) {
   const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
   fs::create_directories(parent);
+  clean_interrupted_checkpoints(parent);
   const fs::path temporary = parent / fmt::format(".tmp-{}-{}", dir.filename().string(), ::getpid());
   fs::remove_all(temporary);
   try {
