@@ -2,12 +2,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <charconv>
 #include <fstream>
 #include <iostream>
 #include <memory>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -42,25 +42,6 @@ int run_chat(const Tokenizer& tokenizer, const TokenizeOptions& options) {
   const std::string text = render_chat_template(tokenizer.chat_template(), context);
   std::cout << text << '\n' << fmt::format("{}", fmt::join(tokenizer.encode_chat(text), ",")) << '\n';
   return 0;
-}
-
-// "12, 7,0" -> {12, 7, 0}; errors name the bad item.
-std::vector<std::int32_t> parse_ids(const std::string& list) {
-  std::vector<std::int32_t> ids;
-  std::size_t start = 0;
-  while (start <= list.size()) {
-    std::size_t comma = std::min(list.find(',', start), list.size());
-    std::string item = list.substr(start, comma - start);
-    std::size_t first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
-    item = first == std::string::npos ? "" : item.substr(first, last - first + 1);
-    std::int32_t id = 0;
-    auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), id);
-    if (item.empty() || error != std::errc() || end != item.data() + item.size())
-      fail("--text: \"{}\" is not a token id (with --decode, --text is a comma-separated list of ids)", item);
-    ids.push_back(id);
-    start = comma + 1;
-  }
-  return ids;
 }
 
 int run_jsonl(const Tokenizer& tokenizer, const TokenizeOptions& options) {
@@ -102,7 +83,7 @@ int run(const TokenizeOptions& options) {
   if (!options.jsonl.empty()) return run_jsonl(tokenizer, options);
   if (!options.chat.empty()) return run_chat(tokenizer, options);
   if (options.decode) {
-    std::cout << tokenizer.decode(parse_ids(options.text)) << '\n';
+    std::cout << tokenizer.decode(parse_token_ids("--text", options.text)) << '\n';
     return 0;
   }
   std::vector<std::int32_t> ids = tokenizer.encode(options.text, options.bos);
