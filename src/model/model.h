@@ -87,9 +87,6 @@ struct ParameterCount {
 };
 ParameterCount count_parameters(const ModelConfig& config);
 
-// Bytes of the latent KV cache per token: (kv_lora_rank + qk_rope_head_dim) per layer.
-std::int64_t kv_cache_bytes_per_token(const ModelConfig& config, std::int64_t bytes_per_value);
-
 }  // namespace dsv3
 
 namespace dsv3 {

@@ -58,8 +58,4 @@ ParameterCount count_parameters(const ModelConfig& c) {
   return count;
 }
 
-std::int64_t kv_cache_bytes_per_token(const ModelConfig& c, std::int64_t bytes_per_value) {
-  return c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * bytes_per_value;
-}
-
 }  // namespace dsv3
