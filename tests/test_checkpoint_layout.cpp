@@ -1,13 +1,19 @@
-// The one checkpoint-layout table, and the parameter count as the sum over it. (Random init is
-// checked against it in test_init.cpp.)
+// The one checkpoint-layout table and its users: the parameter count is the sum over it, the
+// trainable model holds exactly its parameters, export writes exactly its tensors. (The loader and
+// random init are checked against it in test_weights.cpp and test_init.cpp.)
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "core/numeric.h"
 #include "io/checkpoint_layout.h"
+#include "model/weights.h"
 #include "support.h"
+#include "train_support.h"
 
 namespace dsv3 {
 namespace {
@@ -29,6 +35,22 @@ ModelConfig tiny_variant() {
   config["num_nextn_predict_layers"] = 2;
   config["n_shared_experts"] = 0;
   return ModelConfig::from_json(config);
+}
+
+// A stored tensor's values as float32 (the fixture holds BF16, its router biases F32).
+std::vector<float> values_of(const TensorView& view) {
+  std::vector<float> values(static_cast<std::size_t>(view.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (view.dtype == DType::F32) {
+      std::memcpy(&values[i], view.data + 4 * i, 4);
+    } else {
+      EXPECT_EQ(view.dtype, DType::BF16) << view.name;
+      std::uint16_t bits;
+      std::memcpy(&bits, view.data + 2 * i, 2);
+      values[i] = bf16_to_float(bits);
+    }
+  }
+  return values;
 }
 
 std::vector<ModelConfig> configs() {
@@ -97,6 +119,64 @@ TEST(CheckpointLayout, DeepSeekV3CountsFromItsShapes) {
   EXPECT_EQ(count.read_per_token, count.activated - vocab * h);
   EXPECT_EQ(count.mtp, moe_layer_total + 2 * h * h + 3 * h);
   EXPECT_EQ(count.mtp, 11'610'068'224);
+}
+
+TEST(CheckpointLayout, TrainableModelHasExactlyTheTablesParameters) {
+  const ModelConfig c = ModelConfig::from_json(test::tiny_config_json(64));
+  auto model = train::TrainableModel::initialise(c, 1);
+  model.set_fp8_gemms(true);
+  std::set<std::string> expected, biases;
+  for (const CheckpointTensor& t : checkpoint_layout(c)) {
+    if (!t.copy_of.empty()) continue;  // shared with the main embedding and head
+    if (t.kind == Kind::router_bias) {
+      const auto& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
+      ASSERT_TRUE(layer.moe) << t.name;
+      EXPECT_EQ(static_cast<std::int64_t>(layer.moe->e_score_correction_bias.size()), t.numel()) << t.name;
+      biases.insert(t.name);
+      continue;
+    }
+    expected.insert(t.name);
+    const train::Parameter& p = model.parameter(t.name);
+    EXPECT_EQ(p.shape, t.shape) << t.name;
+    EXPECT_EQ(p.fp8_gemm, t.fp8_in_official_checkpoints) << t.name;
+  }
+  std::set<std::string> ours;
+  for (const auto& [name, p] : model.parameters) ours.insert(name);
+  EXPECT_EQ(ours, expected);
+  EXPECT_EQ(biases.size(), 2u);  // layer 1 and the MTP layer 2
+}
+
+// from_weights fills every parameter from the tensor of the same name, and export writes the
+// table back: every tensor of the layout, nothing else, the MTP copies included.
+TEST(CheckpointLayout, TrainingReadsAndWritesExactlyTheTable) {
+  const Weights weights = Weights::load(test::tiny_model_dir());
+  const auto model = train::TrainableModel::from_weights(weights);
+  const auto layout = checkpoint_layout(weights.config);
+  for (const CheckpointTensor& t : layout) {
+    if (!t.copy_of.empty()) continue;
+    const TensorView& stored = weights.store.require(t.name);
+    const std::vector<float> values = values_of(stored);
+    if (t.kind == Kind::router_bias) {
+      const auto& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
+      EXPECT_EQ(layer.moe->e_score_correction_bias, values) << t.name;
+    } else {
+      EXPECT_EQ(model.parameters.at(t.name).value, values) << t.name;
+    }
+  }
+  const auto dir = test::temp_dir("export");
+  train::export_model(model, dir, DType::F32);
+  const TensorStore exported = TensorStore::open(dir);
+  const std::vector<std::string> stored_names = exported.names();
+  const std::set<std::string> names(stored_names.begin(), stored_names.end());
+  std::set<std::string> expected;
+  for (const CheckpointTensor& t : layout) {
+    expected.insert(t.name);
+    if (const TensorView* view = exported.find(t.name)) {
+      EXPECT_EQ(view->shape, t.shape) << t.name;
+    }
+  }
+  EXPECT_EQ(names, expected);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
