@@ -25,14 +25,11 @@ template <typename Model>
 auto router_biases(Model& model) {
   using Bias = decltype(&model.layers[0].moe->e_score_correction_bias);
   std::vector<std::pair<std::string, Bias>> biases;
-  auto add = [&](auto& layer, std::int64_t index) {
-    if (layer.moe)
-      biases.emplace_back(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", index),
-                          &layer.moe->e_score_correction_bias);
-  };
-  for (std::size_t i = 0; i < model.layers.size(); ++i) add(model.layers[i], static_cast<std::int64_t>(i));
-  for (std::size_t d = 0; d < model.mtp.size(); ++d)
-    add(model.mtp[d].layer, model.config.num_hidden_layers + static_cast<std::int64_t>(d));
+  for (const CheckpointTensor& t : checkpoint_layout(model.config)) {
+    if (t.kind != CheckpointTensor::Kind::router_bias) continue;
+    auto& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
+    biases.emplace_back(t.name, &layer.moe->e_score_correction_bias);
+  }
   return biases;
 }
 
@@ -106,12 +103,13 @@ void export_model(const TrainableModel& model, const fs::path& dir, DType dtype)
     for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(p.value[i]);
     tensors.push_back({name, DType::BF16, p.shape, std::as_bytes(std::span(bits))});
   };
-  for (const auto& [name, p] : model.parameters) add(name, p);
-  // The released checkpoints carry the shared embedding and head again inside each MTP layer.
-  for (std::size_t d = 0; d < model.mtp.size(); ++d) {
-    const std::string prefix = fmt::format("model.layers.{}.", model.config.num_hidden_layers + static_cast<std::int64_t>(d));
-    add(prefix + "embed_tokens.weight", *model.embed_tokens);
-    add(prefix + "shared_head.head.weight", *model.lm_head);
+  // Every tensor of the layout but the router biases (below); the MTP modules' copies of the
+  // shared embedding and head are written again, as the released checkpoints carry them.
+  for (const CheckpointTensor& t : checkpoint_layout(model.config)) {
+    if (t.kind == CheckpointTensor::Kind::router_bias) continue;
+    const auto p = model.parameters.find(t.copy_of.empty() ? t.name : t.copy_of);
+    if (p == model.parameters.end()) fail("export_model: the model has no parameter {}", t.name);
+    add(t.name, p->second);
   }
   for (const auto& [name, bias] : router_biases(model))
     tensors.push_back(tensor_to_write(name, {static_cast<std::int64_t>(bias->size())}, *bias));
