@@ -3,12 +3,18 @@
 //   jinja_lexer.cpp   template text -> tokens (text runs, tag delimiters, expression tokens)
 //   jinja_parser.cpp  tokens -> a tree of statements and expressions
 //   jinja_eval.cpp    tree + context -> output text; jinja_builtins.cpp holds filters, tests, methods
-// Values are nlohmann::json, plus two things JSON cannot express: Jinja's `undefined`, and
-// `namespace()` objects, which `{% set ns.attr = ... %}` mutates from inside loop scopes.
+// Values are nlohmann::ordered_json (Python dicts keep insertion order, and `tojson` of tool
+// arguments must too), plus what JSON cannot express: Jinja's `undefined`, `namespace()` objects
+// (which `{% set ns.attr = ... %}` mutates from inside loop scopes), the `loop` object and macros.
+// Templates are untrusted (they come with model folders and from clients), so every resource a
+// template can grow is bounded by a limit below, reported as an error naming line and column.
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <cstdint>
+#include <ctime>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -16,7 +22,22 @@
 
 namespace dsv3::jinja {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
+
+// Bounds on what a template may use. The range bound is Jinja2's sandbox MAX_RANGE; the others
+// are far above what any published chat template needs and low enough that a hostile template
+// fails in well under a second, without exhausting the stack or memory.
+struct Limits {
+  static constexpr std::size_t nesting = 100;            // parser: nested blocks/brackets/operators
+  static constexpr std::size_t value_depth = 200;         // nested lists/dicts in one value
+  static constexpr std::size_t call_depth = 64;           // macro calls inside macro calls
+  static constexpr std::size_t loop_iterations = 1'000'000;  // all loops of one render together
+  static constexpr std::size_t steps = 10'000'000;        // evaluated nodes in one render
+  static constexpr std::size_t range = 100'000;           // items of one range()
+  static constexpr std::size_t string_bytes = 16u << 20;  // one string value
+  static constexpr std::size_t value_bytes = 64u << 20;   // one list or dict (estimated)
+  static constexpr std::size_t output_bytes = 64u << 20;  // the rendered text
+};
 
 // A byte offset into the template; turned into line and column only when an error is reported.
 using Offset = std::size_t;
@@ -60,6 +81,7 @@ struct Expr {
     literal,      // value
     name,         // name
     list,         // args
+    tuple,        // args (a list that prints as a Python tuple)
     dict,         // args: key0, value0, key1, value1, ...
     attribute,    // args[0].name
     subscript,    // args[0][args[1]]
@@ -69,6 +91,7 @@ struct Expr {
     test,         // args[0] is [not] name(args[1..])
     unary,        // name in {not, -, +} applied to args[0]
     binary,       // args[0] name args[1]; name is an operator, `and`, `or`, `in`, `not in`
+    compare,      // args[0] ops[0] args[1] ops[1] args[2]...: Python's chained comparison
     conditional,  // args[0] if args[1] else args[2] (args[2] may be null)
   };
   Kind kind;
@@ -77,7 +100,9 @@ struct Expr {
   std::string name;
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
+  std::vector<std::string> ops;  // compare: the operators between args
   bool negated = false;
+  std::size_t depth = 1;  // of the tree below, bounded so evaluating and freeing it cannot overflow the stack
 };
 
 struct Node;
@@ -91,6 +116,12 @@ struct Node {
     for_loop,   // for targets in expr [if filter]: body [else: else_body]
     set,        // set targets = expr (several targets unpack a sequence)
     set_attr,   // set targets[0].attribute = expr
+    set_block,  // set targets[0] [| filters in expr] %} body {% endset: the rendered body
+    macro,      // macro name(targets..., with defaults in defaults) body
+    call_block, // call expr (a macro call) with body as `caller()`
+    filter_block,  // filter: expr applies filters to the rendered body (expr's innermost input is null)
+    with_block,    // with targets = defaults...: body, in a scope of its own
+    generation,    // transformers' {% generation %}: renders its body
     loop_break,
     loop_continue,
   };
@@ -101,6 +132,7 @@ struct Node {
   ExprPtr expr;
   ExprPtr filter;
   std::vector<std::string> targets;
+  std::vector<ExprPtr> defaults;
   std::string attribute;
   std::vector<std::pair<ExprPtr, Body>> branches;
   Body body;
@@ -109,11 +141,21 @@ struct Node {
 
 Body parse(std::string_view source, const std::vector<Token>& tokens);
 
-// The runtime value: JSON data, Jinja's undefined, or a shared mutable namespace object.
+// A for loop's state that the `loop` object reads; shared by the iterations of one loop.
+struct LoopState;
+
+// The runtime value: JSON data, Jinja's undefined, a shared mutable namespace, a loop object, or
+// a macro (a callable pointing into the parsed template, which outlives every render).
 struct Value {
   json data;
   std::shared_ptr<json> namespace_object;
+  std::shared_ptr<LoopState> loop;
+  std::size_t loop_index0 = 0;
+  std::size_t loop_length = 0;
+  const Node* macro = nullptr;
   bool undefined = false;
+  bool tuple = false;          // a list that prints as a Python tuple: (1, 2)
+  bool tuple_items = false;    // a list of pairs that print as tuples: dict.items(), dictsort
   std::string undefined_name;  // what was looked up, for error messages
 
   Value() = default;
@@ -124,7 +166,15 @@ struct Value {
     value.undefined_name = std::move(name);
     return value;
   }
+  static Value make_tuple(json items) {
+    Value value(std::move(items));
+    value.tuple = true;
+    return value;
+  }
   bool is_namespace() const { return namespace_object != nullptr; }
+  bool is_loop() const { return loop != nullptr; }
+  bool is_macro() const { return macro != nullptr; }
+  bool is_data() const { return !undefined && !namespace_object && !loop && !macro; }
   // The JSON view; a namespace becomes its attributes, undefined becomes null.
   json to_json() const;
 };
@@ -133,9 +183,29 @@ struct Value {
 bool truthy(const Value& value);
 std::string to_display_string(const Value& value);  // Python's str(): what {{ }} prints
 std::string python_repr(const json& value);         // Python's repr(), used inside lists and dicts
-// HF's tojson: json.dumps(ensure_ascii=False), no key sorting beyond nlohmann's own order.
-std::string to_json_text(const json& value, int indent);
+std::string type_name(const Value& value);          // Python's name for the type, for messages
+// Python's == and <, on JSON values: numbers and booleans compare by value, lists element-wise;
+// python_less throws BuiltinError where Python raises TypeError (e.g. 1 < 'a').
+bool python_equal(const json& a, const json& b);
+bool python_less(const json& a, const json& b);
+// HF's tojson: json.dumps(ensure_ascii=False) keeping insertion order, with json.dumps's
+// indent, separators and sort_keys.
+struct JsonStyle {
+  int indent = -1;  // -1: one line
+  std::string item_separator = ", ";
+  std::string key_separator = ": ";
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+};
+std::string to_json_text(const json& value, const JsonStyle& style = {});
 std::vector<std::string> utf8_characters(const std::string& text);
+// Throws BuiltinError when `value` nests deeper than Limits::value_depth or its estimated size
+// passes Limits::value_bytes; returns the estimated size in bytes.
+std::size_t check_value_size(const json& value);
+// Python int semantics on 64 bits: an integer (or boolean) view of a JSON number, and checked
+// arithmetic that throws BuiltinError instead of overflowing.
+bool integer_of(const json& value, std::int64_t& out);
+std::int64_t checked_integer(const json& value, const char* what);
 
 // Raised by builtins; the evaluator adds the position of the call.
 struct BuiltinError {
@@ -145,14 +215,32 @@ struct BuiltinError {
 using Arguments = std::vector<Value>;
 using KeywordArguments = std::vector<std::pair<std::string, Value>>;
 
+// Filters and tests that need to call back into the renderer (map with a filter name, select with
+// a test) get it through this.
+class Interpreter {
+ public:
+  virtual ~Interpreter() = default;
+  virtual Value filter(const std::string& name, const Value& input, const Arguments& args,
+                       const KeywordArguments& kwargs) = 0;
+  virtual bool test(const std::string& name, const Value& input, const Arguments& args) = 0;
+  virtual std::time_t now() const = 0;
+};
+
 bool has_filter(const std::string& name);
-Value apply_filter(const std::string& name, const Value& input, const Arguments& args,
+Value apply_filter(Interpreter& interpreter, const std::string& name, const Value& input, const Arguments& args,
                    const KeywordArguments& kwargs);
 bool has_test(const std::string& name);
-bool apply_test(const std::string& name, const Value& input, const Arguments& args);
-Value call_method(const Value& object, const std::string& method, const Arguments& args,
+bool apply_test(Interpreter& interpreter, const std::string& name, const Value& input, const Arguments& args);
+Value call_method(Interpreter& interpreter, const Value& object, const std::string& method, const Arguments& args,
                   const KeywordArguments& kwargs);
+std::string strftime_text(const std::string& format, std::time_t now);
+// Python's `format % args`, also the `format` filter.
+std::string percent_format(const std::string& format, const Arguments& args, const KeywordArguments& kwargs);
 
-std::string render(std::string_view source, const Body& body, const json& context);
+struct RenderOptions {
+  std::optional<std::time_t> now;  // the clock strftime_now reads; the current time when absent
+};
+
+std::string render(std::string_view source, const Body& body, const json& context, const RenderOptions& options);
 
 }  // namespace dsv3::jinja
