@@ -24,8 +24,9 @@ class Parser {
   }
 
  private:
-  // Bounds the parser's recursion (nested blocks, brackets, `not`, unary minus, conditionals), so
-  // a hostile template fails with an error instead of overflowing the stack.
+  // Bounds the parser's recursion, so a hostile template fails with an error instead of
+  // overflowing the stack: counted once per statement block, once per expression (so once per
+  // bracket, call or subscript, which hold expressions), and per `not` and unary sign.
   class Nesting {
    public:
     Nesting(Parser& parser, Offset where) : parser_(parser) {
@@ -514,7 +515,6 @@ class Parser {
       }
       case TokenKind::op:
         if (token.text == "(") {
-          Nesting nesting(*this, token.where);
           if (accept_op(")")) return finish(make(Expr::Kind::tuple, token.where));
           ExprPtr inner = parse_expression();
           if (at_op(",")) {  // a tuple
@@ -527,7 +527,6 @@ class Parser {
           return inner;
         }
         if (token.text == "[") {
-          Nesting nesting(*this, token.where);
           ExprPtr list = make(Expr::Kind::list, token.where);
           while (!at_op("]")) {
             list->args.push_back(parse_expression());
@@ -537,7 +536,6 @@ class Parser {
           return finish(std::move(list));
         }
         if (token.text == "{") {
-          Nesting nesting(*this, token.where);
           ExprPtr dict = make(Expr::Kind::dict, token.where);
           while (!at_op("}")) {
             dict->args.push_back(parse_expression());
@@ -575,7 +573,6 @@ class Parser {
 
   ExprPtr parse_subscript(ExprPtr object) {
     const Offset where = next().where;
-    Nesting nesting(*this, where);
     ExprPtr parts[3];
     int part = 0;
     bool is_slice = false;
@@ -607,7 +604,6 @@ class Parser {
   ExprPtr parse_call(ExprPtr callee, Expr::Kind kind, std::string name) {
     ExprPtr expr = make(kind, callee->where, std::move(name));
     expr->args.push_back(std::move(callee));
-    Nesting nesting(*this, peek().where);
     expect_op("(");
     while (!at_op(")")) {
       if (peek().kind == TokenKind::name && peek(1).kind == TokenKind::op && peek(1).text == "=") {
