@@ -426,7 +426,9 @@ class Renderer final : public Interpreter {
       }
       case Expr::Kind::test: {
         const Value input = eval(*expr.args[0]);
-        auto [args, kwargs] = eval_arguments(expr);
+        auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
+        Arguments& args = arguments.first;
+        KeywordArguments& kwargs = arguments.second;
         if (!kwargs.empty()) error(expr.where, "test '" + expr.name + "' takes no keyword arguments");
         current_ = expr.where;
         return Value(guard(expr.where, [&] { return apply_test(*this, expr.name, input, args); },
@@ -451,7 +453,9 @@ class Renderer final : public Interpreter {
   }
 
   Value eval_filter(const Expr& expr, const Value& input) {
-    auto [args, kwargs] = eval_arguments(expr);
+    auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
+    Arguments& args = arguments.first;
+    KeywordArguments& kwargs = arguments.second;
     current_ = expr.where;
     Value result = guard(expr.where, [&] { return apply_filter(*this, expr.name, input, args, kwargs); },
                          "filter '" + expr.name + "': ");
@@ -585,7 +589,9 @@ class Renderer final : public Interpreter {
     if (callee.kind == Expr::Kind::attribute) {
       const Value object = eval(*callee.args[0]);
       require_defined(object, callee.where);
-      auto [args, kwargs] = eval_arguments(expr);
+      auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
+      Arguments& args = arguments.first;
+      KeywordArguments& kwargs = arguments.second;
       current_ = callee.where;
       if (object.is_loop()) return call_loop_method(object, callee.name, args, callee.where);
       // A namespace or dict may hold a macro under that name; otherwise it is a method.
@@ -597,7 +603,9 @@ class Renderer final : public Interpreter {
                    type_name(object) + "." + callee.name + "(): ");
     }
     const Value function = callee.kind == Expr::Kind::name ? eval(callee) : eval(callee);
-    auto [args, kwargs] = eval_arguments(expr);
+    auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
+    Arguments& args = arguments.first;
+    KeywordArguments& kwargs = arguments.second;
     if (function.is_macro()) return call_macro(function, args, kwargs, expr.where);
     if (callee.kind == Expr::Kind::name && function.undefined) return call_global(callee.name, args, kwargs, expr.where);
     if (function.undefined) error(callee.where, "'" + function.undefined_name + "' is undefined");
