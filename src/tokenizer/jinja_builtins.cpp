@@ -463,13 +463,23 @@ bool is_python_space(char c) {
          c == '\x1e' || c == '\x1f';
 }
 
+// Python's str.isspace() for one character: ASCII whitespace, the separators \x1c-\x1f and
+// Unicode's spaces (no-break space, the U+2000 block, ideographic space, line separators...).
+bool is_space_character(const std::string& c) {
+  if (c.size() == 1) return is_python_space(c[0]);
+  std::size_t i = 0;
+  const std::uint32_t code = next_code_point(c, i);
+  return code == 0x85 || code == 0xA0 || code == 0x1680 || (code >= 0x2000 && code <= 0x200A) || code == 0x2028 ||
+         code == 0x2029 || code == 0x202F || code == 0x205F || code == 0x3000;
+}
+
 std::string strip(const std::string& text, const Value& chars, bool left, bool right) {
   const bool whitespace = chars.undefined || (chars.is_data() && chars.data.is_null());
   std::vector<std::string> set;
   if (!whitespace) set = utf8_characters(expect_string(chars, "chars").get<std::string>());
   const auto characters = utf8_characters(text);
   auto strips = [&](const std::string& c) {
-    if (whitespace) return c.size() == 1 && is_python_space(c[0]);
+    if (whitespace) return is_space_character(c);
     return std::find(set.begin(), set.end(), c) != set.end();
   };
   std::size_t begin = 0;
@@ -491,37 +501,46 @@ void check_list_size(const json& list) {
 json split(const std::string& text, const Value& separator, std::int64_t max_splits, bool from_right) {
   json parts = json::array();
   if (separator.undefined || (separator.is_data() && separator.data.is_null())) {
+    // Runs of whitespace separate words; leading and trailing whitespace makes no empty word.
+    const std::vector<std::string> characters = utf8_characters(text);
+    const std::size_t n = characters.size();
+    auto space = [&](std::size_t i) { return is_space_character(characters[i]); };
+    auto join = [&](std::size_t begin, std::size_t end) {
+      std::string word;
+      for (std::size_t i = begin; i < end; ++i) word += characters[i];
+      return word;
+    };
     std::vector<std::string> words;
     if (!from_right) {
       std::size_t i = 0;
       while (true) {
-        while (i < text.size() && is_python_space(text[i])) ++i;
-        if (i == text.size()) break;
+        while (i < n && space(i)) ++i;
+        if (i == n) break;
         if (max_splits >= 0 && static_cast<std::int64_t>(words.size()) == max_splits) {
-          std::size_t end = text.size();
-          while (end > i && is_python_space(text[end - 1])) --end;
-          words.push_back(text.substr(i, end - i));
+          std::size_t end = n;
+          while (end > i && space(end - 1)) --end;
+          words.push_back(join(i, end));
           break;
         }
         std::size_t end = i;
-        while (end < text.size() && !is_python_space(text[end])) ++end;
-        words.push_back(text.substr(i, end - i));
+        while (end < n && !space(end)) ++end;
+        words.push_back(join(i, end));
         i = end;
       }
     } else {
-      std::size_t i = text.size();
+      std::size_t i = n;
       while (true) {
-        while (i > 0 && is_python_space(text[i - 1])) --i;
+        while (i > 0 && space(i - 1)) --i;
         if (i == 0) break;
         if (max_splits >= 0 && static_cast<std::int64_t>(words.size()) == max_splits) {
           std::size_t begin = 0;
-          while (begin < i && is_python_space(text[begin])) ++begin;
-          words.push_back(text.substr(begin, i - begin));
+          while (begin < i && space(begin)) ++begin;
+          words.push_back(join(begin, i));
           break;
         }
         std::size_t begin = i;
-        while (begin > 0 && !is_python_space(text[begin - 1])) --begin;
-        words.push_back(text.substr(begin, i - begin));
+        while (begin > 0 && !space(begin - 1)) --begin;
+        words.push_back(join(begin, i));
         i = begin;
       }
       std::reverse(words.begin(), words.end());
@@ -1007,11 +1026,17 @@ const std::map<std::string, Filter>& filters() {
        }},
       {"first", [](I&, const Value& in, const A&, const K&) {
          const json list = as_list(in);
-         return list.empty() ? Value::make_undefined("first") : Value(list.front());
+         if (list.empty()) return Value::make_undefined("first");
+         Value item(list.front());
+         item.tuple = in.tuple_items && item.data.is_array();
+         return item;
        }},
       {"last", [](I&, const Value& in, const A&, const K&) {
          const json list = as_list(in);
-         return list.empty() ? Value::make_undefined("last") : Value(list.back());
+         if (list.empty()) return Value::make_undefined("last");
+         Value item(list.back());
+         item.tuple = in.tuple_items && item.data.is_array();
+         return item;
        }},
       {"reverse", [](I&, const Value& in, const A&, const K&) {
          if (in.is_data() && in.data.is_string()) {

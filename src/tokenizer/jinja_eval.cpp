@@ -319,7 +319,10 @@ class Renderer final : public Interpreter {
     const json& data = iterable.data;
     if (data.is_array()) {
       items.reserve(data.size());
-      for (const auto& item : data) items.emplace_back(item);
+      for (const auto& item : data) {
+        items.emplace_back(item);
+        items.back().tuple = iterable.tuple_items && item.is_array();  // the pairs of dict.items()
+      }
     } else if (data.is_object()) {
       for (const auto& [key, unused] : data.items()) items.emplace_back(key);  // dicts iterate keys
     } else if (data.is_string()) {
@@ -518,8 +521,10 @@ class Renderer final : public Interpreter {
     std::int64_t index = 0;
     if ((data.is_array() || data.is_string()) && (key.is_number_integer() || key.is_boolean()) && integer_of(key, index)) {
       if (data.is_array()) {
-        return normalise_index(index, data.size()) ? Value(data[static_cast<std::size_t>(index)])
-                                                   : Value::make_undefined(name);
+        if (!normalise_index(index, data.size())) return Value::make_undefined(name);
+        Value item(data[static_cast<std::size_t>(index)]);
+        item.tuple = object.tuple_items && item.data.is_array();  // a pair of dict.items()
+        return item;
       }
       const auto characters = utf8_characters(data.get<std::string>());
       return normalise_index(index, characters.size()) ? Value(characters[static_cast<std::size_t>(index)])
