@@ -152,7 +152,9 @@ struct Value {
   std::shared_ptr<LoopState> loop;
   std::size_t loop_index0 = 0;
   std::size_t loop_length = 0;
-  const Node* macro = nullptr;
+  const Node* macro = nullptr;  // a macro, or a {% call %} block as `caller`
+  std::size_t caller_scopes = 0;  // caller: how many scopes its call site had, and its macro floor
+  std::size_t caller_floor = 0;
   bool undefined = false;
   bool tuple = false;          // a list that prints as a Python tuple: (1, 2)
   bool tuple_items = false;    // a list of pairs that print as tuples: dict.items(), dictsort

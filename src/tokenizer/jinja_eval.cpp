@@ -268,7 +268,21 @@ class Renderer final : public Interpreter {
         set_variable(node.attribute, std::move(macro));
         return Flow::normal;
       }
-      case Node::Kind::call_block: error(node.where, "{% call %} blocks are not supported");
+      case Node::Kind::call_block: {
+        // {% call m(args) %}body{% endcall %}: m runs with `caller` bound to the body, which sees
+        // the scopes of this call site when m calls it.
+        const Expr& call = *node.expr;
+        const Value callee = eval(*call.args[0]);
+        if (!callee.is_macro()) error(call.where, "{% call %} needs a macro, got " + type_name(callee));
+        auto arguments = eval_arguments(call);
+        Value caller;
+        caller.macro = &node;
+        caller.caller_scopes = scopes_.size();
+        caller.caller_floor = scope_floor_;
+        const Value text = call_macro(callee, arguments.first, arguments.second, call.where, &caller);
+        emit(text.data.get<std::string>(), node.where);
+        return Flow::normal;
+      }
       case Node::Kind::loop_break: return Flow::loop_break;
       case Node::Kind::loop_continue: return Flow::loop_continue;
     }
@@ -634,8 +648,11 @@ class Renderer final : public Interpreter {
     error(where, "'loop." + name + "' is not callable");
   }
 
-  Value call_macro(const Value& function, const Arguments& args, const KeywordArguments& kwargs, Offset where) {
+  Value call_macro(const Value& function, const Arguments& args, const KeywordArguments& kwargs, Offset where,
+                   const Value* caller = nullptr) {
     const Node& macro = *function.macro;
+    if (macro.kind == Node::Kind::call_block && function.caller_scopes > scopes_.size())
+      error(where, "caller() is called outside the macro it was given to");
     if (call_depth_ >= Limits::call_depth)
       error(where, "macro '" + macro.attribute + "' called more than " + std::to_string(Limits::call_depth) +
                        " levels deep (recursion)");
@@ -653,6 +670,8 @@ class Renderer final : public Interpreter {
     }
     scope["varargs"] = Value::make_tuple(json::array());
     scope["kwargs"] = Value(json::object());
+    if (caller) scope["caller"] = *caller;
+    if (macro.kind == Node::Kind::call_block) return call_caller(function, std::move(scope));
     struct Frame {
       Renderer& r;
       std::size_t floor;
@@ -673,6 +692,29 @@ class Renderer final : public Interpreter {
           macro.defaults[i] ? eval(*macro.defaults[i]) : Value::make_undefined(macro.targets[i]);
     }
     return Value(capture(macro.body));
+  }
+
+  // Runs a {% call %} body: the scopes above its call site (the macro's) are set aside meanwhile.
+  Value call_caller(const Value& function, Scope scope) {
+    const Node& block = *function.macro;
+    std::vector<Scope> set_aside(std::make_move_iterator(scopes_.begin() + static_cast<std::ptrdiff_t>(function.caller_scopes)),
+                                 std::make_move_iterator(scopes_.end()));
+    scopes_.resize(function.caller_scopes);
+    const std::size_t floor = scope_floor_;
+    scope_floor_ = function.caller_floor;
+    ++call_depth_;
+    scopes_.push_back(std::move(scope));
+    for (std::size_t i = 0; i < block.targets.size(); ++i) {
+      if (scopes_.back().count(block.targets[i])) continue;
+      scopes_.back()[block.targets[i]] =
+          block.defaults[i] ? eval(*block.defaults[i]) : Value::make_undefined(block.targets[i]);
+    }
+    std::string text = capture(block.body);
+    --call_depth_;
+    scopes_.pop_back();
+    scope_floor_ = floor;
+    for (Scope& s : set_aside) scopes_.push_back(std::move(s));
+    return Value(std::move(text));
   }
 
   Value call_global(const std::string& name, const Arguments& args, const KeywordArguments& kwargs, Offset where) {

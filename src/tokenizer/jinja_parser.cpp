@@ -195,6 +195,7 @@ class Parser {
 
   Node parse_call_block(Offset where) {
     Node node{Node::Kind::call_block, where};
+    node.attribute = "caller";
     if (at_op("(")) parse_parameters(node);
     node.expr = parse_expression();
     if (node.expr->kind != Expr::Kind::call) fail_at(source_, node.expr->where, "{% call %} needs a macro call");
