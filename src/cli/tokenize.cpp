@@ -20,7 +20,8 @@ struct TokenizeOptions {
   bool bos = false, decode = false, add_generation_prompt = false;
 };
 
-// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures).
+// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures) and
+// optionally "tools" and "documents".
 int run_chat(const Tokenizer& tokenizer, const TokenizeOptions& options) {
   std::ifstream in(options.chat);
   if (!in) fail("{}: cannot open", options.chat);
@@ -132,8 +133,8 @@ const bool registered = register_command({
                          "(with --decode: {\"ids\"} in, {\"text\"} out)")
           ->check(CLI::ExistingFile);
       inputs->add_option("--chat", options->chat,
-                         "Conversation JSON (a list of messages, or {\"messages\": [...]}): prints the rendered "
-                         "chat template and its ids")
+                         "Conversation JSON (a list of messages, or {\"messages\": [...], \"tools\": [...], "
+                         "\"documents\": [...]}): prints the rendered chat template and its ids")
           ->check(CLI::ExistingFile);
       inputs->require_option(1);
       app.add_flag("--add-generation-prompt", options->add_generation_prompt,
