@@ -583,14 +583,13 @@ class Renderer final : public Interpreter {
     const std::int64_t start = clamp(bounds[0], present[0], step > 0 ? 0 : size - 1);
     const std::int64_t stop = clamp(bounds[1], present[1], step > 0 ? size : -1);
     json result = is_string ? json("") : json::array();
-    for (std::int64_t i = start; step > 0 ? i < stop : i > stop;) {
+    // 128 bits, so a step near the 64-bit limits cannot overflow the index.
+    for (__int128 i = start; step > 0 ? i < stop : i > stop; i += step) {
       if (is_string) {
         result.get_ref<std::string&>() += elements[static_cast<std::size_t>(i)].get<std::string>();
       } else {
         result.push_back(elements[static_cast<std::size_t>(i)]);
       }
-      if ((step > 0 && i > stop - step) || (step < 0 && i < stop - step)) break;  // the next step passes stop
-      i += step;
     }
     return Value(std::move(result));
   }
