@@ -91,7 +91,7 @@ TEST(ChatTemplateHostile, HugeRangesAreRefusedAsTheSandboxDoes) {
 
 TEST(ChatTemplateHostile, NestedLoopsStopAtTheIterationLimit) {
   expect_refused("{% for i in range(100000) %}\n{% for j in range(100000) %}{% endfor %}{% endfor %}",
-                 "chat template line 2, column 4", "loops ran more than 1000000 iterations");
+                 "chat template line 2, column 4", "loops ran more than 250000 iterations");
 }
 
 TEST(ChatTemplateHostile, StringRepetitionAndDoublingStopAtTheSizeLimit) {
@@ -105,6 +105,34 @@ TEST(ChatTemplateHostile, StringRepetitionAndDoublingStopAtTheSizeLimit) {
 TEST(ChatTemplateHostile, OutputStopsAtTheSizeLimit) {
   expect_refused("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "chat template line 1, column 36",
                  "rendered text would pass");
+}
+
+TEST(ChatTemplateHostile, RebuildingLargeValuesInALoopStopsAtTheWorkLimit) {
+  // Each value stays under its own size limit; together they would take minutes.
+  expect_refused("{% set s = 'x' * 10000000 %}{% for i in range(100000) %}{% set t = s ~ i %}{% endfor %}",
+                 "chat template line 1, column 70", "built more than 268435456 bytes");
+  expect_refused("{% set xs = range(100000) | list %}{% for i in range(100000) %}{% set ys = xs + [i] %}{% endfor %}",
+                 "chat template line 1, column 79", "built more than");
+}
+
+TEST(ChatTemplateHostile, LongComputationsStopAtTheStepLimit) {
+  expect_refused("{% for i in range(1000) %}{% for j in range(200) %}{{ 1" + repeat(" + 1", 60) +
+                     " }}{% endfor %}{% endfor %}",
+                 "chat template line 1, column 163", "more than 2000000 evaluation steps");
+}
+
+TEST(ChatTemplateHostile, ReadingALongConversationInALoopStaysLinear) {
+  // Values are shared, not copied, when a template reads them (as Python references them): a
+  // Qwen-style loop that looks at `messages` on every turn of 20000 messages is fast.
+  ordered_json messages = ordered_json::array();
+  for (int i = 0; i < 20000; ++i) messages.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", std::string(200, 'x')}});
+  const auto started = std::chrono::steady_clock::now();
+  const std::string text = ChatTemplate(
+      "{% for m in messages %}{% if loop.index0 > 0 and messages[loop.index0 - 1].role != m.role %}"
+      "{{ messages | length }}{% endif %}{% endfor %}").render({{"messages", messages}});
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  EXPECT_EQ(text.size(), 19999u * 5);
+  EXPECT_LT(seconds, 1.0);
 }
 
 TEST(ChatTemplateHostile, UnboundedMacroRecursionIsRefused) {

@@ -31,12 +31,13 @@ struct Limits {
   static constexpr std::size_t nesting = 100;            // parser: nested blocks/brackets/operators
   static constexpr std::size_t value_depth = 200;         // nested lists/dicts in one value
   static constexpr std::size_t call_depth = 64;           // macro calls inside macro calls
-  static constexpr std::size_t loop_iterations = 1'000'000;  // all loops of one render together
-  static constexpr std::size_t steps = 10'000'000;        // evaluated nodes in one render
+  static constexpr std::size_t loop_iterations = 250'000;   // all loops of one render together
+  static constexpr std::size_t steps = 2'000'000;         // evaluated nodes in one render
   static constexpr std::size_t range = 100'000;           // items of one range()
   static constexpr std::size_t string_bytes = 16u << 20;  // one string value
   static constexpr std::size_t value_bytes = 64u << 20;   // one list or dict (estimated)
   static constexpr std::size_t output_bytes = 64u << 20;  // the rendered text
+  static constexpr std::size_t work_bytes = 256u << 20;   // strings and lists built in one render, together
 };
 
 // A byte offset into the template; turned into line and column only when an error is reported.
@@ -146,8 +147,11 @@ struct LoopState;
 
 // The runtime value: JSON data, Jinja's undefined, a shared mutable namespace, a loop object, or
 // a macro (a callable pointing into the parsed template, which outlives every render).
+//
+// JSON data is shared and immutable, as Python's values are references: looking a name up, taking
+// an item or iterating copies a pointer, not the list (a template that reads `messages` inside a
+// loop over messages stays linear).
 struct Value {
-  json data;
   std::shared_ptr<json> namespace_object;
   std::shared_ptr<LoopState> loop;
   std::size_t loop_index0 = 0;
@@ -161,7 +165,14 @@ struct Value {
   std::string undefined_name;  // what was looked up, for error messages
 
   Value() = default;
-  Value(json value) : data(std::move(value)) {}  // NOLINT: values are built from json everywhere
+  Value(json value) : shared_(std::make_shared<const json>(std::move(value))) {}  // NOLINT: built from json everywhere
+  // A part of `parent`'s data (an item, an attribute), sharing its storage.
+  static Value part_of(const Value& parent, const json& part) {
+    Value value;
+    value.shared_ = std::shared_ptr<const json>(parent.shared_, &part);
+    return value;
+  }
+  const json& data() const { return shared_ ? *shared_ : null_json(); }
   static Value make_undefined(std::string name) {
     Value value;
     value.undefined = true;
@@ -179,6 +190,14 @@ struct Value {
   bool is_data() const { return !undefined && !namespace_object && !loop && !macro; }
   // The JSON view; a namespace becomes its attributes, undefined becomes null.
   json to_json() const;
+  const json& view() const { return namespace_object ? *namespace_object : data(); }
+
+ private:
+  static const json& null_json() {
+    static const json null;
+    return null;
+  }
+  std::shared_ptr<const json> shared_;
 };
 
 // Helpers shared by the evaluator and the builtins.

@@ -17,7 +17,7 @@ namespace dsv3::jinja {
 json Value::to_json() const {
   if (undefined) return nullptr;
   if (namespace_object) return *namespace_object;
-  return data;
+  return data();
 }
 
 namespace {
@@ -34,7 +34,7 @@ void check_string_size(std::size_t size) {
 bool truthy(const Value& value) {
   if (value.undefined) return false;
   if (!value.is_data()) return true;
-  const json& data = value.data;
+  const json& data = value.data();
   switch (data.type()) {
     case json::value_t::null: return false;
     case json::value_t::boolean: return data.get<bool>();
@@ -52,7 +52,7 @@ std::string type_name(const Value& value) {
   if (value.is_namespace()) return "Namespace";
   if (value.is_loop()) return "LoopContext";
   if (value.is_macro()) return "Macro";
-  switch (value.data.type()) {
+  switch (value.data().type()) {
     case json::value_t::null: return "NoneType";
     case json::value_t::boolean: return "bool";
     case json::value_t::string: return "str";
@@ -421,14 +421,14 @@ std::string change_case(const std::string& text, Case mode) {
 }
 
 const json& expect_string(const Value& value, const char* what) {
-  if (!value.is_data() || !value.data.is_string())
+  if (!value.is_data() || !value.data().is_string())
     builtin_error(std::string(what) + " must be a string, not " + type_name(value));
-  return value.data;
+  return value.data();
 }
 
 std::int64_t expect_integer(const Value& value, const char* what) {
   if (!value.is_data()) builtin_error(std::string(what) + " must be an integer, not " + type_name(value));
-  return checked_integer(value.data, what);
+  return checked_integer(value.data(), what);
 }
 
 // Looks up a named argument: positional slot `index`, else keyword `name`, else `fallback`.
@@ -474,7 +474,7 @@ bool is_space_character(const std::string& c) {
 }
 
 std::string strip(const std::string& text, const Value& chars, bool left, bool right) {
-  const bool whitespace = chars.undefined || (chars.is_data() && chars.data.is_null());
+  const bool whitespace = chars.undefined || (chars.is_data() && chars.data().is_null());
   std::vector<std::string> set;
   if (!whitespace) set = utf8_characters(expect_string(chars, "chars").get<std::string>());
   const auto characters = utf8_characters(text);
@@ -500,7 +500,7 @@ void check_list_size(const json& list) {
 
 json split(const std::string& text, const Value& separator, std::int64_t max_splits, bool from_right) {
   json parts = json::array();
-  if (separator.undefined || (separator.is_data() && separator.data.is_null())) {
+  if (separator.undefined || (separator.is_data() && separator.data().is_null())) {
     // Runs of whitespace separate words; leading and trailing whitespace makes no empty word.
     const std::vector<std::string> characters = utf8_characters(text);
     const std::size_t n = characters.size();
@@ -621,8 +621,8 @@ bool starts_or_ends(const std::string& text, const Value& affix, bool at_start) 
     return at_start ? text.compare(0, s.size(), s) == 0 : text.compare(text.size() - s.size(), s.size(), s) == 0;
   };
   if (!affix.is_data()) builtin_error("prefix/suffix must be a string or a tuple of strings");
-  if (affix.data.is_array()) return std::any_of(affix.data.begin(), affix.data.end(), matches);
-  return matches(affix.data);
+  if (affix.data().is_array()) return std::any_of(affix.data().begin(), affix.data().end(), matches);
+  return matches(affix.data());
 }
 
 json as_list(const Value& value) {
@@ -752,24 +752,24 @@ std::string percent_format_impl(const std::string& format, const Arguments& args
       formatted.pop_back();
       out += formatted;
     } else if (std::string("dioxXeEfFgG").find(conversion) != std::string::npos) {
-      if (!arg.is_data() || !(arg.data.is_number() || arg.data.is_boolean()))
+      if (!arg.is_data() || !(arg.data().is_number() || arg.data().is_boolean()))
         builtin_error(std::string("%") + conversion + " format: a real number is required, not " + type_name(arg));
       if (std::string("dioxX").find(conversion) != std::string::npos) {
         std::int64_t integer = 0;
-        if (arg.data.is_number_float()) {
-          const double d = arg.data.get<double>();
+        if (arg.data().is_number_float()) {
+          const double d = arg.data().get<double>();
           if (conversion != 'd' && conversion != 'i') builtin_error("%x format: an integer is required, not float");
           if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) builtin_error("integer does not fit in 64 bits");
           integer = static_cast<std::int64_t>(d);
         } else {
-          integer = checked_integer(arg.data, "format argument");
+          integer = checked_integer(arg.data(), "format argument");
         }
         spec += "ll";
         spec += conversion == 'i' ? 'd' : conversion;
         std::snprintf(buffer, sizeof buffer, spec.c_str(), static_cast<long long>(integer));
       } else {
         spec += conversion;
-        std::snprintf(buffer, sizeof buffer, spec.c_str(), arg.data.get<double>());
+        std::snprintf(buffer, sizeof buffer, spec.c_str(), arg.data().get<double>());
       }
       out += buffer;
     } else {
@@ -822,10 +822,10 @@ std::string brace_format(const std::string& format, const Arguments& args, const
 }
 
 double to_double(const Value& value, const char* what) {
-  if (!value.is_data() || !(value.data.is_number() || value.data.is_boolean()))
+  if (!value.is_data() || !(value.data().is_number() || value.data().is_boolean()))
     builtin_error(std::string(what) + " must be a number, not " + type_name(value));
-  if (value.data.is_boolean()) return value.data.get<bool>() ? 1.0 : 0.0;
-  return value.data.get<double>();
+  if (value.data().is_boolean()) return value.data().get<bool>() ? 1.0 : 0.0;
+  return value.data().get<double>();
 }
 
 // Python's int(str): optional sign, digits with single underscores between them, spaces around.
@@ -953,7 +953,7 @@ const std::map<std::string, Filter>& filters() {
       {"length", [](I&, const Value& in, const A&, const K&) {
          if (in.undefined) return Value(0);
          if (!in.is_data() && !in.is_namespace()) builtin_error("object of type '" + type_name(in) + "' has no len()");
-         const json data = in.to_json();
+         const json& data = in.view();
          if (data.is_string()) return Value(utf8_characters(data.get<std::string>()).size());
          if (data.is_array() || data.is_object()) return Value(data.size());
          builtin_error("object of type '" + type_name(in) + "' has no len()");
@@ -965,19 +965,19 @@ const std::map<std::string, Filter>& filters() {
          JsonStyle style;
          style.ensure_ascii = truthy(argument(a, k, 0, "ensure_ascii", Value(false)));
          const Value indent = argument(a, k, 1, "indent", Value(nullptr));
-         if (!(indent.is_data() && indent.data.is_null())) {
+         if (!(indent.is_data() && indent.data().is_null())) {
            const std::int64_t width = expect_integer(indent, "indent");
            if (width > 64) builtin_error("indent wider than 64 spaces");
            style.indent = static_cast<int>(std::max<std::int64_t>(width, 0));
            style.item_separator = ",";
          }
          const Value separators = argument(a, k, 2, "separators", Value(nullptr));
-         if (!(separators.is_data() && separators.data.is_null())) {
-           if (!separators.is_data() || !separators.data.is_array() || separators.data.size() != 2 ||
-               !separators.data[0].is_string() || !separators.data[1].is_string())
+         if (!(separators.is_data() && separators.data().is_null())) {
+           if (!separators.is_data() || !separators.data().is_array() || separators.data().size() != 2 ||
+               !separators.data()[0].is_string() || !separators.data()[1].is_string())
              builtin_error("separators must be a pair of strings");
-           style.item_separator = separators.data[0].get<std::string>();
-           style.key_separator = separators.data[1].get<std::string>();
+           style.item_separator = separators.data()[0].get<std::string>();
+           style.key_separator = separators.data()[1].get<std::string>();
          }
          style.sort_keys = truthy(argument(a, k, 3, "sort_keys", Value(false)));
          std::string out;
@@ -1002,8 +1002,8 @@ const std::map<std::string, Filter>& filters() {
          for (const auto& item : as_list(in)) {
            if (!first) out += sep;
            first = false;
-           out += to_display_string(attribute.is_data() && attribute.data.is_string()
-                                        ? attribute_of(item, attribute.data.get<std::string>())
+           out += to_display_string(attribute.is_data() && attribute.data().is_string()
+                                        ? attribute_of(item, attribute.data().get<std::string>())
                                         : Value(item));
            check_string_size(out.size());
          }
@@ -1017,7 +1017,7 @@ const std::map<std::string, Filter>& filters() {
       {"safe", [](I&, const Value& in, const A&, const K&) { return in; }},
       {"escape", [](I&, const Value& in, const A&, const K&) { return Value(html_escape(to_display_string(in))); }},
       {"list", [](I&, const Value& in, const A&, const K&) {
-         if (in.is_data() && in.data.is_array()) {  // a copy keeps how its items print
+         if (in.is_data() && in.data().is_array()) {  // a copy keeps how its items print
            Value copy = in;
            copy.tuple = false;
            return copy;
@@ -1028,19 +1028,19 @@ const std::map<std::string, Filter>& filters() {
          const json list = as_list(in);
          if (list.empty()) return Value::make_undefined("first");
          Value item(list.front());
-         item.tuple = in.tuple_items && item.data.is_array();
+         item.tuple = in.tuple_items && item.data().is_array();
          return item;
        }},
       {"last", [](I&, const Value& in, const A&, const K&) {
          const json list = as_list(in);
          if (list.empty()) return Value::make_undefined("last");
          Value item(list.back());
-         item.tuple = in.tuple_items && item.data.is_array();
+         item.tuple = in.tuple_items && item.data().is_array();
          return item;
        }},
       {"reverse", [](I&, const Value& in, const A&, const K&) {
-         if (in.is_data() && in.data.is_string()) {
-           auto characters = utf8_characters(in.data.get<std::string>());
+         if (in.is_data() && in.data().is_string()) {
+           auto characters = utf8_characters(in.data().get<std::string>());
            std::string out;
            for (auto c = characters.rbegin(); c != characters.rend(); ++c) out += *c;
            return Value(out);
@@ -1061,13 +1061,13 @@ const std::map<std::string, Filter>& filters() {
        }},
       {"dictsort", [](I&, const Value& in, const A& a, const K& k) {
          check_arguments(a, k, {"case_sensitive", "by", "reverse"});
-         if (!in.is_data() || !in.data.is_object()) builtin_error("can only sort a mapping");
+         if (!in.is_data() || !in.data().is_object()) builtin_error("can only sort a mapping");
          const bool case_sensitive = truthy(argument(a, k, 0, "case_sensitive", Value(false)));
          const std::string by = expect_string(argument(a, k, 1, "by", Value("key")), "by").get<std::string>();
          if (by != "key" && by != "value") builtin_error("You can only sort by either 'key' or 'value'");
          const bool reverse = truthy(argument(a, k, 2, "reverse", Value(false)));
          json pairs = json::array();
-         for (const auto& [key, value] : in.data.items()) pairs.push_back(json::array({key, value}));
+         for (const auto& [key, value] : in.data().items()) pairs.push_back(json::array({key, value}));
          Value result(sorted(pairs, reverse, case_sensitive, by == "key" ? "0" : "1"));
          result.tuple_items = true;
          return result;
@@ -1077,14 +1077,14 @@ const std::map<std::string, Filter>& filters() {
          const Value attribute = argument(a, k, 2, "attribute", Value(nullptr));
          return Value(sorted(as_list(in), truthy(argument(a, k, 0, "reverse", Value(false))),
                              truthy(argument(a, k, 1, "case_sensitive", Value(false))),
-                             attribute.is_data() && attribute.data.is_string() ? attribute.data.get<std::string>() : ""));
+                             attribute.is_data() && attribute.data().is_string() ? attribute.data().get<std::string>() : ""));
        }},
       {"int", [](I&, const Value& in, const A& a, const K& k) {
          check_arguments(a, k, {"default", "base"});
          const Value fallback = argument(a, k, 0, "default", Value(0));
          const std::int64_t base = expect_integer(argument(a, k, 1, "base", Value(10)), "base");
          if (!in.is_data()) return fallback;
-         const json& d = in.data;
+         const json& d = in.data();
          if (d.is_number_float()) {
            const double value = d.get<double>();
            if (std::isnan(value) || std::isinf(value)) return fallback;  // Jinja2 catches the error
@@ -1112,16 +1112,16 @@ const std::map<std::string, Filter>& filters() {
       {"float", [](I&, const Value& in, const A& a, const K& k) {
          const Value fallback = argument(a, k, 0, "default", Value(0.0));
          if (!in.is_data()) return fallback;
-         const json& d = in.data;
+         const json& d = in.data();
          if (d.is_number() || d.is_boolean()) return Value(to_double(in, "value"));
          double value = 0;
          if (d.is_string() && parse_python_float(d.get<std::string>(), value)) return Value(value);
          return fallback;
        }},
       {"abs", [](I&, const Value& in, const A&, const K&) {
-         if (in.is_data() && in.data.is_number_float()) return Value(std::fabs(in.data.get<double>()));
-         if (!in.is_data() || !(in.data.is_number() || in.data.is_boolean())) builtin_error("bad operand type for abs(): '" + type_name(in) + "'");
-         const std::int64_t value = checked_integer(in.data, "value");
+         if (in.is_data() && in.data().is_number_float()) return Value(std::fabs(in.data().get<double>()));
+         if (!in.is_data() || !(in.data().is_number() || in.data().is_boolean())) builtin_error("bad operand type for abs(): '" + type_name(in) + "'");
+         const std::int64_t value = checked_integer(in.data(), "value");
          if (value == std::numeric_limits<std::int64_t>::min()) builtin_error("integer does not fit in 64 bits");
          return Value(value < 0 ? -value : value);
        }},
@@ -1142,7 +1142,7 @@ const std::map<std::string, Filter>& filters() {
            std::snprintf(buffer, sizeof buffer, "%.*f", static_cast<int>(std::clamp<std::int64_t>(precision, 0, 30)), value);
            result = precision >= 0 ? std::strtod(buffer, nullptr) : std::nearbyint(value * scale) / scale;
          }
-         if (in.is_data() && (in.data.is_number_integer() || in.data.is_boolean()) && method == "common" && precision >= 0)
+         if (in.is_data() && (in.data().is_number_integer() || in.data().is_boolean()) && method == "common" && precision >= 0)
            return in;  // round() of an int stays an int
          return Value(result);
        }},
@@ -1194,15 +1194,15 @@ const std::map<std::string, Filter>& filters() {
          const Value attribute = argument(a, k, 0, "attribute", Value(nullptr));
          Value total = argument(a, k, 1, "start", Value(0));
          for (const auto& item : as_list(in)) {
-           const Value value = attribute.is_data() && attribute.data.is_string()
-                                   ? attribute_of(item, attribute.data.get<std::string>())
+           const Value value = attribute.is_data() && attribute.data().is_string()
+                                   ? attribute_of(item, attribute.data().get<std::string>())
                                    : Value(item);
-           const bool numbers = total.is_data() && value.is_data() && (total.data.is_number() || total.data.is_boolean()) &&
-                                (value.data.is_number() || value.data.is_boolean());
+           const bool numbers = total.is_data() && value.is_data() && (total.data().is_number() || total.data().is_boolean()) &&
+                                (value.data().is_number() || value.data().is_boolean());
            if (!numbers) builtin_error("unsupported operand type(s) for +: '" + type_name(total) + "' and '" + type_name(value) + "'");
            std::int64_t x = 0, y = 0, sum = 0;
-           if (!total.data.is_number_float() && !value.data.is_number_float() && integer_of(total.data, x) &&
-               integer_of(value.data, y)) {
+           if (!total.data().is_number_float() && !value.data().is_number_float() && integer_of(total.data(), x) &&
+               integer_of(value.data(), y)) {
              if (__builtin_add_overflow(x, y, &sum)) builtin_error("integer result does not fit in 64 bits");
              total = Value(sum);
            } else {
@@ -1217,7 +1217,7 @@ const std::map<std::string, Filter>& filters() {
          const bool case_sensitive = truthy(argument(a, k, 0, "case_sensitive", Value(false)));
          const Value attribute = argument(a, k, 1, "attribute", Value(nullptr));
          return Value(sorted(list, false, case_sensitive,
-                             attribute.is_data() && attribute.data.is_string() ? attribute.data.get<std::string>() : "")
+                             attribute.is_data() && attribute.data().is_string() ? attribute.data().get<std::string>() : "")
                           .front());
        }},
       {"max", [](I&, const Value& in, const A& a, const K& k) {
@@ -1227,7 +1227,7 @@ const std::map<std::string, Filter>& filters() {
          const Value attribute = argument(a, k, 1, "attribute", Value(nullptr));
          // The first of equal maxima, as Python's max().
          const json order = sorted(list, true, case_sensitive,
-                                   attribute.is_data() && attribute.data.is_string() ? attribute.data.get<std::string>() : "");
+                                   attribute.is_data() && attribute.data().is_string() ? attribute.data().get<std::string>() : "");
          return Value(order.front());
        }},
       {"batch", [](I&, const Value& in, const A& a, const K& k) {
@@ -1241,7 +1241,7 @@ const std::map<std::string, Filter>& filters() {
            if (static_cast<std::int64_t>(current.size()) == size) batches.push_back(std::exchange(current, json::array()));
          }
          if (!current.empty()) {
-           if (!(fill.is_data() && fill.data.is_null()))
+           if (!(fill.is_data() && fill.data().is_null()))
              while (static_cast<std::int64_t>(current.size()) < size) current.push_back(fill.to_json());
            batches.push_back(current);
          }
@@ -1260,7 +1260,7 @@ const std::map<std::string, Filter>& filters() {
            const std::size_t count = per + (s < extra ? 1 : 0);
            json part(list.begin() + static_cast<std::ptrdiff_t>(offset), list.begin() + static_cast<std::ptrdiff_t>(offset + count));
            offset += count;
-           if (!(fill.is_data() && fill.data.is_null()) && s >= extra && extra > 0) part.push_back(fill.to_json());
+           if (!(fill.is_data() && fill.data().is_null()) && s >= extra && extra > 0) part.push_back(fill.to_json());
            out.push_back(part);
          }
          return Value(out);
@@ -1329,8 +1329,8 @@ const std::map<std::string, Filter>& filters() {
          check_arguments(a, k, {"width", "first", "blank"});
          const Value width = argument(a, k, 0, "width", Value(4));
          std::string pad;
-         if (width.is_data() && width.data.is_string()) {
-           pad = width.data.get<std::string>();
+         if (width.is_data() && width.data().is_string()) {
+           pad = width.data().get<std::string>();
          } else {
            const std::int64_t spaces = expect_integer(width, "width");
            if (spaces > 1024) builtin_error("indent wider than 1024");
@@ -1382,7 +1382,7 @@ std::string to_display_string(const Value& value) {
   if (value.is_loop()) return "<LoopContext " + std::to_string(value.loop_index0 + 1) + "/" + std::to_string(value.loop_length) + ">";
   if (value.is_macro()) return "<Macro '" + value.macro->attribute + "'>";
   if (value.is_namespace()) return "<Namespace " + python_repr(*value.namespace_object) + ">";
-  const json& data = value.data;
+  const json& data = value.data();
   if (data.is_string()) return data.get<std::string>();
   auto tuple_repr = [](const json& items) {
     std::string out = "(";
@@ -1521,44 +1521,44 @@ const Value& test_argument(const Arguments& args) {
   return args[0];
 }
 
-bool is_number_value(const Value& v) { return v.is_data() && (v.data.is_number() || v.data.is_boolean()); }
+bool is_number_value(const Value& v) { return v.is_data() && (v.data().is_number() || v.data().is_boolean()); }
 
 bool compare_test(const Value& v, const Arguments& a, const char* op) {
   const Value& other = test_argument(a);
   if (!v.is_data() || !other.is_data()) builtin_error(std::string("'") + op + "' not supported for " + type_name(v));
   const std::string o = op;
-  if (o == "<") return python_less(v.data, other.data);
-  if (o == "<=") return !python_less(other.data, v.data);
-  if (o == ">") return python_less(other.data, v.data);
-  return !python_less(v.data, other.data);
+  if (o == "<") return python_less(v.data(), other.data());
+  if (o == "<=") return !python_less(other.data(), v.data());
+  if (o == ">") return python_less(other.data(), v.data());
+  return !python_less(v.data(), other.data());
 }
 
 const std::map<std::string, Test>& tests() {
   static const std::map<std::string, Test> all = {
       {"defined", [](const Value& v, const Arguments&) { return !v.undefined; }},
       {"undefined", [](const Value& v, const Arguments&) { return v.undefined; }},
-      {"none", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_null(); }},
-      {"string", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_string(); }},
+      {"none", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_null(); }},
+      {"string", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_string(); }},
       {"number", [](const Value& v, const Arguments&) { return is_number_value(v); }},
-      {"integer", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_number_integer(); }},
-      {"float", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_number_float(); }},
-      {"boolean", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_boolean(); }},
-      {"true", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_boolean() && v.data.get<bool>(); }},
-      {"false", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_boolean() && !v.data.get<bool>(); }},
-      {"mapping", [](const Value& v, const Arguments&) { return v.is_data() && v.data.is_object(); }},
-      {"sequence", [](const Value& v, const Arguments&) { return v.is_data() && (v.data.is_array() || v.data.is_string() || v.data.is_object()); }},
-      {"iterable", [](const Value& v, const Arguments&) { return v.undefined || (v.is_data() && (v.data.is_array() || v.data.is_string() || v.data.is_object())); }},
+      {"integer", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_number_integer(); }},
+      {"float", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_number_float(); }},
+      {"boolean", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_boolean(); }},
+      {"true", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_boolean() && v.data().get<bool>(); }},
+      {"false", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_boolean() && !v.data().get<bool>(); }},
+      {"mapping", [](const Value& v, const Arguments&) { return v.is_data() && v.data().is_object(); }},
+      {"sequence", [](const Value& v, const Arguments&) { return v.is_data() && (v.data().is_array() || v.data().is_string() || v.data().is_object()); }},
+      {"iterable", [](const Value& v, const Arguments&) { return v.undefined || (v.is_data() && (v.data().is_array() || v.data().is_string() || v.data().is_object())); }},
       {"callable", [](const Value& v, const Arguments&) { return v.is_macro(); }},
       {"escaped", [](const Value&, const Arguments&) { return false; }},
       {"equalto", [](const Value& v, const Arguments& a) {
          const Value& other = test_argument(a);
          if (v.undefined || other.undefined) return v.undefined && other.undefined;
-         return v.is_data() && other.is_data() && python_equal(v.data, other.data);
+         return v.is_data() && other.is_data() && python_equal(v.data(), other.data());
        }},
       {"ne", [](const Value& v, const Arguments& a) {
          const Value& other = test_argument(a);
          if (v.undefined || other.undefined) return !(v.undefined && other.undefined);
-         return !(v.is_data() && other.is_data() && python_equal(v.data, other.data));
+         return !(v.is_data() && other.is_data() && python_equal(v.data(), other.data()));
        }},
       {"sameas", [](const Value& v, const Arguments& a) {
          // Python's `is`: None, True and False are singletons; other values are not the same object.
@@ -1566,11 +1566,11 @@ const std::map<std::string, Test>& tests() {
          if (!v.is_data() || !other.is_data()) return v.namespace_object && v.namespace_object == other.namespace_object;
          // CPython also keeps one object for each small integer (-5..256).
          std::int64_t i = 0, j = 0;
-         if (v.data.is_number_integer() && other.data.is_number_integer() && integer_of(v.data, i) &&
-             integer_of(other.data, j))
+         if (v.data().is_number_integer() && other.data().is_number_integer() && integer_of(v.data(), i) &&
+             integer_of(other.data(), j))
            return i == j && i >= -5 && i <= 256;
-         return (v.data.is_null() && other.data.is_null()) ||
-                (v.data.is_boolean() && other.data.is_boolean() && v.data == other.data);
+         return (v.data().is_null() && other.data().is_null()) ||
+                (v.data().is_boolean() && other.data().is_boolean() && v.data() == other.data());
        }},
       {"lessthan", [](const Value& v, const Arguments& a) { return compare_test(v, a, "<"); }},
       {"le", [](const Value& v, const Arguments& a) { return compare_test(v, a, "<="); }},
@@ -1578,11 +1578,11 @@ const std::map<std::string, Test>& tests() {
       {"ge", [](const Value& v, const Arguments& a) { return compare_test(v, a, ">="); }},
       {"odd", [](const Value& v, const Arguments&) {
          if (!v.is_data()) builtin_error("value must be an integer");
-         return checked_integer(v.data, "value") % 2 != 0;
+         return checked_integer(v.data(), "value") % 2 != 0;
        }},
       {"even", [](const Value& v, const Arguments&) {
          if (!v.is_data()) builtin_error("value must be an integer");
-         return checked_integer(v.data, "value") % 2 == 0;
+         return checked_integer(v.data(), "value") % 2 == 0;
        }},
       {"divisibleby", [](const Value& v, const Arguments& a) {
          const std::int64_t divisor = expect_integer(test_argument(a), "divisor");
@@ -1593,15 +1593,15 @@ const std::map<std::string, Test>& tests() {
       {"in", [](const Value& v, const Arguments& a) {
          const Value& container = test_argument(a);
          if (!container.is_data()) builtin_error("argument of type '" + type_name(container) + "' is not iterable");
-         const json& data = container.data;
+         const json& data = container.data();
          if (data.is_string()) {
-           if (!v.is_data() || !v.data.is_string())
+           if (!v.is_data() || !v.data().is_string())
              builtin_error("'in <string>' requires string as left operand, not " + type_name(v));
-           return data.get_ref<const std::string&>().find(v.data.get_ref<const std::string&>()) != std::string::npos;
+           return data.get_ref<const std::string&>().find(v.data().get_ref<const std::string&>()) != std::string::npos;
          }
-         if (data.is_object()) return v.is_data() && v.data.is_string() && data.contains(v.data.get<std::string>());
+         if (data.is_object()) return v.is_data() && v.data().is_string() && data.contains(v.data().get<std::string>());
          if (!data.is_array()) builtin_error("argument of type '" + type_name(container) + "' is not iterable");
-         return v.is_data() && std::any_of(data.begin(), data.end(), [&](const json& e) { return python_equal(e, v.data); });
+         return v.is_data() && std::any_of(data.begin(), data.end(), [&](const json& e) { return python_equal(e, v.data()); });
        }},
       {"lower", [](const Value& v, const Arguments&) { const std::string s = to_display_string(v); return s == change_case(s, Case::lower); }},
       {"upper", [](const Value& v, const Arguments&) { const std::string s = to_display_string(v); return s == change_case(s, Case::upper); }},
@@ -1657,8 +1657,8 @@ bool apply_test(Interpreter&, const std::string& name, const Value& input, const
 
 Value call_method(Interpreter&, const Value& object, const std::string& method, const Arguments& args,
                   const KeywordArguments& kwargs) {
-  if (object.is_data() && object.data.is_string()) {
-    const std::string& text = object.data.get_ref<const std::string&>();
+  if (object.is_data() && object.data().is_string()) {
+    const std::string& text = object.data().get_ref<const std::string&>();
     if (method == "strip" || method == "lstrip" || method == "rstrip")
       return Value(strip(text, argument(args, kwargs, 0, "chars"), method != "rstrip", method != "lstrip"));
     if (method == "split" || method == "rsplit")
@@ -1762,8 +1762,8 @@ Value call_method(Interpreter&, const Value& object, const std::string& method, 
       return Value(ends ? text.substr(0, text.size() - affix.size()) : text);
     }
     if (method == "format") return Value(brace_format(text, args, kwargs));
-  } else if (object.is_data() && object.data.is_object()) {
-    const json& data = object.data;
+  } else if (object.is_data() && object.data().is_object()) {
+    const json& data = object.data();
     if (method == "items") {
       json pairs = json::array();
       for (const auto& [key, value] : data.items()) pairs.push_back(json::array({key, value}));
@@ -1779,8 +1779,8 @@ Value call_method(Interpreter&, const Value& object, const std::string& method, 
     if (method == "get") {
       const Value key = argument(args, kwargs, 0, "key");
       const Value fallback = argument(args, kwargs, 1, "default", Value(nullptr));
-      if (!key.is_data() || !key.data.is_string()) return fallback;
-      auto found = data.find(key.data.get<std::string>());
+      if (!key.is_data() || !key.data().is_string()) return fallback;
+      auto found = data.find(key.data().get<std::string>());
       return found != data.end() ? Value(*found) : fallback;
     }
   }

@@ -239,7 +239,7 @@ class Renderer final : public Interpreter {
         json stored = storable(value, node.expr->where);
         json& attributes = *target->namespace_object;
         attributes[node.attribute] = std::move(stored);
-        guard(node.where, [&] { check_value_size(attributes); });
+        check(attributes, node.where);
         return Flow::normal;
       }
       case Node::Kind::set_block: {
@@ -280,7 +280,7 @@ class Renderer final : public Interpreter {
         caller.caller_scopes = scopes_.size();
         caller.caller_floor = scope_floor_;
         const Value text = call_macro(callee, arguments.first, arguments.second, call.where, &caller);
-        emit(text.data.get<std::string>(), node.where);
+        emit(text.data().get<std::string>(), node.where);
         return Flow::normal;
       }
       case Node::Kind::loop_break: return Flow::loop_break;
@@ -302,7 +302,9 @@ class Renderer final : public Interpreter {
   // What {{ }} prints, with the sizes checked.
   std::string display(const Value& value, Offset where) {
     if (value.undefined) return "";
-    return guard(where, [&] { return to_display_string(value); });
+    std::string text = guard(where, [&] { return to_display_string(value); });
+    charge(text.size(), where);
+    return text;
   }
 
   // The JSON a value becomes when stored inside another value (a list item, a namespace attribute).
@@ -330,11 +332,11 @@ class Renderer final : public Interpreter {
     std::vector<Value> items;
     if (iterable.undefined) return items;  // Jinja2's Undefined iterates as empty
     if (!iterable.is_data()) error(where, "cannot iterate over a " + type_name(iterable));
-    const json& data = iterable.data;
+    const json& data = iterable.data();
     if (data.is_array()) {
       items.reserve(data.size());
       for (const auto& item : data) {
-        items.emplace_back(item);
+        items.push_back(Value::part_of(iterable, item));
         items.back().tuple = iterable.tuple_items && item.is_array();  // the pairs of dict.items()
       }
     } else if (data.is_object()) {
@@ -362,14 +364,23 @@ class Renderer final : public Interpreter {
       state->items = std::move(all);
     }
     const std::size_t length = state->items.size();
+    // The loop's scope is the last one while the body runs (inner scopes are popped by then), and
+    // std::map slots stay put, so the per-iteration work is two assignments.
+    Value* loop_slot = &scopes_.back()["loop"];
+    Value* target_slot = node.targets.size() == 1 ? &scopes_.back()[node.targets[0]] : nullptr;
     for (std::size_t i = 0; i < length; ++i) {
       count_iteration(node.where);
-      assign(node.targets, state->items[i], node.where);
-      Value loop;
-      loop.loop = state;
-      loop.loop_index0 = i;
-      loop.loop_length = length;
-      scopes_.back()["loop"] = std::move(loop);
+      if (target_slot) {
+        *target_slot = state->items[i];
+      } else {
+        assign(node.targets, state->items[i], node.where);
+      }
+      if (loop_slot->loop != state) {
+        *loop_slot = Value();
+        loop_slot->loop = state;
+        loop_slot->loop_length = length;
+      }
+      loop_slot->loop_index0 = i;
       if (exec(node.body) == Flow::loop_break) break;
     }
     scopes_.pop_back();
@@ -409,7 +420,7 @@ class Renderer final : public Interpreter {
         std::size_t bytes = 0;
         for (const auto& item : expr.args) {
           list.push_back(storable(eval(*item), item->where));
-          bytes += guard(item->where, [&] { return check_value_size(list.back()); });
+          bytes += check(list.back(), item->where);
           if (bytes > Limits::value_bytes) error(expr.where, "list larger than " + std::to_string(Limits::value_bytes) + " bytes");
         }
         return expr.kind == Expr::Kind::tuple ? Value::make_tuple(std::move(list)) : Value(std::move(list));
@@ -419,11 +430,11 @@ class Renderer final : public Interpreter {
         std::size_t bytes = 0;
         for (std::size_t i = 0; i + 1 < expr.args.size(); i += 2) {
           const Value key = eval(*expr.args[i]);
-          if (!key.is_data() || !key.data.is_string())
+          if (!key.is_data() || !key.data().is_string())
             error(expr.args[i]->where, "dict keys must be strings here (JSON objects), got " + type_name(key));
-          json& slot = dict[key.data.get<std::string>()];
+          json& slot = dict[key.data().get<std::string>()];
           slot = storable(eval(*expr.args[i + 1]), expr.args[i + 1]->where);
-          bytes += guard(expr.where, [&] { return check_value_size(slot); });
+          bytes += check(slot, expr.where);
           if (bytes > Limits::value_bytes) error(expr.where, "dict larger than " + std::to_string(Limits::value_bytes) + " bytes");
         }
         return Value(std::move(dict));
@@ -476,6 +487,7 @@ class Renderer final : public Interpreter {
     current_ = expr.where;
     Value result = guard(expr.where, [&] { return apply_filter(*this, expr.name, input, args, kwargs); },
                          "filter '" + expr.name + "': ");
+    charge_result(result, expr.where);
     return result;
   }
 
@@ -515,7 +527,7 @@ class Renderer final : public Interpreter {
   // Jinja2's getattr/getitem: a missing key or index gives undefined rather than an error.
   Value get_item(const Value& object, const Value& key_value, Offset where) {
     require_defined(object, where);
-    const json& key = key_value.data;
+    const json& key = key_value.data();
     const std::string name = key.is_string() ? key.get<std::string>() : python_repr(key);
     if (object.is_loop()) {
       if (key.is_string()) return loop_attribute(object, key.get<std::string>(), where);
@@ -527,17 +539,17 @@ class Renderer final : public Interpreter {
       return Value::make_undefined(name);
     }
     if (!object.is_data()) return Value::make_undefined(name);
-    const json& data = object.data;
+    const json& data = object.data();
     if (data.is_object() && key.is_string()) {
       auto found = data.find(key.get<std::string>());
-      return found != data.end() ? Value(*found) : Value::make_undefined(name);
+      return found != data.end() ? Value::part_of(object, *found) : Value::make_undefined(name);
     }
     std::int64_t index = 0;
     if ((data.is_array() || data.is_string()) && (key.is_number_integer() || key.is_boolean()) && integer_of(key, index)) {
       if (data.is_array()) {
         if (!normalise_index(index, data.size())) return Value::make_undefined(name);
-        Value item(data[static_cast<std::size_t>(index)]);
-        item.tuple = object.tuple_items && item.data.is_array();  // a pair of dict.items()
+        Value item = Value::part_of(object, data[static_cast<std::size_t>(index)]);
+        item.tuple = object.tuple_items && item.data().is_array();  // a pair of dict.items()
         return item;
       }
       const auto characters = utf8_characters(data.get<std::string>());
@@ -555,8 +567,8 @@ class Renderer final : public Interpreter {
     for (int i = 0; i < 3; ++i) {
       if (!expr.args[i + 1]) continue;
       const Value part = eval(*expr.args[i + 1]);
-      if (part.is_data() && part.data.is_null()) continue;
-      if (!part.is_data() || !integer_of(part.data, bounds[i]) || part.data.is_number_float())
+      if (part.is_data() && part.data().is_null()) continue;
+      if (!part.is_data() || !integer_of(part.data(), bounds[i]) || part.data().is_number_float())
         error(expr.args[i + 1]->where, "slice indices must be integers or none");
       present[i] = true;
     }
@@ -564,11 +576,11 @@ class Renderer final : public Interpreter {
     if (step == 0) error(expr.where, "slice step cannot be zero");
     if (step == std::numeric_limits<std::int64_t>::min()) error(expr.where, "slice step out of range");
     std::vector<json> elements;
-    const bool is_string = object.is_data() && object.data.is_string();
+    const bool is_string = object.is_data() && object.data().is_string();
     if (is_string) {
-      for (auto& c : utf8_characters(object.data.get<std::string>())) elements.emplace_back(std::move(c));
-    } else if (object.is_data() && object.data.is_array()) {
-      elements.assign(object.data.begin(), object.data.end());
+      for (auto& c : utf8_characters(object.data().get<std::string>())) elements.emplace_back(std::move(c));
+    } else if (object.is_data() && object.data().is_array()) {
+      elements.assign(object.data().begin(), object.data().end());
     } else {
       error(expr.where, "cannot slice a " + type_name(object));
     }
@@ -613,12 +625,14 @@ class Renderer final : public Interpreter {
       current_ = callee.where;
       if (object.is_loop()) return call_loop_method(object, callee.name, args, callee.where);
       // A namespace or dict may hold a macro under that name; otherwise it is a method.
-      if (object.is_namespace() || (object.is_data() && object.data.is_object())) {
+      if (object.is_namespace() || (object.is_data() && object.data().is_object())) {
         const Value member = get_item(object, Value(json(callee.name)), callee.where);
         if (member.is_macro()) return call_macro(member, args, kwargs, expr.where);
       }
-      return guard(callee.where, [&] { return call_method(*this, object, callee.name, args, kwargs); },
-                   type_name(object) + "." + callee.name + "(): ");
+      Value result = guard(callee.where, [&] { return call_method(*this, object, callee.name, args, kwargs); },
+                           type_name(object) + "." + callee.name + "(): ");
+      charge_result(result, callee.where);
+      return result;
     }
     const Value function = callee.kind == Expr::Kind::name ? eval(callee) : eval(callee);
     auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
@@ -721,16 +735,16 @@ class Renderer final : public Interpreter {
       error(where, "raise_exception: " + (args.empty() ? std::string() : display(args[0], where)));
     }
     if (name == "strftime_now") {
-      if (args.size() != 1 || !args[0].is_data() || !args[0].data.is_string())
+      if (args.size() != 1 || !args[0].is_data() || !args[0].data().is_string())
         error(where, "strftime_now() takes one format string");
-      return Value(guard(where, [&] { return strftime_text(args[0].data.get<std::string>(), now()); },
+      return Value(guard(where, [&] { return strftime_text(args[0].data().get<std::string>(), now()); },
                          "strftime_now(): "));
     }
     if (name == "namespace" || name == "dict") {
       json attributes = json::object();
       for (const Value& arg : args) {  // namespace(existing_dict, key=value...)
-        if (!arg.is_data() || !arg.data.is_object()) error(where, name + "() takes a dict and keyword arguments");
-        for (const auto& [key, value] : arg.data.items()) attributes[key] = value;
+        if (!arg.is_data() || !arg.data().is_object()) error(where, name + "() takes a dict and keyword arguments");
+        for (const auto& [key, value] : arg.data().items()) attributes[key] = value;
       }
       for (const auto& [key, value] : kwargs) attributes[key] = storable(value, where);
       guard(where, [&] { check_value_size(attributes); });
@@ -742,7 +756,7 @@ class Renderer final : public Interpreter {
       std::int64_t bounds[3] = {0, 0, 1};
       if (args.empty() || args.size() > 3 || !kwargs.empty()) error(where, "range() takes 1 to 3 integers");
       for (std::size_t i = 0; i < args.size(); ++i) {
-        if (!args[i].is_data() || args[i].data.is_number_float() || !integer_of(args[i].data, bounds[args.size() == 1 ? 1 : i]))
+        if (!args[i].is_data() || args[i].data().is_number_float() || !integer_of(args[i].data(), bounds[args.size() == 1 ? 1 : i]))
           error(where, "range() takes integers, got " + type_name(args[i]));
       }
       const std::int64_t start = bounds[0], stop = bounds[1], step = bounds[2];
@@ -764,7 +778,7 @@ class Renderer final : public Interpreter {
     const Value operand = eval(*expr.args[0]);
     if (expr.name == "not") return Value(!truthy(operand));
     require_defined(operand, expr.args[0]->where);
-    const json& data = operand.data;
+    const json& data = operand.data();
     if (!operand.is_data() || !(data.is_number() || data.is_boolean()))
       error(expr.where, "bad operand type for unary " + expr.name + ": '" + type_name(operand) + "'");
     if (data.is_number_float()) return Value(expr.name == "-" ? -data.get<double>() : data.get<double>());
@@ -784,7 +798,7 @@ class Renderer final : public Interpreter {
         equal = (left.is_namespace() && left.namespace_object == right.namespace_object) ||
                 (left.is_macro() && left.macro == right.macro) || (left.is_loop() && left.loop == right.loop);
       } else {
-        equal = python_equal(left.data, right.data);
+        equal = python_equal(left.data(), right.data());
       }
       return equal == (op == "==");
     }
@@ -793,8 +807,8 @@ class Renderer final : public Interpreter {
     if (op == "in" || op == "not in") return contains(right, left, where) == (op == "in");
     if (!left.is_data() || !right.is_data())
       error(where, "'" + op + "' not supported between instances of '" + type_name(left) + "' and '" + type_name(right) + "'");
-    const json& a = left.data;
-    const json& b = right.data;
+    const json& a = left.data();
+    const json& b = right.data();
     return guard(where, [&] {
       try {
         if (op == "<") return python_less(a, b);
@@ -829,8 +843,8 @@ class Renderer final : public Interpreter {
                             type_name(right) + "'");
     };
     if (!left.is_data() || !right.is_data()) unsupported();
-    const json& a = left.data;
-    const json& b = right.data;
+    const json& a = left.data();
+    const json& b = right.data();
     if (op == "+") {
       if (a.is_string() && b.is_string())
         return Value(concatenate(a.get_ref<const std::string&>(), b.get_ref<const std::string&>(), expr.where));
@@ -873,12 +887,30 @@ class Renderer final : public Interpreter {
   }
 
   std::size_t check(const json& value, Offset where) {
-    return guard(where, [&] { return check_value_size(value); });
+    const std::size_t bytes = guard(where, [&] { return check_value_size(value); });
+    charge(bytes, where);
+    return bytes;
+  }
+
+  // Counts the bytes of strings and lists the render builds or copies: each is bounded alone,
+  // and this bounds them together (a loop re-building a large string is work, not output).
+  void charge(std::size_t bytes, Offset where) {
+    work_bytes_ += bytes;
+    if (work_bytes_ > Limits::work_bytes)
+      error(where, "the template built more than " + std::to_string(Limits::work_bytes) + " bytes of values");
+  }
+
+  // The size a builtin's result is charged at: string bytes, or 16 per list or dict entry.
+  void charge_result(const Value& result, Offset where) {
+    const json& data = result.view();
+    if (data.is_string()) charge(data.get_ref<const std::string&>().size(), where);
+    else if (data.is_array() || data.is_object()) charge(16 * data.size(), where);
   }
 
   std::string concatenate(const std::string& a, const std::string& b, Offset where) {
     if (a.size() + b.size() > Limits::string_bytes)
       error(where, "string longer than " + std::to_string(Limits::string_bytes) + " bytes");
+    charge(a.size() + b.size(), where);
     return a + b;
   }
 
@@ -894,6 +926,7 @@ class Renderer final : public Interpreter {
                        " bytes");
     if (sequence.is_array() && sequence.size() * static_cast<std::uint64_t>(n) > Limits::range * 10)
       error(where, "list of more than " + std::to_string(Limits::range * 10) + " items");
+    charge(unit * static_cast<std::size_t>(n), where);
     if (sequence.is_string()) {
       std::string repeated;
       repeated.reserve(unit * static_cast<std::size_t>(n));
@@ -908,14 +941,14 @@ class Renderer final : public Interpreter {
   bool contains(const Value& container, const Value& item, Offset where) {
     if (container.is_namespace()) error(where, "argument of type 'Namespace' is not iterable");
     if (!container.is_data()) error(where, "argument of type '" + type_name(container) + "' is not iterable");
-    const json& data = container.data;
+    const json& data = container.data();
     if (data.is_string()) {
-      if (!item.is_data() || !item.data.is_string())
+      if (!item.is_data() || !item.data().is_string())
         error(where, "'in <string>' requires string as left operand, not " + type_name(item));
-      return data.get_ref<const std::string&>().find(item.data.get_ref<const std::string&>()) != std::string::npos;
+      return data.get_ref<const std::string&>().find(item.data().get_ref<const std::string&>()) != std::string::npos;
     }
     if (!item.is_data()) return false;
-    const json& needle = item.data;
+    const json& needle = item.data();
     if (data.is_array()) {
       for (const auto& element : data)
         if (python_equal(element, needle)) return true;
@@ -935,6 +968,7 @@ class Renderer final : public Interpreter {
   std::size_t steps_ = 0;
   std::size_t loop_iterations_ = 0;
   std::size_t call_depth_ = 0;
+  std::size_t work_bytes_ = 0;
   Offset current_ = 0;
 };
 
