@@ -31,13 +31,16 @@ struct Limits {
   static constexpr std::size_t nesting = 100;            // parser: nested blocks/brackets/operators
   static constexpr std::size_t value_depth = 200;         // nested lists/dicts in one value
   static constexpr std::size_t call_depth = 64;           // macro calls inside macro calls
-  static constexpr std::size_t loop_iterations = 250'000;   // all loops of one render together
-  static constexpr std::size_t steps = 2'000'000;         // evaluated nodes in one render
+  // Work grows with the conversation, so these two grow with the context's size (estimated bytes,
+  // as check_value_size counts them): a hostile template with a small context stops early, a
+  // 16000-turn chat through a real template still renders.
+  static constexpr std::size_t loop_iterations = 100'000;  // all loops of one render, plus 1 per 4 bytes of context
+  static constexpr std::size_t steps = 200'000;            // evaluated nodes in one render, plus 4 per byte of context
   static constexpr std::size_t range = 100'000;           // items of one range()
   static constexpr std::size_t string_bytes = 16u << 20;  // one string value
   static constexpr std::size_t value_bytes = 64u << 20;   // one list or dict (estimated)
-  static constexpr std::size_t output_bytes = 64u << 20;  // the rendered text
-  static constexpr std::size_t work_bytes = 256u << 20;   // strings and lists built in one render, together
+  static constexpr std::size_t output_bytes = 16u << 20;  // the rendered text (~4M tokens)
+  static constexpr std::size_t work_bytes = 64u << 20;    // strings and lists built in one render, together
 };
 
 // A byte offset into the template; turned into line and column only when an error is reported.
@@ -98,6 +101,7 @@ struct Expr {
   Kind kind;
   Offset where;
   json value;
+  std::shared_ptr<const json> shared_value;  // literal: `value`, shared by every evaluation
   std::string name;
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> kwargs;
@@ -166,6 +170,11 @@ struct Value {
 
   Value() = default;
   Value(json value) : shared_(std::make_shared<const json>(std::move(value))) {}  // NOLINT: built from json everywhere
+  static Value from_shared(std::shared_ptr<const json> shared) {
+    Value value;
+    value.shared_ = std::move(shared);
+    return value;
+  }
   // A part of `parent`'s data (an item, an attribute), sharing its storage.
   static Value part_of(const Value& parent, const json& part) {
     Value value;

@@ -123,11 +123,16 @@ class Renderer final : public Interpreter {
   Renderer(std::string_view source, const json& context, const RenderOptions& options)
       : source_(source), options_(options) {
     if (!context.is_object()) fail("chat template context must be a JSON object, got {}", context.type_name());
+    std::size_t context_bytes = 0;
     try {
-      check_value_size(context);
+      context_bytes = check_value_size(context);
     } catch (const BuiltinError& e) {
       fail("chat template context: {}", e.message);
     }
+    // Rendering is linear in the conversation, so a long one earns steps in proportion; a hostile
+    // template with a small context still stops after Limits::steps.
+    steps_limit_ = Limits::steps + 4 * context_bytes;
+    loop_limit_ = Limits::loop_iterations + context_bytes / 4;
     scopes_.emplace_back();
     for (const auto& [key, value] : context.items()) scopes_.back()[key] = Value(value);
   }
@@ -170,8 +175,8 @@ class Renderer final : public Interpreter {
   static constexpr std::size_t kMaxDepth = 1500;
 
   void step(Offset where) {
-    if (++steps_ > Limits::steps)
-      error(where, "the template ran for more than " + std::to_string(Limits::steps) + " evaluation steps");
+    if (++steps_ > steps_limit_)
+      error(where, "the template ran for more than " + std::to_string(steps_limit_) + " evaluation steps");
   }
 
   [[noreturn]] void error(Offset where, const std::string& message) const { fail_at(source_, where, message); }
@@ -389,8 +394,8 @@ class Renderer final : public Interpreter {
   }
 
   void count_iteration(Offset where) {
-    if (++loop_iterations_ > Limits::loop_iterations)
-      error(where, "loops ran more than " + std::to_string(Limits::loop_iterations) + " iterations in all");
+    if (++loop_iterations_ > loop_limit_)
+      error(where, "loops ran more than " + std::to_string(loop_limit_) + " iterations in all");
   }
 
   // Looks a name up: the innermost scopes down to the current macro's own, then the top level.
@@ -409,7 +414,7 @@ class Renderer final : public Interpreter {
   Value eval(const Expr& expr) {
     Depth depth(*this, expr.where);
     switch (expr.kind) {
-      case Expr::Kind::literal: return Value(expr.value);
+      case Expr::Kind::literal: return expr.shared_value ? Value::from_shared(expr.shared_value) : Value(expr.value);
       case Expr::Kind::name: {
         const Value* value = find(expr.name);
         return value ? *value : Value::make_undefined(expr.name);
@@ -927,10 +932,11 @@ class Renderer final : public Interpreter {
     if (sequence.is_array() && sequence.size() * static_cast<std::uint64_t>(n) > Limits::range * 10)
       error(where, "list of more than " + std::to_string(Limits::range * 10) + " items");
     charge(unit * static_cast<std::size_t>(n), where);
-    if (sequence.is_string()) {
-      std::string repeated;
-      repeated.reserve(unit * static_cast<std::size_t>(n));
-      for (std::int64_t i = 0; i < n; ++i) repeated += sequence.get_ref<const std::string&>();
+    if (sequence.is_string()) {  // by doubling: log2(n) appends
+      const std::size_t total = unit * static_cast<std::size_t>(n);
+      std::string repeated = sequence.get<std::string>();
+      repeated.reserve(total);
+      while (repeated.size() < total) repeated.append(repeated, 0, std::min(repeated.size(), total - repeated.size()));
       return Value(std::move(repeated));
     }
     json repeated = json::array();
@@ -966,6 +972,8 @@ class Renderer final : public Interpreter {
   std::size_t captured_ = 0;
   std::size_t depth_ = 0;
   std::size_t steps_ = 0;
+  std::size_t steps_limit_ = Limits::steps;
+  std::size_t loop_limit_ = Limits::loop_iterations;
   std::size_t loop_iterations_ = 0;
   std::size_t call_depth_ = 0;
   std::size_t work_bytes_ = 0;

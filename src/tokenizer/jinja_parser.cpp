@@ -329,6 +329,7 @@ class Parser {
   // Records the depth of a finished node; chains like `a + b + c ...` or `x | f | f ...` are
   // built by loops, not recursion, so the depth bound is checked here as well.
   ExprPtr finish(ExprPtr expr) {
+    if (expr->kind == Expr::Kind::literal) expr->shared_value = std::make_shared<const json>(expr->value);
     std::size_t depth = 0;
     for (const auto& arg : expr->args)
       if (arg) depth = std::max(depth, arg->depth);
@@ -480,7 +481,7 @@ class Parser {
         std::string value = token.text;
         while (peek().kind == TokenKind::string) value += next().text;  // 'a' 'b' concatenates
         expr->value = value;
-        return expr;
+        return finish(std::move(expr));
       }
       case TokenKind::integer: {
         ExprPtr expr = make(Expr::Kind::literal, token.where);
@@ -493,12 +494,12 @@ class Parser {
           expr->value = static_cast<std::int64_t>(value);
         else
           expr->value = value;
-        return expr;
+        return finish(std::move(expr));
       }
       case TokenKind::floating: {
         ExprPtr expr = make(Expr::Kind::literal, token.where);
         expr->value = std::strtod(token.text.c_str(), nullptr);  // overflow gives inf, as in Python
-        return expr;
+        return finish(std::move(expr));
       }
       case TokenKind::name: {
         ExprPtr expr = make(Expr::Kind::literal, token.where);
@@ -512,7 +513,7 @@ class Parser {
           expr->kind = Expr::Kind::name;
           expr->name = token.text;
         }
-        return expr;
+        return finish(std::move(expr));
       }
       case TokenKind::op:
         if (token.text == "(") {
