@@ -369,12 +369,23 @@ class Renderer final : public Interpreter {
       state->items = std::move(all);
     }
     const std::size_t length = state->items.size();
-    // The loop's scope is the last one while the body runs (inner scopes are popped by then), and
-    // std::map slots stay put, so the per-iteration work is two assignments.
+    // The loop's scope is the last one between iterations (inner scopes are popped by then), and
+    // std::map nodes stay put even when scopes_ reallocates, so the per-iteration work is two
+    // assignments.
     Value* loop_slot = &scopes_.back()["loop"];
     Value* target_slot = node.targets.size() == 1 ? &scopes_.back()[node.targets[0]] : nullptr;
+    const std::size_t scope_index = scopes_.size() - 1;  // by index: inner loops may grow scopes_
     for (std::size_t i = 0; i < length; ++i) {
       count_iteration(node.where);
+      // Each iteration starts afresh, as in Jinja2: what the body set last time is gone.
+      Scope& scope = scopes_[scope_index];
+      if (scope.size() > node.targets.size() + 1) {
+        for (auto it = scope.begin(); it != scope.end();) {
+          const bool keep = it->first == "loop" ||
+                            std::find(node.targets.begin(), node.targets.end(), it->first) != node.targets.end();
+          it = keep ? std::next(it) : scope.erase(it);
+        }
+      }
       if (target_slot) {
         *target_slot = state->items[i];
       } else {
