@@ -186,7 +186,7 @@ class Renderer final : public Interpreter {
   }
 
   void emit(const std::string& text, Offset where) {
-    if (out_.size() + text.size() > Limits::output_bytes)
+    if (captured_ + out_.size() + text.size() > Limits::output_bytes)  // captured_: text held by enclosing captures
       error(where, "the rendered text would pass " + std::to_string(Limits::output_bytes) + " bytes");
     out_ += text;
   }
@@ -650,7 +650,7 @@ class Renderer final : public Interpreter {
       charge_result(result, callee.where);
       return result;
     }
-    const Value function = callee.kind == Expr::Kind::name ? eval(callee) : eval(callee);
+    const Value function = eval(callee);
     auto arguments = eval_arguments(expr);  // no structured binding: clang 14 cannot capture one
     Arguments& args = arguments.first;
     KeywordArguments& kwargs = arguments.second;
