@@ -48,38 +48,42 @@ void expect_refused(const std::string& source, const std::string& where, const s
 
 std::string rendered(const std::string& source) { return ChatTemplate(source).render(context()); }
 
+TEST(ChatTemplateHostile, HugeTemplatesAreRefusedBeforeLexing) {
+  expect_refused(std::string(300000, 'x'), "chat template line 1, column 262145", "longer than 262144 bytes");
+}
+
 TEST(ChatTemplateHostile, DeepParenthesesAreRefusedNotAStackOverflow) {
   expect_refused("{{ " + repeat("(", 100000) + "1" + repeat(")", 100000) + " }}", "chat template line 1, column 104",
                  "nested more than 100 levels deep");
 }
 
 TEST(ChatTemplateHostile, DeeplyNestedForLoopsAreRefused) {
-  expect_refused(repeat("{% for x in messages %}", 50000) + repeat("{% endfor %}", 50000),
+  expect_refused(repeat("{% for x in messages %}", 5000) + repeat("{% endfor %}", 5000),
                  "chat template line 1, column 2304", "nested more than 100 levels deep");
 }
 
 TEST(ChatTemplateHostile, DeeplyNestedIfBlocksAreRefused) {
-  expect_refused(repeat("{% if true %}\n", 50000) + repeat("{% endif %}", 50000), "chat template line 100, column 7",
+  expect_refused(repeat("{% if true %}\n", 5000) + repeat("{% endif %}", 5000), "chat template line 100, column 7",
                  "nested more than 100 levels deep");
 }
 
 TEST(ChatTemplateHostile, LongNotAndUnaryMinusChainsAreRefused) {
-  expect_refused("{{ " + repeat("not ", 200000) + "1 }}", "chat template line 1, column 400", "nested more than");
-  expect_refused("{{ " + repeat("- ", 200000) + "1 }}", "chat template line 1, column 202", "nested more than");
+  expect_refused("{{ " + repeat("not ", 50000) + "1 }}", "chat template line 1, column 400", "nested more than");
+  expect_refused("{{ " + repeat("- ", 50000) + "1 }}", "chat template line 1, column 202", "nested more than");
 }
 
 TEST(ChatTemplateHostile, DeepListsAndDictLiteralsAreRefused) {
   expect_refused("{{ " + repeat("[", 100000) + repeat("]", 100000) + " }}", "chat template line 1, column 104",
                  "nested more than");
-  expect_refused("{{ " + repeat("{'a': ", 100000) + "1" + repeat("}", 100000) + " }}", "chat template line 1, column 599",
+  expect_refused("{{ " + repeat("{'a': ", 20000) + "1" + repeat("}", 20000) + " }}", "chat template line 1, column 599",
                  "nested more than");
 }
 
 TEST(ChatTemplateHostile, LongFilterOperatorAndAttributeChainsAreRefused) {
   // Built by loops in the parser, so the tree's depth is what is bounded: evaluating or freeing
   // a 100000-deep tree would overflow the stack.
-  expect_refused("{{ 'a'" + repeat(" | upper", 100000) + " }}", "chat template line 1, column 2402", "expression nested");
-  expect_refused("{{ 1" + repeat(" + 1", 100000) + " }}", "chat template line 1, column 1202", "expression nested");
+  expect_refused("{{ 'a'" + repeat(" | upper", 20000) + " }}", "chat template line 1, column 2402", "expression nested");
+  expect_refused("{{ 1" + repeat(" + 1", 40000) + " }}", "chat template line 1, column 1202", "expression nested");
   expect_refused("{{ messages" + repeat(".x", 100000) + " }}", "chat template line 1, column 610", "expression nested");
 }
 
@@ -100,7 +104,7 @@ TEST(ChatTemplateHostile, StringRepetitionAndDoublingStopAtTheSizeLimit) {
   expect_refused("{{ 'x' * 9223372036854775807 }}", "chat template line 1, column 8", "string longer than");
   // Doubling copies every intermediate string, so the work limit (64 MiB in all) stops it first.
   expect_refused("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-                 "chat template line 1, column 80", "built more than 67108864 bytes");
+                 "chat template line 1, column 76", "or scanned more than");
   expect_refused("{{ [1, 2] * 100000000000 }}", "chat template line 1, column 11", "list");
 }
 
@@ -112,9 +116,14 @@ TEST(ChatTemplateHostile, OutputStopsAtTheSizeLimit) {
 TEST(ChatTemplateHostile, RebuildingLargeValuesInALoopStopsAtTheWorkLimit) {
   // Each value stays under its own size limit; together they would take minutes.
   expect_refused("{% set s = 'x' * 10000000 %}{% for i in range(100000) %}{% set t = s ~ i %}{% endfor %}",
-                 "chat template line 1, column 70", "built more than 67108864 bytes");
+                 "chat template line 1, column 70", "or scanned more than");
   expect_refused("{% set xs = range(100000) | list %}{% for i in range(100000) %}{% set ys = xs + [i] %}{% endfor %}",
-                 "chat template line 1, column 79", "built more than");
+                 "chat template line 1, column 79", "or scanned more than");
+  // Found by the seeded fuzz run: scanning a 10 MB string on every iteration (length, `in`, ==).
+  expect_refused("{% set s = 'x' * 10000000 %}{% for i in range(100000) %}{% set t = s|length ~ i %}{% endfor %}",
+                 "chat template line 1, column 70", "or scanned more than");
+  expect_refused("{% set s = 'x' * 10000000 %}{% for i in range(100000) %}{% if 'y' in s %}{% endif %}{% endfor %}",
+                 "chat template line 1, column 67", "or scanned more than");
 }
 
 TEST(ChatTemplateHostile, LongComputationsStopAtTheStepLimit) {

@@ -28,6 +28,7 @@ using json = nlohmann::ordered_json;
 // are far above what any published chat template needs and low enough that a hostile template
 // fails in well under a second, without exhausting the stack or memory.
 struct Limits {
+  static constexpr std::size_t template_bytes = 256u << 10;  // the source (published ones are under 32 KiB)
   static constexpr std::size_t nesting = 100;            // parser: nested blocks/brackets/operators
   static constexpr std::size_t value_depth = 200;         // nested lists/dicts in one value
   static constexpr std::size_t call_depth = 64;           // macro calls inside macro calls
@@ -229,6 +230,8 @@ struct JsonStyle {
 };
 std::string to_json_text(const json& value, const JsonStyle& style = {});
 std::vector<std::string> utf8_characters(const std::string& text);
+std::size_t utf8_length(const std::string& text);                     // characters, without splitting
+std::size_t utf8_offset(const std::string& text, std::size_t index);  // byte where character `index` starts
 // Throws BuiltinError when `value` nests deeper than Limits::value_depth or its estimated size
 // passes Limits::value_bytes; returns the estimated size in bytes.
 std::size_t check_value_size(const json& value);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <unordered_set>
 
 #include "tokenizer/jinja_ast.h"
 
@@ -103,6 +104,21 @@ std::vector<std::string> utf8_characters(const std::string& text) {
     i += length;
   }
   return characters;
+}
+
+std::size_t utf8_length(const std::string& text) {
+  std::size_t length = 0;
+  for (const char c : text) length += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return length;
+}
+
+std::size_t utf8_offset(const std::string& text, std::size_t index) {
+  std::size_t seen = 0;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if ((static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) continue;
+    if (seen++ == index) return i;
+  }
+  return text.size();
 }
 
 std::size_t check_value_size(const json& value) {
@@ -477,20 +493,33 @@ std::string strip(const std::string& text, const Value& chars, bool left, bool r
   const bool whitespace = chars.undefined || (chars.is_data() && chars.data().is_null());
   std::vector<std::string> set;
   if (!whitespace) set = utf8_characters(expect_string(chars, "chars").get<std::string>());
-  const auto characters = utf8_characters(text);
   auto strips = [&](const std::string& c) {
     if (whitespace) return is_space_character(c);
     return std::find(set.begin(), set.end(), c) != set.end();
   };
+  auto character_at = [&](std::size_t i) {  // the character starting at byte i
+    std::size_t end = i + 1;
+    while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) ++end;
+    return text.substr(i, end - i);
+  };
   std::size_t begin = 0;
-  std::size_t end = characters.size();
-  if (left)
-    while (begin < end && strips(characters[begin])) ++begin;
-  if (right)
-    while (end > begin && strips(characters[end - 1])) --end;
-  std::string out;
-  for (std::size_t i = begin; i < end; ++i) out += characters[i];
-  return out;
+  std::size_t end = text.size();
+  if (left) {
+    while (begin < end) {
+      const std::string c = character_at(begin);
+      if (!strips(c)) break;
+      begin += c.size();
+    }
+  }
+  if (right) {
+    while (end > begin) {
+      std::size_t start = end - 1;
+      while (start > begin && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+      if (!strips(text.substr(start, end - start))) break;
+      end = start;
+    }
+  }
+  return text.substr(begin, end - begin);
 }
 
 void check_list_size(const json& list) {
@@ -502,46 +531,53 @@ json split(const std::string& text, const Value& separator, std::int64_t max_spl
   json parts = json::array();
   if (separator.undefined || (separator.is_data() && separator.data().is_null())) {
     // Runs of whitespace separate words; leading and trailing whitespace makes no empty word.
-    const std::vector<std::string> characters = utf8_characters(text);
-    const std::size_t n = characters.size();
-    auto space = [&](std::size_t i) { return is_space_character(characters[i]); };
-    auto join = [&](std::size_t begin, std::size_t end) {
-      std::string word;
-      for (std::size_t i = begin; i < end; ++i) word += characters[i];
-      return word;
+    // Scanned by character boundaries (byte offsets), without splitting the text into characters.
+    const std::size_t n = text.size();
+    auto next = [&](std::size_t i) {  // the byte after the character at i
+      ++i;
+      while (i < n && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) ++i;
+      return i;
     };
+    auto previous = [&](std::size_t i) {  // the start of the character before byte i
+      --i;
+      while (i > 0 && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) --i;
+      return i;
+    };
+    auto space_at = [&](std::size_t i) { return is_space_character(text.substr(i, next(i) - i)); };
     std::vector<std::string> words;
     if (!from_right) {
       std::size_t i = 0;
       while (true) {
-        while (i < n && space(i)) ++i;
+        while (i < n && space_at(i)) i = next(i);
         if (i == n) break;
         if (max_splits >= 0 && static_cast<std::int64_t>(words.size()) == max_splits) {
           std::size_t end = n;
-          while (end > i && space(end - 1)) --end;
-          words.push_back(join(i, end));
+          while (end > i && space_at(previous(end))) end = previous(end);
+          words.push_back(text.substr(i, end - i));
           break;
         }
         std::size_t end = i;
-        while (end < n && !space(end)) ++end;
-        words.push_back(join(i, end));
+        while (end < n && !space_at(end)) end = next(end);
+        words.push_back(text.substr(i, end - i));
         i = end;
+        if (words.size() > 10 * Limits::range) check_list_size(json(words));
       }
     } else {
       std::size_t i = n;
       while (true) {
-        while (i > 0 && space(i - 1)) --i;
+        while (i > 0 && space_at(previous(i))) i = previous(i);
         if (i == 0) break;
         if (max_splits >= 0 && static_cast<std::int64_t>(words.size()) == max_splits) {
           std::size_t begin = 0;
-          while (begin < i && space(begin)) ++begin;
-          words.push_back(join(begin, i));
+          while (begin < i && space_at(begin)) begin = next(begin);
+          words.push_back(text.substr(begin, i - begin));
           break;
         }
         std::size_t begin = i;
-        while (begin > 0 && !space(begin - 1)) --begin;
-        words.push_back(join(begin, i));
+        while (begin > 0 && !space_at(previous(begin))) begin = previous(begin);
+        words.push_back(text.substr(begin, i - begin));
         i = begin;
+        if (words.size() > 10 * Limits::range) check_list_size(json(words));
       }
       std::reverse(words.begin(), words.end());
     }
@@ -585,15 +621,15 @@ std::string replace(const std::string& text, const std::string& old, const std::
                     std::int64_t count) {
   std::string out;
   if (old.empty()) {  // Python inserts the replacement between characters and at both ends
-    const auto characters = utf8_characters(text);
     std::int64_t done = 0;
-    for (const auto& c : characters) {
-      if (count < 0 || done < count) {
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      const bool starts_character = (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+      if (starts_character && (count < 0 || done < count)) {
         out += replacement;
         ++done;
+        check_string_size(out.size());
       }
-      out += c;
-      check_string_size(out.size());
+      out += text[i];
     }
     if (count < 0 || done < count) out += replacement;
     check_string_size(out.size());
@@ -632,6 +668,8 @@ json as_list(const Value& value) {
   if (data.is_array()) return data;
   json list = json::array();
   if (data.is_string()) {
+    if (utf8_length(data.get_ref<const std::string&>()) > 10 * Limits::range)
+      builtin_error("a list of more than " + std::to_string(10 * Limits::range) + " characters");
     for (auto& c : utf8_characters(data.get<std::string>())) list.push_back(c);
   } else if (data.is_object()) {
     for (const auto& [key, unused] : data.items()) list.push_back(key);
@@ -680,6 +718,20 @@ std::string html_escape(const std::string& text) {
   return out;
 }
 
+// A set key with Python's equality for hashable values: 1, 1.0 and True are one key; lists and
+// dicts are unhashable, as in Python.
+std::string hash_key(const json& value) {
+  if (value.is_string()) return "s" + value.get<std::string>();
+  if (value.is_null()) return "z";
+  if (value.is_array() || value.is_object()) builtin_error(std::string("unhashable type: '") + (value.is_array() ? "list" : "dict") + "'");
+  std::int64_t integer = 0;
+  if (!value.is_number_float() && integer_of(value, integer)) return "n" + std::to_string(integer);
+  if (value.is_number_unsigned()) return "n" + value.dump();
+  const double d = value.get<double>();
+  if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18) return "n" + std::to_string(static_cast<std::int64_t>(d));
+  return "f" + float_repr(d);
+}
+
 // Jinja2's sort key: strings compare case-insensitively unless case_sensitive.
 json sort_key(const json& value, bool case_sensitive) {
   if (!case_sensitive && value.is_string()) return change_case(value.get<std::string>(), Case::lower);
@@ -687,7 +739,7 @@ json sort_key(const json& value, bool case_sensitive) {
 }
 
 std::string pad_center(const std::string& text, std::int64_t width, const std::string& fill, int where) {
-  const std::int64_t length = static_cast<std::int64_t>(utf8_characters(text).size());
+  const std::int64_t length = static_cast<std::int64_t>(utf8_length(text));
   if (width <= length) return text;
   if (width > static_cast<std::int64_t>(Limits::string_bytes)) check_string_size(static_cast<std::size_t>(width));
   const std::int64_t total = width - length;
@@ -954,7 +1006,7 @@ const std::map<std::string, Filter>& filters() {
          if (in.undefined) return Value(0);
          if (!in.is_data() && !in.is_namespace()) builtin_error("object of type '" + type_name(in) + "' has no len()");
          const json& data = in.view();
-         if (data.is_string()) return Value(utf8_characters(data.get<std::string>()).size());
+         if (data.is_string()) return Value(utf8_length(data.get_ref<const std::string&>()));
          if (data.is_array() || data.is_object()) return Value(data.size());
          builtin_error("object of type '" + type_name(in) + "' has no len()");
        }},
@@ -1179,13 +1231,14 @@ const std::map<std::string, Filter>& filters() {
       {"unique", [](I&, const Value& in, const A& a, const K& k) {
          check_arguments(a, k, {"case_sensitive", "attribute"});
          const bool case_sensitive = truthy(argument(a, k, 0, "case_sensitive", Value(false)));
+         const Value attribute = argument(a, k, 1, "attribute", Value(nullptr));
          json kept = json::array();
-         std::vector<json> seen;
+         std::unordered_set<std::string> seen;  // Python's set: linear, not quadratic
          for (const auto& item : as_list(in)) {
-           json key = sort_key(item, case_sensitive);
-           if (std::any_of(seen.begin(), seen.end(), [&](const json& s) { return python_equal(s, key); })) continue;
-           seen.push_back(std::move(key));
-           kept.push_back(item);
+           const json field = attribute.is_data() && attribute.data().is_string()
+                                  ? attribute_of(item, attribute.data().get<std::string>()).to_json()
+                                  : item;
+           if (seen.insert(hash_key(sort_key(field, case_sensitive))).second) kept.push_back(item);
          }
          return Value(kept);
        }},
@@ -1309,13 +1362,11 @@ const std::map<std::string, Filter>& filters() {
          const bool killwords = truthy(argument(a, k, 1, "killwords", Value(false)));
          const std::string end = to_display_string(argument(a, k, 2, "end", Value("...")));
          const std::int64_t leeway = expect_integer(argument(a, k, 3, "leeway", Value(5)), "leeway");
-         const auto characters = utf8_characters(text);
-         const auto end_length = static_cast<std::int64_t>(utf8_characters(end).size());
+         const auto end_length = static_cast<std::int64_t>(utf8_length(end));
          if (length < end_length) builtin_error("expected length >= " + std::to_string(end_length));
          if (leeway < 0) builtin_error("expected leeway >= 0");
-         if (static_cast<std::int64_t>(characters.size()) <= length + leeway) return Value(text);
-         std::string head;
-         for (std::int64_t i = 0; i < length - end_length; ++i) head += characters[static_cast<std::size_t>(i)];
+         if (static_cast<std::int64_t>(utf8_length(text)) <= length + leeway) return Value(text);
+         std::string head = text.substr(0, utf8_offset(text, static_cast<std::size_t>(length - end_length)));
          if (killwords) return Value(head + end);
          const std::size_t space = head.rfind(' ');
          if (space != std::string::npos) head.erase(space);
@@ -1642,7 +1693,9 @@ bool is_cased_text_upper(const std::string& s) {
 }
 
 std::int64_t character_index(const std::string& text, std::size_t byte_offset) {
-  return static_cast<std::int64_t>(utf8_characters(text.substr(0, byte_offset)).size());
+  std::int64_t index = 0;
+  for (std::size_t i = 0; i < byte_offset && i < text.size(); ++i) index += (static_cast<unsigned char>(text[i]) & 0xC0) != 0x80;
+  return index;
 }
 
 }  // namespace
@@ -1666,11 +1719,9 @@ Value call_method(Interpreter&, const Value& object, const std::string& method, 
                          expect_integer(argument(args, kwargs, 1, "maxsplit", Value(-1)), "maxsplit"), method == "rsplit"));
     if (method == "startswith" || method == "endswith") {
       const std::int64_t start = expect_integer(argument(args, kwargs, 1, "start", Value(0)), "start");
-      const auto characters = utf8_characters(text);
-      std::string tail;
-      const std::size_t from = start < 0 ? static_cast<std::size_t>(std::max<std::int64_t>(0, static_cast<std::int64_t>(characters.size()) + start))
-                                         : static_cast<std::size_t>(std::min<std::int64_t>(start, static_cast<std::int64_t>(characters.size())));
-      for (std::size_t i = from; i < characters.size(); ++i) tail += characters[i];
+      const auto count = static_cast<std::int64_t>(utf8_length(text));
+      const std::int64_t from = start < 0 ? std::max<std::int64_t>(0, count + start) : std::min(start, count);
+      const std::string tail = text.substr(utf8_offset(text, static_cast<std::size_t>(from)));
       return Value(starts_or_ends(tail, argument(args, kwargs, 0, "prefix", Value(nullptr)), method == "startswith"));
     }
     if (method == "upper") return Value(change_case(text, Case::upper));
@@ -1693,7 +1744,7 @@ Value call_method(Interpreter&, const Value& object, const std::string& method, 
     }
     if (method == "count") {
       const std::string needle = expect_string(argument(args, kwargs, 0, "sub"), "substring");
-      if (needle.empty()) return Value(utf8_characters(text).size() + 1);
+      if (needle.empty()) return Value(utf8_length(text) + 1);
       std::int64_t count = 0;
       for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++count;
       return Value(count);
@@ -1748,7 +1799,7 @@ Value call_method(Interpreter&, const Value& object, const std::string& method, 
     }
     if (method == "zfill") {
       const std::int64_t width = expect_integer(argument(args, kwargs, 0, "width"), "width");
-      const std::int64_t length = static_cast<std::int64_t>(utf8_characters(text).size());
+      const std::int64_t length = static_cast<std::int64_t>(utf8_length(text));
       if (width <= length) return Value(text);
       check_string_size(static_cast<std::size_t>(std::min<std::int64_t>(width, std::numeric_limits<std::int32_t>::max())));
       const bool sign = !text.empty() && (text[0] == '-' || text[0] == '+');

@@ -133,6 +133,7 @@ class Renderer final : public Interpreter {
     // template with a small context still stops after Limits::steps.
     steps_limit_ = Limits::steps + 4 * context_bytes;
     loop_limit_ = Limits::loop_iterations + context_bytes / 4;
+    work_limit_ = Limits::work_bytes + 8 * context_bytes;
     scopes_.emplace_back();
     for (const auto& [key, value] : context.items()) scopes_.back()[key] = Value(value);
   }
@@ -338,6 +339,12 @@ class Renderer final : public Interpreter {
     if (iterable.undefined) return items;  // Jinja2's Undefined iterates as empty
     if (!iterable.is_data()) error(where, "cannot iterate over a " + type_name(iterable));
     const json& data = iterable.data();
+    // A loop over more items than the iteration limit would only fail later, after building them.
+    if (data.is_string()) charge(data.get_ref<const std::string&>().size(), where);
+    const std::size_t count = data.is_string() ? utf8_length(data.get_ref<const std::string&>()) : data.size();
+    if (count > loop_limit_)
+      error(where, "cannot iterate over " + std::to_string(count) + " items: loops may run " +
+                       std::to_string(loop_limit_) + " iterations in all");
     if (data.is_array()) {
       items.reserve(data.size());
       for (const auto& item : data) {
@@ -501,6 +508,7 @@ class Renderer final : public Interpreter {
     Arguments& args = arguments.first;
     KeywordArguments& kwargs = arguments.second;
     current_ = expr.where;
+    charge_scan(input, expr.where);
     Value result = guard(expr.where, [&] { return apply_filter(*this, expr.name, input, args, kwargs); },
                          "filter '" + expr.name + "': ");
     charge_result(result, expr.where);
@@ -568,9 +576,11 @@ class Renderer final : public Interpreter {
         item.tuple = object.tuple_items && item.data().is_array();  // a pair of dict.items()
         return item;
       }
-      const auto characters = utf8_characters(data.get<std::string>());
-      return normalise_index(index, characters.size()) ? Value(characters[static_cast<std::size_t>(index)])
-                                                       : Value::make_undefined(name);
+      const std::string& text = data.get_ref<const std::string&>();
+      charge(text.size(), where);
+      if (!normalise_index(index, utf8_length(text))) return Value::make_undefined(name);
+      const std::size_t begin = utf8_offset(text, static_cast<std::size_t>(index));
+      return Value(text.substr(begin, utf8_offset(text.substr(begin), 1)));
     }
     return Value::make_undefined(name);
   }
@@ -591,17 +601,22 @@ class Renderer final : public Interpreter {
     const std::int64_t step = bounds[2];
     if (step == 0) error(expr.where, "slice step cannot be zero");
     if (step == std::numeric_limits<std::int64_t>::min()) error(expr.where, "slice step out of range");
-    std::vector<json> elements;
+    // Strings are sliced by characters through their byte offsets; lists by item.
     const bool is_string = object.is_data() && object.data().is_string();
+    const bool is_list = object.is_data() && object.data().is_array();
+    if (!is_string && !is_list) error(expr.where, "cannot slice a " + type_name(object));
+    const json& sequence = object.data();
+    std::vector<std::size_t> offsets;  // strings: where each character starts, then the end
     if (is_string) {
-      for (auto& c : utf8_characters(object.data().get<std::string>())) elements.emplace_back(std::move(c));
-    } else if (object.is_data() && object.data().is_array()) {
-      elements.assign(object.data().begin(), object.data().end());
-    } else {
-      error(expr.where, "cannot slice a " + type_name(object));
+      const std::string& text = sequence.get_ref<const std::string&>();
+      charge(8 * text.size(), expr.where);
+      offsets.reserve(text.size() + 1);
+      for (std::size_t i = 0; i < text.size(); ++i)
+        if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) offsets.push_back(i);
+      offsets.push_back(text.size());
     }
     // Python's slice.indices(): clamp each bound into range, defaults depending on the step's sign.
-    const std::int64_t size = static_cast<std::int64_t>(elements.size());
+    const std::int64_t size = static_cast<std::int64_t>(is_string ? offsets.size() - 1 : sequence.size());
     auto clamp = [&](std::int64_t value, bool given, std::int64_t fallback) {
       if (!given) return fallback;
       if (value < 0) value = value < -size ? -1 : value + size;
@@ -613,10 +628,11 @@ class Renderer final : public Interpreter {
     json result = is_string ? json("") : json::array();
     // 128 bits, so a step near the 64-bit limits cannot overflow the index.
     for (__int128 i = start; step > 0 ? i < stop : i > stop; i += step) {
+      const auto at = static_cast<std::size_t>(i);
       if (is_string) {
-        result.get_ref<std::string&>() += elements[static_cast<std::size_t>(i)].get<std::string>();
+        result.get_ref<std::string&>().append(sequence.get_ref<const std::string&>(), offsets[at], offsets[at + 1] - offsets[at]);
       } else {
-        result.push_back(elements[static_cast<std::size_t>(i)]);
+        result.push_back(sequence[at]);
       }
     }
     return Value(std::move(result));
@@ -645,6 +661,7 @@ class Renderer final : public Interpreter {
         const Value member = get_item(object, Value(json(callee.name)), callee.where);
         if (member.is_macro()) return call_macro(member, args, kwargs, expr.where);
       }
+      charge_scan(object, callee.where);
       Value result = guard(callee.where, [&] { return call_method(*this, object, callee.name, args, kwargs); },
                            type_name(object) + "." + callee.name + "(): ");
       charge_result(result, callee.where);
@@ -806,6 +823,8 @@ class Renderer final : public Interpreter {
   }
 
   bool compare(const std::string& op, const Value& left, const Value& right, Offset where) {
+    charge_scan(left, where);
+    charge_scan(right, where);
     if (op == "==" || op == "!=") {
       bool equal;
       if (left.undefined || right.undefined) {
@@ -908,15 +927,21 @@ class Renderer final : public Interpreter {
     return bytes;
   }
 
-  // Counts the bytes of strings and lists the render builds or copies: each is bounded alone,
-  // and this bounds them together (a loop re-building a large string is work, not output).
+  // Counts the bytes of strings and lists the render builds, copies or scans: each is bounded
+  // alone, and this bounds them together (a loop re-building or re-reading a large string is
+  // work, not output).
   void charge(std::size_t bytes, Offset where) {
     work_bytes_ += bytes;
-    if (work_bytes_ > Limits::work_bytes)
-      error(where, "the template built more than " + std::to_string(Limits::work_bytes) + " bytes of values");
+    if (work_bytes_ > work_limit_)
+      error(where, "the template built or scanned more than " + std::to_string(work_limit_) + " bytes of values");
   }
 
   // The size a builtin's result is charged at: string bytes, or 16 per list or dict entry.
+  // Scanning a string (a filter, a method, `in`, ==, an index) costs its length.
+  void charge_scan(const Value& value, Offset where) {
+    if (value.is_data() && value.data().is_string()) charge(value.data().get_ref<const std::string&>().size(), where);
+  }
+
   void charge_result(const Value& result, Offset where) {
     const json& data = result.view();
     if (data.is_string()) charge(data.get_ref<const std::string&>().size(), where);
@@ -960,6 +985,7 @@ class Renderer final : public Interpreter {
     if (!container.is_data()) error(where, "argument of type '" + type_name(container) + "' is not iterable");
     const json& data = container.data();
     if (data.is_string()) {
+      charge_scan(container, where);
       if (!item.is_data() || !item.data().is_string())
         error(where, "'in <string>' requires string as left operand, not " + type_name(item));
       return data.get_ref<const std::string&>().find(item.data().get_ref<const std::string&>()) != std::string::npos;
@@ -988,6 +1014,7 @@ class Renderer final : public Interpreter {
   std::size_t loop_iterations_ = 0;
   std::size_t call_depth_ = 0;
   std::size_t work_bytes_ = 0;
+  std::size_t work_limit_ = Limits::work_bytes;
   Offset current_ = 0;
 };
 

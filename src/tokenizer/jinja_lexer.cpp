@@ -336,6 +336,9 @@ class Lexer {
 }  // namespace
 
 std::vector<Token> tokenize(std::string_view source, LexerOptions options) {
+  if (source.size() > Limits::template_bytes)
+    fail_at(source, Limits::template_bytes,
+            "the template is longer than " + std::to_string(Limits::template_bytes) + " bytes");
   return Lexer(source, options).run();
 }
 
