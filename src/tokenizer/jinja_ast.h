@@ -35,8 +35,8 @@ struct Limits {
   // Work grows with the conversation, so these two grow with the context's size (estimated bytes,
   // as check_value_size counts them): a hostile template with a small context stops early, a
   // 16000-turn chat through a real template still renders.
-  static constexpr std::size_t loop_iterations = 100'000;  // all loops of one render, plus 1 per 4 bytes of context
-  static constexpr std::size_t steps = 200'000;            // evaluated nodes in one render, plus 4 per byte of context
+  static constexpr std::size_t loop_iterations = 50'000;   // all loops of one render, plus 1 per 4 bytes of context
+  static constexpr std::size_t steps = 100'000;            // evaluated nodes in one render, plus 4 per byte of context
   static constexpr std::size_t range = 100'000;           // items of one range()
   static constexpr std::size_t string_bytes = 16u << 20;  // one string value
   static constexpr std::size_t value_bytes = 64u << 20;   // one list or dict (estimated)
