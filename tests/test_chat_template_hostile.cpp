@@ -102,7 +102,7 @@ TEST(ChatTemplateHostile, NestedLoopsStopAtTheIterationLimit) {
 TEST(ChatTemplateHostile, StringRepetitionAndDoublingStopAtTheSizeLimit) {
   expect_refused("{{ 'x' * 1000000000000 }}", "chat template line 1, column 8", "string longer than");
   expect_refused("{{ 'x' * 9223372036854775807 }}", "chat template line 1, column 8", "string longer than");
-  // Doubling copies every intermediate string, so the work limit (64 MiB in all) stops it first.
+  // Doubling copies every intermediate string, so the work limit (32 MiB in all) stops it first.
   expect_refused("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
                  "chat template line 1, column 76", "or scanned more than");
   expect_refused("{{ [1, 2] * 100000000000 }}", "chat template line 1, column 11", "list");
@@ -116,7 +116,7 @@ TEST(ChatTemplateHostile, OutputStopsAtTheSizeLimit) {
 TEST(ChatTemplateHostile, RebuildingLargeValuesInALoopStopsAtTheWorkLimit) {
   // Each value stays under its own size limit; together they would take minutes.
   expect_refused("{% set s = 'x' * 10000000 %}{% for i in range(40000) %}{% set t = s ~ i %}{% endfor %}",
-                 "chat template line 1, column 69", "or scanned more than");
+                 "chat template line 1, column 67", "or scanned more than");
   expect_refused("{% set xs = range(100000) | list %}{% for i in range(40000) %}{% set ys = xs + [i] %}{% endfor %}",
                  "chat template line 1, column 78", "or scanned more than");
   // Found by the seeded fuzz run: scanning a 10 MB string on every iteration (length, `in`, ==).

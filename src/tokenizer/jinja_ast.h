@@ -41,7 +41,7 @@ struct Limits {
   static constexpr std::size_t string_bytes = 16u << 20;  // one string value
   static constexpr std::size_t value_bytes = 64u << 20;   // one list or dict (estimated)
   static constexpr std::size_t output_bytes = 16u << 20;  // the rendered text (~4M tokens)
-  static constexpr std::size_t work_bytes = 64u << 20;    // strings and lists built in one render, together
+  static constexpr std::size_t work_bytes = 32u << 20;    // strings and lists built or scanned, together; plus 8 per byte of context
 };
 
 // A byte offset into the template; turned into line and column only when an error is reported.
