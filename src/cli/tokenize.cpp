@@ -20,25 +20,32 @@ struct TokenizeOptions {
   bool bos = false, decode = false, add_generation_prompt = false;
 };
 
-// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures).
+// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures) and
+// optionally "tools" and "documents".
 int run_chat(const Tokenizer& tokenizer, const TokenizeOptions& options) {
   std::ifstream in(options.chat);
   if (!in) fail("{}: cannot open", options.chat);
-  nlohmann::json conversation;
+  nlohmann::ordered_json conversation;  // ordered: the template must see the file's key order
   try {
-    conversation = nlohmann::json::parse(in);
+    conversation = nlohmann::ordered_json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", options.chat, e.what());
   }
-  const nlohmann::json messages = conversation.is_object() ? conversation.value("messages", nlohmann::json()) : conversation;
+  const nlohmann::ordered_json messages =
+      conversation.is_object() ? conversation.value("messages", nlohmann::ordered_json()) : conversation;
   if (!messages.is_array())
     fail("{}: expected a list of messages or an object with \"messages\"", options.chat);
   if (tokenizer.chat_template().empty())
     fail("{}: the tokenizer has no chat_template in tokenizer_config.json", options.tokenizer_dir);
-  const nlohmann::json context = {{"messages", messages},
-                                  {"add_generation_prompt", options.add_generation_prompt},
-                                  {"bos_token", tokenizer.bos_token()},
-                                  {"eos_token", tokenizer.eos_token()}};
+  const nlohmann::ordered_json tools = conversation.is_object() ? conversation.value("tools", nlohmann::ordered_json()) : nullptr;
+  const nlohmann::ordered_json documents =
+      conversation.is_object() ? conversation.value("documents", nlohmann::ordered_json()) : nullptr;
+  const nlohmann::ordered_json context = {{"messages", messages},
+                                          {"tools", tools},
+                                          {"documents", documents},
+                                          {"add_generation_prompt", options.add_generation_prompt},
+                                          {"bos_token", tokenizer.bos_token()},
+                                          {"eos_token", tokenizer.eos_token()}};
   const std::string text = render_chat_template(tokenizer.chat_template(), context);
   std::cout << text << '\n' << fmt::format("{}", fmt::join(tokenizer.encode_chat(text), ",")) << '\n';
   return 0;
@@ -107,8 +114,8 @@ const bool registered = register_command({
                          "(with --decode: {\"ids\"} in, {\"text\"} out)")
           ->check(CLI::ExistingFile);
       inputs->add_option("--chat", options->chat,
-                         "Conversation JSON (a list of messages, or {\"messages\": [...]}): prints the rendered "
-                         "chat template and its ids")
+                         "Conversation JSON (a list of messages, or {\"messages\": [...], \"tools\": [...], "
+                         "\"documents\": [...]}): prints the rendered chat template and its ids")
           ->check(CLI::ExistingFile);
       inputs->require_option(1);
       app.add_flag("--add-generation-prompt", options->add_generation_prompt,
