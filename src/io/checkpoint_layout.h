@@ -66,4 +66,24 @@ struct ParameterCount {
 };
 ParameterCount count_parameters(const ModelConfig& config);
 
+// Grows a structure shaped like the model (Weights, train::TrainableModel: `layers` and
+// `mtp[depth].layer`, each with an optional `moe` holding `experts` and `shared_experts`, or an
+// optional dense `mlp`) so that it has a place for tensor `t` of the layout.
+template <typename Model>
+void make_room(Model& model, const CheckpointTensor& t) {
+  using Role = CheckpointTensor::Role;
+  using Mlp = CheckpointTensor::Mlp;
+  if (t.mtp_depth >= 0 && t.mtp_depth >= static_cast<std::int64_t>(model.mtp.size())) model.mtp.resize(t.mtp_depth + 1);
+  if (t.mtp_depth < 0 && t.layer >= static_cast<std::int64_t>(model.layers.size())) model.layers.resize(t.layer + 1);
+  if (t.layer < 0) return;
+  auto& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
+  const bool in_moe = t.role == Role::router || t.role == Role::router_bias || t.mlp == Mlp::shared_experts ||
+                      t.mlp == Mlp::routed_expert;
+  if (in_moe && !layer.moe) layer.moe.emplace();
+  if (t.mlp == Mlp::dense && !layer.mlp) layer.mlp.emplace();
+  if (t.mlp == Mlp::shared_experts && !layer.moe->shared_experts) layer.moe->shared_experts.emplace();
+  if (t.mlp == Mlp::routed_expert && t.expert >= static_cast<std::int64_t>(layer.moe->experts.size()))
+    layer.moe->experts.resize(t.expert + 1);
+}
+
 }  // namespace dsv3

@@ -88,21 +88,6 @@ class Loader {
 using Role = CheckpointTensor::Role;
 using Mlp = CheckpointTensor::Mlp;
 
-// Grows `w` to hold tensor `t`: its decoder layer or MTP module, its MoE block, its MLP.
-void make_room(Weights& w, const CheckpointTensor& t) {
-  if (t.mtp_depth >= 0 && t.mtp_depth >= static_cast<std::int64_t>(w.mtp.size())) w.mtp.resize(t.mtp_depth + 1);
-  if (t.mtp_depth < 0 && t.layer >= static_cast<std::int64_t>(w.layers.size())) w.layers.resize(t.layer + 1);
-  if (t.layer < 0) return;
-  LayerWeights& layer = t.mtp_depth >= 0 ? w.mtp[t.mtp_depth].layer : w.layers[t.layer];
-  const bool in_moe = t.role == Role::router || t.role == Role::router_bias || t.mlp == Mlp::shared_experts ||
-                      t.mlp == Mlp::routed_expert;
-  if (in_moe && !layer.moe) layer.moe.emplace();
-  if (t.mlp == Mlp::dense && !layer.mlp) layer.mlp.emplace();
-  if (t.mlp == Mlp::shared_experts && !layer.moe->shared_experts) layer.moe->shared_experts.emplace();
-  if (t.mlp == Mlp::routed_expert && t.expert >= static_cast<std::int64_t>(layer.moe->experts.size()))
-    layer.moe->experts.resize(t.expert + 1);
-}
-
 // Where tensor `t` of the layout lives in `w` (Weights or const Weights): a matrix, or a vector
 // (norms, router bias).
 template <typename W>

@@ -12,6 +12,7 @@
 #include <unordered_set>
 
 #include "tokenizer/jinja_ast.h"
+#include "tokenizer/utf8.h"
 
 namespace dsv3::jinja {
 
@@ -380,23 +381,6 @@ std::uint32_t to_lower(std::uint32_t c) {
 
 bool is_cased_letter(std::uint32_t c) { return to_upper(c) != c || to_lower(c) != c || c == 0xDF; }
 
-void append_utf8(std::string& out, std::uint32_t code) {
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else if (code < 0x800) {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else if (code < 0x10000) {
-    out += static_cast<char>(0xE0 | (code >> 12));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code >> 18));
-    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
-}
 
 enum class Case { upper, lower, title, capitalize, swap };
 
@@ -424,11 +408,11 @@ std::string change_case(const std::string& text, Case mode) {
     }
     const bool cased = is_cased_letter(c);
     if (mode == Case::swap && !cased) {
-      append_utf8(out, c);
+      tokenizer_internal::append_utf8(c, out);
     } else if (upper && c == 0xDF) {
       out += mode == Case::upper || mode == Case::swap ? "SS" : "Ss";
     } else {
-      append_utf8(out, upper ? to_upper(c) : to_lower(c));
+      tokenizer_internal::append_utf8(upper ? to_upper(c) : to_lower(c), out);
     }
     previous_cased = cased;
     first = false;

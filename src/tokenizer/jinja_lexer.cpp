@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "tokenizer/jinja_ast.h"
+#include "tokenizer/utf8.h"
 
 namespace dsv3::jinja {
 
@@ -242,15 +243,15 @@ class Lexer {
         case '\'': value += '\''; break;
         case '"': value += '"'; break;
         case '\n': break;  // a backslash-newline continues the literal, as in Python
-        case 'x': append_code_point(value, hex_escape(start, i, 2)); break;
-        case 'u': append_code_point(value, unicode_escape(start, i, 4)); break;
-        case 'U': append_code_point(value, unicode_escape(start, i, 8)); break;
+        case 'x': tokenizer_internal::append_utf8(static_cast<char32_t>(hex_escape(start, i, 2)), value); break;
+        case 'u': tokenizer_internal::append_utf8(static_cast<char32_t>(unicode_escape(start, i, 4)), value); break;
+        case 'U': tokenizer_internal::append_utf8(static_cast<char32_t>(unicode_escape(start, i, 8)), value); break;
         default:
           if (escaped >= '0' && escaped <= '7') {  // up to three octal digits, as in Python
             unsigned code = static_cast<unsigned>(escaped - '0');
             for (int digits = 1; digits < 3 && i < source_.size() && source_[i] >= '0' && source_[i] <= '7'; ++digits)
               code = code * 8 + static_cast<unsigned>(source_[i++] - '0');
-            append_code_point(value, code);
+            tokenizer_internal::append_utf8(static_cast<char32_t>(code), value);
           } else {  // Python keeps unknown escapes verbatim
             value += '\\';
             value += escaped;
@@ -292,23 +293,6 @@ class Lexer {
     return code;
   }
 
-  static void append_code_point(std::string& out, unsigned code) {
-    if (code < 0x80) {
-      out += static_cast<char>(code);
-    } else if (code < 0x800) {
-      out += static_cast<char>(0xC0 | (code >> 6));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    } else if (code < 0x10000) {
-      out += static_cast<char>(0xE0 | (code >> 12));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    } else {
-      out += static_cast<char>(0xF0 | (code >> 18));
-      out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    }
-  }
 
   std::size_t lex_operator(std::size_t start, int& brackets) {
     static const char* const two_char[] = {"//", "**", "==", "!=", "<=", ">="};

@@ -13,22 +13,6 @@ using Kind = CheckpointTensor::Kind;
 using Role = CheckpointTensor::Role;
 using Mlp = CheckpointTensor::Mlp;
 
-// Grows `model` to hold tensor `t` of the layout: its decoder layer or MTP module, its MoE block,
-// its MLP.
-void make_room(TrainableModel& model, const CheckpointTensor& t) {
-  if (t.mtp_depth >= 0 && t.mtp_depth >= static_cast<std::int64_t>(model.mtp.size())) model.mtp.resize(t.mtp_depth + 1);
-  if (t.mtp_depth < 0 && t.layer >= static_cast<std::int64_t>(model.layers.size())) model.layers.resize(t.layer + 1);
-  if (t.layer < 0) return;
-  LayerParameters& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
-  const bool in_moe = t.role == Role::router || t.role == Role::router_bias || t.mlp == Mlp::shared_experts ||
-                      t.mlp == Mlp::routed_expert;
-  if (in_moe && !layer.moe) layer.moe.emplace();
-  if (t.mlp == Mlp::dense && !layer.mlp) layer.mlp.emplace();
-  if (t.mlp == Mlp::shared_experts && !layer.moe->shared_experts) layer.moe->shared_experts.emplace();
-  if (t.mlp == Mlp::routed_expert && t.expert >= static_cast<std::int64_t>(layer.moe->experts.size()))
-    layer.moe->experts.resize(t.expert + 1);
-}
-
 // The field of `model` that tensor `t` fills (make_room first): a Parameter pointer, or the router
 // bias, which steers the choice of experts and gets no gradient.
 struct Slot {
