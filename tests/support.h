@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -21,11 +22,14 @@ namespace dsv3::test {
 inline std::filesystem::path shared_dir() { return DSV3_SHARED_DIR; }
 inline std::filesystem::path tiny_model_dir() { return shared_dir() / "fixtures" / "tiny-dsv3"; }
 
-// A fresh, empty directory under the system temp dir, unique to the current test.
+// A fresh, empty directory under the system temp dir, unique to the current test and process
+// (builds of several checkouts, or a sanitizer build beside the plain one, may run the same test
+// at the same time).
 inline std::filesystem::path temp_dir(const std::string& tag) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   auto dir = std::filesystem::temp_directory_path() /
-             ("dsv3-test-" + std::string(info->test_suite_name()) + "-" + info->name() + "-" + tag);
+             ("dsv3-test-" + std::string(info->test_suite_name()) + "-" + info->name() + "-" + tag + "-" +
+              std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;

@@ -183,7 +183,7 @@ TEST(ChatTemplate, SetInsideLoopStaysInLoopButNamespaceCarriesOut) {
             "6 123");
   EXPECT_EQ(render("{% set a, b = [1, 2] %}{{ b }}{{ a }}"), "21");
   EXPECT_EQ(error_of("{% set x = 1 %}{% set x.y = 2 %}"),
-            "chat template line 1, column 19: cannot set attribute 'y' on integer 'x': only namespace() objects "
+            "chat template line 1, column 19: cannot set attribute 'y' on int 'x': only namespace() objects "
             "take attribute assignment");
 }
 
@@ -288,9 +288,9 @@ TEST(ChatTemplate, UnknownFiltersAndTestsFailAtParseTimeWithPosition) {
 TEST(ChatTemplate, RuntimeErrorsNameTheValueAndPosition) {
   EXPECT_EQ(error_of("{{ 1 + missing }}"), "chat template line 1, column 8: 'missing' is undefined");
   EXPECT_EQ(error_of("{{ missing.attr }}"), "chat template line 1, column 11: 'missing' is undefined");
-  EXPECT_EQ(error_of("{{ 'a' + 1 }}"), "chat template line 1, column 8: unsupported operand types for +: string and integer");
-  EXPECT_EQ(error_of("{{ 1 // 0 }}"), "chat template line 1, column 6: division by zero");
-  EXPECT_EQ(error_of("{{ 'x'.shout() }}"), "chat template line 1, column 7: string.shout(): unknown method");
+  EXPECT_EQ(error_of("{{ 'a' + 1 }}"), "chat template line 1, column 8: unsupported operand type(s) for +: 'str' and 'int'");
+  EXPECT_EQ(error_of("{{ 1 // 0 }}"), "chat template line 1, column 6: integer division by zero");
+  EXPECT_EQ(error_of("{{ 'x'.shout() }}"), "chat template line 1, column 7: str.shout(): 'str' object has no attribute 'shout'");
   EXPECT_THROW(render("{{ 1 }}", json::array()), Error);
 }
 

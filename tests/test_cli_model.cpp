@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model/latent_cache.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -53,13 +54,32 @@ TEST(CliModel, InfoDescribesTheModel) {
   const auto result = run("info --model " + test::tiny_model_dir().string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("kv_lora_rank 64"), std::string::npos) << result.output;
-  EXPECT_NE(result.output.find("480.00 B per token"), std::string::npos) << result.output;  // 3 x (64+16) x 2
+  EXPECT_NE(result.output.find("640.00 B per token"), std::string::npos) << result.output;  // (3+1) x (64+16) x 2
   EXPECT_NE(result.output.find("BF16"), std::string::npos);
   EXPECT_NE(result.output.find("1 module(s)"), std::string::npos);  // MTP present
   const auto v3 = run("info --model " + (test::shared_dir() / "bench" / "deepseek-v3-671b.json").string());
   ASSERT_EQ(v3.exit_code, 0) << v3.output;
   EXPECT_NE(v3.output.find("config only"), std::string::npos) << v3.output;
   EXPECT_NE(v3.output.find("fp8 e4m3"), std::string::npos) << v3.output;
+}
+
+// info reports the KV cache the engine allocates: LatentCache holds a row per token for every
+// layer, the MTP module's included.
+TEST(CliModel, InfoKvCacheIsTheEnginesFigure) {
+  for (const auto& model : {test::tiny_model_dir(), test::shared_dir() / "bench" / "deepseek-v3-671b.json"}) {
+    const ModelConfig c = ModelConfig::load(model);
+    ASSERT_GT(c.num_nextn_predict_layers, 0);
+    const auto result = run("info --model " + model.string());
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    for (const DType dtype : {DType::BF16, DType::F32}) {
+      const double bytes = static_cast<double>(LatentCache::bytes_per_token(c, dtype));
+      const std::string figure = bytes >= 1000 ? fmt::format("{:.2f} KB per token", bytes / 1000)
+                                               : fmt::format("{:.2f} B per token", bytes);
+      EXPECT_NE(result.output.find(figure), std::string::npos) << figure << "\n" << result.output;
+    }
+    EXPECT_NE(result.output.find(fmt::format("{} layers + 1 MTP", c.num_hidden_layers)), std::string::npos)
+        << result.output;
+  }
 }
 
 TEST(CliModel, BadArgumentsGiveClearErrors) {

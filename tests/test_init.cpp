@@ -25,6 +25,45 @@ TEST(Init, LayoutHasExactlyTheFixtureCheckpointsTensors) {
   EXPECT_EQ(ours, expected);
 }
 
+// dsv3 init writes exactly the layout: its tensors, in their shapes, BF16 (router bias F32), FP8
+// with a block scale for the FP8-eligible ones when asked; and the result loads. Checked on the
+// fixture's shape and on one turned every way the layout branches (tied embeddings, plain
+// q_proj, two MTP modules, no shared experts).
+TEST(Init, RandomCheckpointHoldsExactlyTheLayout) {
+  nlohmann::json variant;
+  std::ifstream(test::tiny_model_dir() / "config.json") >> variant;
+  variant["tie_word_embeddings"] = true;
+  variant["q_lora_rank"] = nullptr;
+  variant["num_nextn_predict_layers"] = 2;
+  variant["n_shared_experts"] = 0;
+  const auto root = test::temp_dir("layout");
+  for (const ModelConfig& config : {ModelConfig::load(test::tiny_model_dir()), ModelConfig::from_json(variant)}) {
+    for (const bool fp8 : {false, true}) {
+      const auto dir = root / (fp8 ? "fp8" : "bf16");
+      write_random_checkpoint(config, dir, {.seed = 1, .fp8 = fp8});
+      const TensorStore store = TensorStore::open(dir);
+      std::set<std::string> expected, written;
+      for (const auto& name : store.names()) written.insert(name);
+      for (const CheckpointTensor& t : checkpoint_layout(config)) {
+        expected.insert(t.name);
+        const TensorView* view = store.find(t.name);
+        if (!view) continue;
+        EXPECT_EQ(view->shape, t.shape) << t.name;
+        const DType dtype = t.kind == CheckpointTensor::Kind::router_bias ? DType::F32
+                            : fp8 && t.fp8_in_official_checkpoints      ? DType::F8_E4M3
+                                                                        : DType::BF16;
+        EXPECT_EQ(view->dtype, dtype) << t.name;
+        if (dtype == DType::F8_E4M3) expected.insert(fp8_scale_tensor_name(t.name));
+      }
+      EXPECT_EQ(written, expected);
+      const Weights w = Weights::load(dir);
+      EXPECT_EQ(w.mtp.size(), static_cast<std::size_t>(config.num_nextn_predict_layers));
+      EXPECT_EQ(w.lm_head.data == w.embed_tokens.data, config.tie_word_embeddings);
+    }
+  }
+  std::filesystem::remove_all(root);
+}
+
 std::vector<float> weight_values(const Weights& w, const Matrix& m) {
   std::vector<float> values(static_cast<std::size_t>(m.rows * m.cols));
   kernels::dequantize_rows(m, 0, m.rows, values.data());

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "test_tokenizer_common.h"
 
@@ -55,7 +56,7 @@ TEST(TokenizerCli, DecodesIds) {
 }
 
 TEST(TokenizerCli, EncodesJsonLines) {
-  std::filesystem::path path = std::filesystem::temp_directory_path() / "dsv3_tokenizer_cli_test.jsonl";
+  std::filesystem::path path = std::filesystem::temp_directory_path() / ("dsv3_tokenizer_cli_test-" + std::to_string(::getpid()) + ".jsonl");
   std::ofstream(path) << "{\"text\": \"Hello world\"}\n{\"text\": \"中文分词测试，深度求索。\"}\n";
   Result result = run_dsv3("--jsonl '" + path.string() + "'");
   EXPECT_EQ(result.status, 0) << result.output;
@@ -73,7 +74,7 @@ TEST(TokenizerCli, EncodesJsonLines) {
 
 TEST(TokenizerCli, RendersAndEncodesTheFixtureChat) {
   const auto& chat = testing::tokenizer_fixture().at("chats").at(0);
-  std::filesystem::path path = std::filesystem::temp_directory_path() / "dsv3_tokenizer_cli_chat.json";
+  std::filesystem::path path = std::filesystem::temp_directory_path() / ("dsv3_tokenizer_cli_chat-" + std::to_string(::getpid()) + ".json");
   std::ofstream(path) << nlohmann::json{{"messages", chat.at("messages")}}.dump();
   Result result = run_dsv3(std::string("--chat '") + path.string() + "'" +
                            (chat.at("add_generation_prompt").get<bool>() ? " --add-generation-prompt" : ""));

@@ -55,7 +55,14 @@ TEST(Data, ReadsTextJsonlJsonAndDirectories) {
   std::ofstream(dir / "c.json") << R"({"text": "a JSON document"})";
   std::ofstream(dir / "bad.jsonl") << R"({"words": "no text"})" << "\n";
   auto docs = train::read_documents({(dir / "a.txt").string(), (dir / "b.jsonl").string(), (dir / "c.json").string()});
-  EXPECT_EQ(docs, (std::vector<std::string>{"plain text\nover two lines", "first", "second", "a JSON document"}));
+  std::vector<std::string> texts, origins;
+  for (const auto& d : docs) {
+    texts.push_back(d.text);
+    origins.push_back(d.origin);
+  }
+  EXPECT_EQ(texts, (std::vector<std::string>{"plain text\nover two lines", "first", "second", "a JSON document"}));
+  EXPECT_EQ(origins, (std::vector<std::string>{(dir / "a.txt").string(), (dir / "b.jsonl").string() + ":1",
+                                               (dir / "b.jsonl").string() + ":3", (dir / "c.json").string()}));
   try {
     train::read_documents({(dir / "bad.jsonl").string()});
     FAIL() << "expected an error";
@@ -94,6 +101,60 @@ TEST(Data, ValidationSplitIsByDocumentAndSeeded) {
   const std::int64_t packed = (a.train.count() + a.validation.count()) * 64;
   EXPECT_GT(packed, a.tokens - 2 * 64);  // only the two splits' tails are dropped
   EXPECT_THROW(train::build_corpus(tokenizer, docs, 64, 1.0, 5), Error);
+}
+
+// A small tokenizer trained on the first SOTU speeches, written under `dir`.
+Tokenizer small_tokenizer(const std::filesystem::path& dir) {
+  BpeTrainerOptions options;
+  options.vocab_size = 300;
+  write_tokenizer_files(train_bpe(test::sotu_files(2), options), (dir / "tok").string());
+  return Tokenizer::load(dir / "tok");
+}
+
+// build_corpus encodes on the thread pool; a document the tokenizer refuses must come back as one
+// clear error naming the file and the byte offset (the first such file in corpus order, however
+// the threads ran), or be skipped and listed.
+TEST(Data, InvalidUtf8NamesTheFileAndOffsetOrIsSkipped) {
+  const auto dir = test::temp_dir("utf8");
+  const Tokenizer tokenizer = small_tokenizer(dir);
+  std::vector<std::string> files = test::sotu_files(6);
+  // Two bad files among good ones: b-bad.txt (bad byte at offset 17) comes first in corpus order.
+  std::ofstream(dir / "a-bad.txt", std::ios::binary) << std::string(1000, 'x') << "\xC3(";  // a broken 2-byte character
+  std::ofstream(dir / "b-bad.txt", std::ios::binary) << "Fellow citizens, \xFF and more";
+  files.insert(files.begin() + 2, (dir / "b-bad.txt").string());
+  files.push_back((dir / "a-bad.txt").string());
+  const auto docs = train::read_documents(files);
+  for (int round = 0; round < 5; ++round) {
+    const std::string message = test::error_message([&] { train::build_corpus(tokenizer, docs, 64, 0.2, 5); });
+    EXPECT_NE(message.find((dir / "b-bad.txt").string() + ": "), std::string::npos) << message;
+    EXPECT_NE(message.find("0xFF at byte offset 17"), std::string::npos) << message;
+    EXPECT_NE(message.find("1 more"), std::string::npos) << message;
+    EXPECT_NE(message.find("skip_invalid_documents"), std::string::npos) << message;
+  }
+  const auto corpus = train::build_corpus(tokenizer, docs, 64, 0.2, 5, /*skip_invalid=*/true);
+  EXPECT_EQ(corpus.documents, 6);
+  ASSERT_EQ(corpus.skipped.size(), 2u);
+  EXPECT_NE(corpus.skipped[0].find("b-bad.txt: "), std::string::npos) << corpus.skipped[0];
+  EXPECT_NE(corpus.skipped[1].find("a-bad.txt: "), std::string::npos) << corpus.skipped[1];
+  EXPECT_NE(corpus.skipped[1].find("byte offset 1000"), std::string::npos) << corpus.skipped[1];
+  // Skipping leaves exactly the corpus the good documents make.
+  std::vector<train::Document> good;
+  for (const auto& d : docs)
+    if (d.origin.find("-bad.txt") == std::string::npos) good.push_back(d);
+  const auto clean = train::build_corpus(tokenizer, good, 64, 0.2, 5);
+  EXPECT_EQ(corpus.train.tokens, clean.train.tokens);
+  EXPECT_EQ(corpus.validation.tokens, clean.validation.tokens);
+  EXPECT_TRUE(clean.skipped.empty());
+}
+
+TEST(Data, AJsonlLineWithInvalidUtf8NamesTheLineAndFileOffset) {
+  const auto dir = test::temp_dir("jsonl-utf8");
+  std::ofstream(dir / "c.jsonl", std::ios::binary) << R"({"text": "fine"})" << "\n" << "{\"text\": \"ab\xFE\"}\n";
+  const std::string message = test::error_message([&] { train::read_documents({(dir / "c.jsonl").string()}); });
+  // Line 1 is 17 bytes with its newline; the bad byte is the 13th of line 2.
+  EXPECT_NE(message.find("c.jsonl:2: not valid JSON at byte offset 29 of the file"), std::string::npos) << message;
+  EXPECT_NE(message.find("ill-formed UTF-8 byte"), std::string::npos) << message;
+  EXPECT_EQ(message.find('\xFE'), std::string::npos) << "the bad byte itself is not echoed";
 }
 
 TEST(Train, ConfigKeysAreCheckedByName) {

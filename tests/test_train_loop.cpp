@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <set>
 
 #include "model/model.h"
 #include "core/error.h"
@@ -110,6 +111,52 @@ TEST(Checkpoint, WritesAreAtomic) {
                           DType::BF16, setup.config.tokenizer);
   EXPECT_NE(read_bytes(good / "model.safetensors"), model_bytes);
   EXPECT_NO_THROW(Weights::load(good));
+}
+
+// What interrupted saves leave (directories named after writers that no longer run; pids above
+// the kernel's pid_max, so never alive) is cleaned by the next save and at the start of a run.
+TEST(Checkpoint, InterruptedWritesLeaveNothingBehind) {
+  auto setup = test::training_setup("interrupted", 6);
+  setup.config.steps = 1;
+  const fs::path root = setup.dir / "ckpt";
+  setup.config.checkpoint_dir = root.string();
+  train::Trainer trainer(setup.config);
+  trainer.run();
+  const fs::path step1 = root / "step-1";
+  ASSERT_TRUE(fs::exists(step1 / "trainer_state.json"));
+  auto plant = [&](const std::string& name, bool complete) {
+    if (complete) {
+      fs::copy(step1, root / name, fs::copy_options::recursive);
+    } else {
+      fs::create_directories(root / name);
+      std::ofstream(root / name / "model.safetensors") << "partial";
+    }
+  };
+  plant(".tmp-step-2-999999999", false);  // killed while writing step-2
+  plant(".old-step-1-999999998", true);   // killed after publishing step-1, before removing the old one
+  plant(".old-step-5-999999997", true);   // killed between moving step-5 aside and publishing its successor
+  plant(".tmp-step-5-999999997", true);
+  plant(".tmp-step-4-1", false);          // a writer that still runs (pid 1 always exists): left alone
+
+  trainer.save_checkpoint(root / "step-3");
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(root)) names.insert(entry.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"metrics.jsonl", "step-1", "step-3", "step-5", ".tmp-step-4-1"}));
+  EXPECT_TRUE(fs::exists(root / "step-5" / "trainer_state.json"));
+  EXPECT_NO_THROW(Weights::load(root / "step-5"));
+
+  // At the start of a run, before "latest" is resolved: the moved-aside step-9 is back and resumed.
+  fs::remove_all(root / ".tmp-step-4-1");
+  plant(".old-step-9-999999999", true);
+  plant(".tmp-step-9-999999999", false);
+  setup.config.resume = "latest";
+  setup.config.steps = 2;
+  train::Trainer resumed(setup.config);
+  ASSERT_TRUE(resumed.resumed_from());
+  EXPECT_EQ(*resumed.resumed_from(), root / "step-9");
+  names.clear();
+  for (const auto& entry : fs::directory_iterator(root)) names.insert(entry.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"metrics.jsonl", "step-1", "step-3", "step-5", "step-9"}));
 }
 
 // Every bit of the training state: master weights, router biases, AdamW moments.

@@ -3,10 +3,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/numeric.h"
 #include "model/weights.h"
 #include "support.h"
 
@@ -97,6 +100,79 @@ TEST_F(WeightsCopy, MissingTensorIsNamed) {
     remove(name);
     EXPECT_THAT(load_error(), AllOf(HasSubstr(dir_.string()), HasSubstr("tensor " + name + " is missing"))) << name;
   }
+}
+
+// Every tensor of checkpoint_layout is required, by name; only the MTP modules' copies of the
+// embedding and head may be absent, and then the originals serve.
+TEST_F(WeightsCopy, EveryLayoutTensorIsRequiredByName) {
+  const auto layout = checkpoint_layout(ModelConfig::from_json(config_));
+  for (const CheckpointTensor& t : layout) {
+    SetUp();
+    remove(t.name);
+    if (t.copy_of.empty()) {
+      EXPECT_THAT(load_error(), HasSubstr("tensor " + t.name + " is missing")) << t.name;
+    } else {
+      const Weights w = load();
+      EXPECT_EQ(w.slot(t).matrix->name, t.copy_of);
+      EXPECT_EQ(w.slot(t).matrix->data, w.store.require(t.copy_of).data);
+    }
+  }
+}
+
+// A stored vector's values as float32 (the fixture's norms are BF16, its router biases F32).
+std::vector<float> stored_values(const TensorView& stored) {
+  std::vector<float> values(static_cast<std::size_t>(stored.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (stored.dtype == DType::F32) {
+      std::memcpy(&values[i], stored.data + 4 * i, 4);
+    } else {
+      std::uint16_t bits;
+      std::memcpy(&bits, stored.data + 2 * i, 2);
+      values[i] = bf16_to_float(bits);
+    }
+  }
+  return values;
+}
+
+// Each tensor of the layout lands in a field of its own: matrices view the stored tensor of their
+// name, vectors hold its values. Vectors carry no name, so the norms are also checked field by
+// field against the tensor their field is named after.
+TEST_F(WeightsCopy, EveryLayoutTensorFillsItsOwnField) {
+  const Weights w = load();
+  std::set<const void*> fields;
+  for (const CheckpointTensor& t : checkpoint_layout(w.config)) {
+    const Weights::Slot slot = w.slot(t);
+    ASSERT_TRUE((slot.matrix == nullptr) != (slot.vector == nullptr)) << t.name;
+    EXPECT_TRUE(fields.insert(slot.matrix ? static_cast<const void*>(slot.matrix) : slot.vector).second)
+        << t.name << " shares a field with another tensor";
+    const TensorView& stored = w.store.require(t.name);
+    if (slot.matrix) {
+      EXPECT_EQ(slot.matrix->name, t.name);
+      EXPECT_EQ(slot.matrix->data, stored.data) << t.name;
+      EXPECT_EQ((std::vector<std::int64_t>{slot.matrix->rows, slot.matrix->cols}), t.shape) << t.name;
+    } else {
+      EXPECT_EQ(*slot.vector, stored_values(stored)) << t.name;
+    }
+  }
+  EXPECT_EQ(w.lm_head.name, "lm_head.weight");
+
+  auto values = [&](const std::string& name) { return stored_values(w.store.require(name)); };
+  auto expect_layer = [&](const LayerWeights& layer, const std::string& p) {
+    EXPECT_EQ(layer.input_layernorm, values(p + ".input_layernorm.weight")) << p;
+    EXPECT_EQ(layer.post_attention_layernorm, values(p + ".post_attention_layernorm.weight")) << p;
+    EXPECT_EQ(layer.attention.q_a_layernorm, values(p + ".self_attn.q_a_layernorm.weight")) << p;
+    EXPECT_EQ(layer.attention.kv_a_layernorm, values(p + ".self_attn.kv_a_layernorm.weight")) << p;
+    if (layer.moe) {
+      EXPECT_EQ(layer.moe->e_score_correction_bias, values(p + ".mlp.gate.e_score_correction_bias")) << p;
+    }
+  };
+  for (std::size_t i = 0; i < w.layers.size(); ++i) expect_layer(w.layers[i], "model.layers." + std::to_string(i));
+  EXPECT_EQ(w.norm, values("model.norm.weight"));
+  ASSERT_EQ(w.mtp.size(), 1u);
+  expect_layer(w.mtp[0].layer, "model.layers.3");
+  EXPECT_EQ(w.mtp[0].enorm, values("model.layers.3.enorm.weight"));
+  EXPECT_EQ(w.mtp[0].hnorm, values("model.layers.3.hnorm.weight"));
+  EXPECT_EQ(w.mtp[0].shared_head_norm, values("model.layers.3.shared_head.norm.weight"));
 }
 
 TEST_F(WeightsCopy, WrongShapeNamesTensorFileAndBothShapes) {

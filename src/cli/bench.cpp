@@ -9,6 +9,7 @@
 
 #include "cli/command.h"
 #include "cli/generation_options.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "core/machine.h"
 #include "core/progress.h"
@@ -55,6 +56,9 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
   EngineOptions engine_options;
   engine_options.cache_tokens = options.batch * (options.prompt_len + options.gen_len + mtp + 16);
   engine_options.cache_dtype = options.cache_dtype == "f32" ? DType::F32 : DType::BF16;
+  check_cache_fits(fmt::format("--batch {} with --prompt-len {} and --gen-len {}", options.batch, options.prompt_len,
+                               options.gen_len),
+                   engine_options.cache_tokens, LatentCache::bytes_per_token(c, engine_options.cache_dtype));
   engine_options.prefill_chunk = options.prompt_len;
   engine_options.mtp_drafts = mtp;
   Engine engine(model, engine_options);
@@ -171,16 +175,18 @@ const bool registered = register_command(
      [](CLI::App& app) -> Run {
        auto options = std::make_shared<BenchOptions>();
        app.add_option("--model", options->model, "Model directory")->required();
-       app.add_option("--prompt-len", options->prompt_len, "Prompt tokens per sequence")
-           ->capture_default_str()->check(CLI::PositiveNumber);
-       app.add_option("--gen-len", options->gen_len, "Tokens generated per sequence")
-           ->capture_default_str()->check(CLI::PositiveNumber);
-       app.add_option("--batch", options->batch, "Sequences decoded together")->capture_default_str()->check(CLI::PositiveNumber);
-       app.add_option("--mtp", options->mtp, "Also run with this many MTP drafts per step, for the ratio")
-           ->capture_default_str()->check(CLI::NonNegativeNumber);
+       constexpr std::int64_t most_int = std::numeric_limits<std::int32_t>::max();
+       add_number(app, "--prompt-len", options->prompt_len, "Prompt tokens per sequence", 1, most_int)
+           ->capture_default_str();
+       add_number(app, "--gen-len", options->gen_len, "Tokens generated per sequence", 1, most_int)
+           ->capture_default_str();
+       add_number(app, "--batch", options->batch, "Sequences decoded together", 1, most_int)->capture_default_str();
+       add_number(app, "--mtp", options->mtp, "Also run with this many MTP drafts per step, for the ratio", 0,
+                  kMostDrafts)
+           ->capture_default_str();
        app.add_option("--cache-dtype", options->cache_dtype, "KV cache precision")
            ->check(CLI::IsMember({"bf16", "f32"}))->capture_default_str();
-       app.add_option("--seed", options->seed, "Seed of the random prompts")->capture_default_str();
+       add_number(app, "--seed", options->seed, "Seed of the random prompts")->capture_default_str();
        app.add_flag("--json", options->json, "Print the figures as JSON");
        return [options] { return bench(*options); };
      }});

@@ -1,12 +1,12 @@
 // dsv3 generate: continue a prompt, streaming text as it is produced.
 #include <fmt/format.h>
 
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "cli/generation_options.h"
 #include "core/error.h"
 
@@ -20,31 +20,13 @@ struct GenerateOptions {
   bool print_ids = false;
 };
 
-std::vector<std::int32_t> parse_ids(const std::string& list) {
-  std::vector<std::int32_t> ids;
-  std::size_t start = 0;
-  while (start <= list.size()) {
-    const std::size_t comma = std::min(list.find(',', start), list.size());
-    std::string item = list.substr(start, comma - start);
-    const auto first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
-    item = first == std::string::npos ? "" : item.substr(first, last - first + 1);
-    std::int32_t id = 0;
-    const auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), id);
-    if (item.empty() || error != std::errc() || end != item.data() + item.size())
-      fail("--prompt-ids: \"{}\" is not a token id (expected a comma-separated list such as 1,2,3)", item);
-    ids.push_back(id);
-    start = comma + 1;
-  }
-  return ids;
-}
-
 int run(GenerateOptions& options) {
   GenerationOptions& g = options.generation;
   g.finalise();
   const std::optional<Tokenizer> tokenizer = g.load_tokenizer();
   std::vector<std::int32_t> prompt;
   if (!options.prompt_ids.empty()) {
-    prompt = parse_ids(options.prompt_ids);
+    prompt = parse_token_ids("--prompt-ids", options.prompt_ids);
   } else {
     if (!tokenizer) fail("--prompt needs a tokenizer: pass --tokenizer DIR (the model folder has no tokenizer.json)");
     prompt = tokenizer->encode(options.prompt, tokenizer->add_bos_token());

@@ -1,7 +1,9 @@
 #include "cli/generation_options.h"
 
 #include <filesystem>
+#include <limits>
 
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "core/progress.h"
 
@@ -11,41 +13,54 @@ void GenerationOptions::add_to(CLI::App& app, float default_temperature) {
   sampling.temperature = default_temperature;
   app.add_option("--model", model, "Model directory (config.json + safetensors)")->required();
   app.add_option("--tokenizer", tokenizer, "Tokenizer directory (default: the model directory)");
-  app.add_option("--max-tokens", max_tokens, "Most tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", sampling.temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
-  app.add_option("--top-p", sampling.top_p, "Nucleus sampling: keep the smallest set reaching this mass")
+  constexpr std::int32_t most_int = std::numeric_limits<std::int32_t>::max();
+  constexpr float most_float = std::numeric_limits<float>::max();
+  add_number(app, "--max-tokens", max_tokens, "Most tokens to generate", 1, most_int)->capture_default_str();
+  add_number(app, "--temperature", sampling.temperature, "Sampling temperature; 0 is greedy", 0.0f, most_float)
       ->capture_default_str();
-  app.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0: off)")->capture_default_str();
-  app.add_option("--min-p", sampling.min_p, "Drop tokens below min-p times the most likely (0: off)")
+  add_number(app, "--top-p", sampling.top_p, "Nucleus sampling: keep the smallest set reaching this mass", 0.0f, 1.0f)
       ->capture_default_str();
-  app.add_option("--repetition-penalty", sampling.repetition_penalty, "CTRL repetition penalty (1: off)")
+  add_number(app, "--top-k", sampling.top_k, "Keep the k most likely tokens (0: off)", 0, most_int)
       ->capture_default_str();
-  app.add_option("--presence-penalty", sampling.presence_penalty)->capture_default_str();
-  app.add_option("--frequency-penalty", sampling.frequency_penalty)->capture_default_str();
+  add_number(app, "--min-p", sampling.min_p, "Drop tokens below min-p times the most likely (0: off)", 0.0f, 1.0f)
+      ->capture_default_str();
+  add_number(app, "--repetition-penalty", sampling.repetition_penalty, "CTRL repetition penalty (1: off)", 0.0f,
+             most_float)
+      ->capture_default_str();
+  add_number(app, "--presence-penalty", sampling.presence_penalty, "OpenAI presence penalty (0: off)")
+      ->capture_default_str();
+  add_number(app, "--frequency-penalty", sampling.frequency_penalty, "OpenAI frequency penalty (0: off)")
+      ->capture_default_str();
   app.add_option("--stop", sampling.stop, "Stop before this string (repeatable)");
-  app.add_option("--seed", seed, "Random seed: the same seed gives the same output");
-  app.add_option("--mtp", engine.mtp_drafts, "Draft this many tokens per step with the MTP module (0: off)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  add_number(app, "--seed", seed, "Random seed: the same seed gives the same output");
+  add_number(app, "--mtp", engine.mtp_drafts, "Draft this many tokens per step with the MTP module (0: off)", 0,
+             kMostDrafts)
+      ->capture_default_str();
   app.add_option("--cache-dtype", cache_dtype, "KV cache precision")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
   auto* capacity = app.add_option_group("cache capacity");
-  capacity->add_option("--cache-tokens", engine.cache_tokens, "KV cache capacity in tokens")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  capacity->add_option("--cache-bytes", cache_bytes, "KV cache capacity in bytes (instead of --cache-tokens)")
-      ->check(CLI::PositiveNumber);
+  // The upper bounds are what the types hold; whether the cache fits the machine is checked once
+  // the model (its bytes per token) is known.
+  add_number(*capacity, "--cache-tokens", engine.cache_tokens, "KV cache capacity in tokens", 1,
+             std::numeric_limits<std::int64_t>::max())
+      ->capture_default_str();
+  add_number(*capacity, "--cache-bytes", cache_bytes, "KV cache capacity in bytes (instead of --cache-tokens)", 1,
+             std::numeric_limits<std::int64_t>::max());
   capacity->require_option(0, 1);
 }
 
 EngineOptions GenerationOptions::engine_options(const ModelConfig& config) const {
   EngineOptions options = engine;
+  const std::int64_t bytes_per_token = LatentCache::bytes_per_token(config, options.cache_dtype);
   if (cache_bytes > 0) {
     options.cache_tokens = LatentCache::tokens_for_bytes(config, options.cache_dtype, cache_bytes);
     if (options.cache_tokens <= 0)
-      fail("--cache-bytes {} holds no token: one token takes {} bytes of {} cache", cache_bytes,
-           LatentCache::bytes_per_token(config, options.cache_dtype), cache_dtype);
+      fail("--cache-bytes {} holds no token: one token takes {} bytes of {} cache", cache_bytes, bytes_per_token,
+           cache_dtype);
+    check_cache_fits(fmt::format("--cache-bytes {}", cache_bytes), options.cache_tokens, bytes_per_token);
+  } else {
+    check_cache_fits(fmt::format("--cache-tokens {}", options.cache_tokens), options.cache_tokens, bytes_per_token);
   }
   return options;
 }

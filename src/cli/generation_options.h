@@ -11,6 +11,10 @@
 
 namespace dsv3::cli {
 
+// The most MTP drafts per step --mtp accepts: acceptance falls with every further draft, and each
+// draft costs a forward pass of the MTP module per step.
+constexpr std::int64_t kMostDrafts = 64;
+
 struct GenerationOptions {
   std::string model;
   std::string tokenizer;  // default: the model folder, when it holds tokenizer.json

@@ -5,9 +5,11 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <limits>
 #include <cstring>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "train/train.h"
@@ -57,8 +59,10 @@ const bool registered = register_command(
        app.add_option("--model", options->model, "Model directory")->required();
        app.add_option("--input", options->input, "Safetensors with input_ids_<name> (I64/I32 [T])")->required();
        app.add_option("--seq", options->seq, "Which sequence: <name> of input_ids_<name>")->required();
-       app.add_option("--mtp-weight", options->mtp_weight, "Weight of the MTP loss")->capture_default_str();
-       app.add_option("--balance-alpha", options->balance_alpha, "Weight alpha of the sequence-wise balance loss")
+       constexpr double most = std::numeric_limits<double>::max();
+       add_number(app, "--mtp-weight", options->mtp_weight, "Weight of the MTP loss", 0.0, most)->capture_default_str();
+       add_number(app, "--balance-alpha", options->balance_alpha, "Weight alpha of the sequence-wise balance loss", 0.0,
+                  most)
            ->capture_default_str();
        app.add_option("--output", options->output, "Safetensors to write loss_main, loss_mtp and grad:<name>")
            ->required();

@@ -7,6 +7,7 @@
 #include "cli/command.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "model/latent_cache.h"
 #include "model/model.h"
 
 namespace dsv3::cli {
@@ -50,9 +51,12 @@ int run_info(const std::filesystem::path& model) {
                                             ? fmt::format("{} module(s), {} own parameters", c.num_nextn_predict_layers,
                                                           human(static_cast<double>(params.mtp), ""))
                                             : std::string("absent"));
-  fmt::print("kv cache           {} per token (latent {} + rope {} per layer, BF16), {} per token in F32\n",
-             human(static_cast<double>(kv_cache_bytes_per_token(c, 2)), "B"), c.kv_lora_rank, c.qk_rope_head_dim,
-             human(static_cast<double>(kv_cache_bytes_per_token(c, 4)), "B"));
+  // The engine's own figure: the latent cache holds a row for every layer, the MTP's included.
+  fmt::print("kv cache           {} per token (latent {} + rope {} per layer, {} layers{}, BF16), {} per token in F32\n",
+             human(static_cast<double>(LatentCache::bytes_per_token(c, DType::BF16)), "B"), c.kv_lora_rank,
+             c.qk_rope_head_dim, c.num_hidden_layers,
+             c.num_nextn_predict_layers > 0 ? fmt::format(" + {} MTP", c.num_nextn_predict_layers) : std::string(),
+             human(static_cast<double>(LatentCache::bytes_per_token(c, DType::F32)), "B"));
   if (c.quantization.fp8)
     fmt::print("quantization       fp8 e4m3, {}x{} block scales\n", c.quantization.block_rows,
                c.quantization.block_cols);

@@ -3,9 +3,11 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <limits>
 #include <filesystem>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "model/model.h"
@@ -63,10 +65,11 @@ const bool registered = register_command(
        app.add_option("--config", options->config, "A Hugging Face config.json of the shape")->required();
        app.add_option("--out", options->out, "Output directory")->required();
        app.add_option("--tokenizer", options->tokenizer, "Copy tokenizer.json and tokenizer_config.json from here");
-       app.add_option("--seed", options->seed, "Random seed")->capture_default_str();
+       add_number(app, "--seed", options->seed, "Random seed")->capture_default_str();
        app.add_option("--dtype", options->dtype, "Weight format")->check(CLI::IsMember({"bf16", "fp8"}))->capture_default_str();
-       app.add_option("--shard-size", options->shard_size, "Bytes per shard before splitting")
-           ->capture_default_str()->check(CLI::PositiveNumber);
+       add_number(app, "--shard-size", options->shard_size, "Bytes per shard before splitting", 1,
+                  std::numeric_limits<std::int64_t>::max())
+           ->capture_default_str();
        app.add_flag("--force", options->force, "Write into a non-empty output directory");
        return [options] { return run(*options); };
      }});

@@ -2,12 +2,12 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <charconv>
 #include <fstream>
 #include <iostream>
 #include <memory>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -20,47 +20,35 @@ struct TokenizeOptions {
   bool bos = false, decode = false, add_generation_prompt = false;
 };
 
-// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures).
+// --chat FILE.json: a list of messages, or an object with "messages" (as in the fixtures) and
+// optionally "tools" and "documents".
 int run_chat(const Tokenizer& tokenizer, const TokenizeOptions& options) {
   std::ifstream in(options.chat);
   if (!in) fail("{}: cannot open", options.chat);
-  nlohmann::json conversation;
+  nlohmann::ordered_json conversation;  // ordered: the template must see the file's key order
   try {
-    conversation = nlohmann::json::parse(in);
+    conversation = nlohmann::ordered_json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not valid JSON: {}", options.chat, e.what());
   }
-  const nlohmann::json messages = conversation.is_object() ? conversation.value("messages", nlohmann::json()) : conversation;
+  const nlohmann::ordered_json messages =
+      conversation.is_object() ? conversation.value("messages", nlohmann::ordered_json()) : conversation;
   if (!messages.is_array())
     fail("{}: expected a list of messages or an object with \"messages\"", options.chat);
   if (tokenizer.chat_template().empty())
     fail("{}: the tokenizer has no chat_template in tokenizer_config.json", options.tokenizer_dir);
-  const nlohmann::json context = {{"messages", messages},
-                                  {"add_generation_prompt", options.add_generation_prompt},
-                                  {"bos_token", tokenizer.bos_token()},
-                                  {"eos_token", tokenizer.eos_token()}};
+  const nlohmann::ordered_json tools = conversation.is_object() ? conversation.value("tools", nlohmann::ordered_json()) : nullptr;
+  const nlohmann::ordered_json documents =
+      conversation.is_object() ? conversation.value("documents", nlohmann::ordered_json()) : nullptr;
+  const nlohmann::ordered_json context = {{"messages", messages},
+                                          {"tools", tools},
+                                          {"documents", documents},
+                                          {"add_generation_prompt", options.add_generation_prompt},
+                                          {"bos_token", tokenizer.bos_token()},
+                                          {"eos_token", tokenizer.eos_token()}};
   const std::string text = render_chat_template(tokenizer.chat_template(), context);
   std::cout << text << '\n' << fmt::format("{}", fmt::join(tokenizer.encode_chat(text), ",")) << '\n';
   return 0;
-}
-
-// "12, 7,0" -> {12, 7, 0}; errors name the bad item.
-std::vector<std::int32_t> parse_ids(const std::string& list) {
-  std::vector<std::int32_t> ids;
-  std::size_t start = 0;
-  while (start <= list.size()) {
-    std::size_t comma = std::min(list.find(',', start), list.size());
-    std::string item = list.substr(start, comma - start);
-    std::size_t first = item.find_first_not_of(" \t"), last = item.find_last_not_of(" \t");
-    item = first == std::string::npos ? "" : item.substr(first, last - first + 1);
-    std::int32_t id = 0;
-    auto [end, error] = std::from_chars(item.data(), item.data() + item.size(), id);
-    if (item.empty() || error != std::errc() || end != item.data() + item.size())
-      fail("--text: \"{}\" is not a token id (with --decode, --text is a comma-separated list of ids)", item);
-    ids.push_back(id);
-    start = comma + 1;
-  }
-  return ids;
 }
 
 int run_jsonl(const Tokenizer& tokenizer, const TokenizeOptions& options) {
@@ -102,7 +90,7 @@ int run(const TokenizeOptions& options) {
   if (!options.jsonl.empty()) return run_jsonl(tokenizer, options);
   if (!options.chat.empty()) return run_chat(tokenizer, options);
   if (options.decode) {
-    std::cout << tokenizer.decode(parse_ids(options.text)) << '\n';
+    std::cout << tokenizer.decode(parse_token_ids("--text", options.text)) << '\n';
     return 0;
   }
   std::vector<std::int32_t> ids = tokenizer.encode(options.text, options.bos);
@@ -126,8 +114,8 @@ const bool registered = register_command({
                          "(with --decode: {\"ids\"} in, {\"text\"} out)")
           ->check(CLI::ExistingFile);
       inputs->add_option("--chat", options->chat,
-                         "Conversation JSON (a list of messages, or {\"messages\": [...]}): prints the rendered "
-                         "chat template and its ids")
+                         "Conversation JSON (a list of messages, or {\"messages\": [...], \"tools\": [...], "
+                         "\"documents\": [...]}): prints the rendered chat template and its ids")
           ->check(CLI::ExistingFile);
       inputs->require_option(1);
       app.add_flag("--add-generation-prompt", options->add_generation_prompt,

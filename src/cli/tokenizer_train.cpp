@@ -5,12 +5,14 @@
 #include <chrono>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "tokenizer/bpe_trainer.h"
 
@@ -72,8 +74,9 @@ Run setup(CLI::App& app) {
   CLI::App* train = app.add_subcommand(
       "train", "Train a byte-level BPE tokenizer with DeepSeek-V3's pre-tokenizer and special tokens");
   train->add_option("--corpus", arguments->corpus, "UTF-8 text files to train on")->required()->expected(1, -1);
-  train->add_option("--vocab-size", arguments->vocab_size,
-                    "Total vocabulary size, special tokens and the 256 byte symbols included")
+  add_number(*train, "--vocab-size", arguments->vocab_size,
+             "Total vocabulary size, special tokens and the 256 byte symbols included", 1,
+             std::numeric_limits<std::int32_t>::max())
       ->required();
   train->add_option("--out", arguments->out, "Directory to write tokenizer.json and tokenizer_config.json to")
       ->required();

@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -27,6 +28,14 @@ int run_train(const std::string& config_path) {
   for (const auto& [name, p] : trainer.model().parameters) parameters += static_cast<std::int64_t>(p.value.size());
   fmt::print(stderr, "corpus: {} documents, {} tokens; {} training sequences, {} validation sequences of {} tokens\n",
              corpus.documents, corpus.tokens, corpus.train.count(), corpus.validation.count(), config.seq_len);
+  if (!corpus.skipped.empty()) {
+    fmt::print(stderr, "corpus: skipped {} document{} that cannot be encoded (skip_invalid_documents):\n",
+               corpus.skipped.size(), corpus.skipped.size() == 1 ? "" : "s");
+    constexpr std::size_t kShown = 5;
+    for (std::size_t i = 0; i < std::min(kShown, corpus.skipped.size()); ++i)
+      fmt::print(stderr, "  {}\n", corpus.skipped[i]);
+    if (corpus.skipped.size() > kShown) fmt::print(stderr, "  and {} more\n", corpus.skipped.size() - kShown);
+  }
   fmt::print(stderr, "model: {} parameters; {}; AdamW moments {}\n", parameters, config.fp8 ? "FP8 GEMMs" : "FP32",
              config.adamw.moment_dtype == train::MomentDType::bf16 ? "BF16" : "FP32");
   if (trainer.resumed_from())

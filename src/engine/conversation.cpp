@@ -36,10 +36,13 @@ void Conversation::reset() {
 }
 
 std::string Conversation::render_prompt() const {
-  nlohmann::json messages = nlohmann::json::array();
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
   for (const ChatMessage& message : messages_)
     messages.push_back({{"role", message.role}, {"content", message.content}});
+  // As transformers' apply_chat_template: tools and documents are always defined, null here.
   return template_.render({{"messages", std::move(messages)},
+                           {"tools", nullptr},
+                           {"documents", nullptr},
                            {"add_generation_prompt", true},
                            {"bos_token", bos_token_},
                            {"eos_token", eos_token_}});

@@ -210,6 +210,8 @@ class Backend {
   // Device memory, for Workspace and the latent cache.
   virtual void* allocate(std::size_t bytes) const = 0;
   virtual void release(void* data) const = 0;
+  // Copies a device tensor to host memory, rows packed: dst.size() == src.size().
+  virtual void read(Tensor src, std::span<float> dst) const = 0;
 
   // out[i] = table[ids[i]]; an id of kZeroRow gives a zero row (MTP's first position).
   static constexpr std::int64_t kZeroRow = -1;
@@ -272,6 +274,9 @@ class Backend {
   // Plain float32 matrix product (training's backward passes).
   virtual void matmul(const float* a, const float* b, float* c, const MatmulShape& shape) const = 0;
 };
+
+// A device tensor's values in a new host vector (rows packed).
+std::vector<float> read(const Backend& backend, Tensor src);
 
 // The backend a process computes on, chosen once ("cpu" today).
 const Backend& default_backend();

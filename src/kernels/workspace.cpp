@@ -131,3 +131,13 @@ std::int64_t Workspace::Arena::capacity() const {
 }
 
 }  // namespace dsv3::kernels
+
+namespace dsv3::kernels {
+
+std::vector<float> read(const Backend& backend, Tensor src) {
+  std::vector<float> values(static_cast<std::size_t>(src.size()));
+  backend.read(src, values);
+  return values;
+}
+
+}  // namespace dsv3::kernels

@@ -8,6 +8,7 @@
 #include <span>
 #include <vector>
 
+#include "io/checkpoint_layout.h"
 #include "model/latent_cache.h"
 #include "model/rope.h"
 #include "model/weights.h"
@@ -79,41 +80,6 @@ class Model {
 }  // namespace dsv3
 
 namespace dsv3 {
-
-// Parameter counts derived from the config alone (works without weights, e.g. for planning).
-struct ParameterCount {
-  std::int64_t total = 0;               // main model, embedding and head included, MTP excluded
-  std::int64_t activated = 0;           // used per token: everything but the unchosen routed experts
-  std::int64_t embedding = 0;           // embed_tokens + lm_head (one matrix when tied)
-  std::int64_t read_per_token = 0;      // weights a decode step streams: activated less the embedding
-                                        // table (only one of its rows is read)
-  std::int64_t mtp = 0;                 // each MTP module's own weights (embedding and head are shared)
-  std::int64_t routed_expert_total = 0; // all routed experts of all layers
-};
-ParameterCount count_parameters(const ModelConfig& config);
-
-// Bytes of the latent KV cache per token: (kv_lora_rank + qk_rope_head_dim) per layer.
-std::int64_t kv_cache_bytes_per_token(const ModelConfig& config, std::int64_t bytes_per_value);
-
-}  // namespace dsv3
-
-namespace dsv3 {
-
-// Every tensor of the official checkpoint layout for `config`, in a stable order: the names and
-// shapes Weights::load reads (MTP layers at index num_hidden_layers with their embed_tokens and
-// shared_head.head copies), without FP8 scale tensors.
-struct CheckpointTensor {
-  enum class Kind { matrix, norm, router_bias };
-  std::string name;
-  std::vector<std::int64_t> shape;
-  Kind kind = Kind::matrix;
-  // Whether DeepSeek-V3's FP8 checkpoints store it in E4M3 with block scales: the Linear weights of
-  // attention and MLP/experts; embedding, heads, router, eh_proj and norms stay in BF16.
-  bool fp8_in_official_checkpoints = false;
-  // For the MTP's copies of the shared embedding and head: the tensor it copies.
-  std::string copy_of;
-};
-std::vector<CheckpointTensor> checkpoint_layout(const ModelConfig& config);
 
 // A randomly initialised model in the official layout, as transformers initialises one: matrices
 // ~ N(0, initializer_range^2), RMSNorm weights 1, router bias 0 (F32). Deterministic in `seed`

@@ -1,4 +1,4 @@
-// The checkpoint layout of a config, and random checkpoints in it (dsv3 init).
+// Random checkpoints in the official layout (dsv3 init), tensor by tensor of checkpoint_layout.
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,42 +15,6 @@ namespace dsv3 {
 namespace {
 
 using Kind = CheckpointTensor::Kind;
-
-void add_layer(const ModelConfig& c, std::int64_t index, std::vector<CheckpointTensor>& out) {
-  const std::string p = "model.layers." + std::to_string(index);
-  const std::int64_t h = c.hidden_size, heads = c.num_attention_heads;
-  auto matrix = [&out](std::string name, std::int64_t rows, std::int64_t cols, bool fp8 = true) {
-    out.push_back({std::move(name), {rows, cols}, Kind::matrix, fp8, ""});
-  };
-  auto norm = [&out](std::string name, std::int64_t size) { out.push_back({std::move(name), {size}, Kind::norm, false, ""}); };
-  norm(p + ".input_layernorm.weight", h);
-  norm(p + ".post_attention_layernorm.weight", h);
-  const std::string a = p + ".self_attn";
-  if (c.q_lora_rank) {
-    matrix(a + ".q_a_proj.weight", *c.q_lora_rank, h);
-    norm(a + ".q_a_layernorm.weight", *c.q_lora_rank);
-    matrix(a + ".q_b_proj.weight", heads * c.qk_head_dim(), *c.q_lora_rank);
-  } else {
-    matrix(a + ".q_proj.weight", heads * c.qk_head_dim(), h);
-  }
-  matrix(a + ".kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, h);
-  norm(a + ".kv_a_layernorm.weight", c.kv_lora_rank);
-  matrix(a + ".kv_b_proj.weight", heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-  matrix(a + ".o_proj.weight", h, heads * c.v_head_dim);
-  auto mlp = [&](const std::string& prefix, std::int64_t intermediate) {
-    matrix(prefix + ".gate_proj.weight", intermediate, h);
-    matrix(prefix + ".up_proj.weight", intermediate, h);
-    matrix(prefix + ".down_proj.weight", h, intermediate);
-  };
-  if (c.is_moe_layer(index)) {
-    matrix(p + ".mlp.gate.weight", c.n_routed_experts, h, false);
-    out.push_back({p + ".mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::router_bias, false, ""});
-    for (std::int64_t e = 0; e < c.n_routed_experts; ++e) mlp(p + ".mlp.experts." + std::to_string(e), c.moe_intermediate_size);
-    if (c.n_shared_experts > 0) mlp(p + ".mlp.shared_experts", c.moe_intermediate_size * c.n_shared_experts);
-  } else {
-    mlp(p + ".mlp", c.intermediate_size);
-  }
-}
 
 // SplitMix64: a counter-based generator, so element i of a tensor depends only on (seed, name, i)
 // and threads can fill any part of it.
@@ -88,8 +52,7 @@ struct MadeTensor {
 };
 
 std::vector<MadeTensor> make_tensor(const CheckpointTensor& t, const RandomCheckpointOptions& options) {
-  std::int64_t count = 1;
-  for (auto d : t.shape) count *= d;
+  const std::int64_t count = t.numel();
   std::vector<float> values(static_cast<std::size_t>(count));
   if (t.kind == Kind::norm) {
     std::fill(values.begin(), values.end(), 1.0f);
@@ -107,7 +70,7 @@ std::vector<MadeTensor> make_tensor(const CheckpointTensor& t, const RandomCheck
   if (options.fp8 && t.fp8_in_official_checkpoints) {
     const auto blocks = kernels::quantize_fp8_blocks(values.data(), t.shape[0], t.shape[1]);
     return {{t.name, DType::F8_E4M3, t.shape, as_bytes(blocks.codes)},
-            {t.name + "_scale_inv", DType::F32, {blocks.scale_rows, blocks.scale_cols}, as_bytes(blocks.scales)}};
+            {fp8_scale_tensor_name(t.name), DType::F32, {blocks.scale_rows, blocks.scale_cols}, as_bytes(blocks.scales)}};
   }
   std::vector<std::uint16_t> bf16(values.size());
   for (std::size_t i = 0; i < values.size(); ++i) bf16[i] = float_to_bf16(values[i]);
@@ -115,28 +78,6 @@ std::vector<MadeTensor> make_tensor(const CheckpointTensor& t, const RandomCheck
 }
 
 }  // namespace
-
-std::vector<CheckpointTensor> checkpoint_layout(const ModelConfig& c) {
-  std::vector<CheckpointTensor> out;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::matrix, false, ""});
-  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) add_layer(c, i, out);
-  out.push_back({"model.norm.weight", {c.hidden_size}, Kind::norm, false, ""});
-  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::matrix, false, ""});
-  for (std::int64_t d = 0; d < c.num_nextn_predict_layers; ++d) {
-    const std::int64_t index = c.num_hidden_layers + d;
-    const std::string p = "model.layers." + std::to_string(index);
-    out.push_back({p + ".enorm.weight", {c.hidden_size}, Kind::norm, false, ""});
-    out.push_back({p + ".hnorm.weight", {c.hidden_size}, Kind::norm, false, ""});
-    out.push_back({p + ".eh_proj.weight", {c.hidden_size, 2 * c.hidden_size}, Kind::matrix, false, ""});
-    add_layer(c, index, out);
-    out.push_back({p + ".shared_head.norm.weight", {c.hidden_size}, Kind::norm, false, ""});
-    out.push_back({p + ".shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::matrix, false,
-                   c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"});
-    out.push_back({p + ".embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::matrix, false,
-                   "model.embed_tokens.weight"});
-  }
-  return out;
-}
 
 void write_random_checkpoint(const ModelConfig& config, const std::filesystem::path& out,
                              const RandomCheckpointOptions& options,
@@ -147,16 +88,13 @@ void write_random_checkpoint(const ModelConfig& config, const std::filesystem::p
   const auto layout = checkpoint_layout(c);
   std::int64_t total = 0;
   for (const auto& t : layout) {
-    std::int64_t count = 1;
-    for (auto d : t.shape) count *= d;
-    total += count * (t.kind == Kind::router_bias ? 4 : (options.fp8 && t.fp8_in_official_checkpoints ? 1 : 2));
+    total += t.numel() * (t.kind == Kind::router_bias ? 4 : (options.fp8 && t.fp8_in_official_checkpoints ? 1 : 2));
   }
   // Shards are filled in layout order up to shard_bytes; one shard is a plain model.safetensors.
   std::vector<std::vector<std::size_t>> shards(1);
   std::int64_t shard_fill = 0;
   for (std::size_t i = 0; i < layout.size(); ++i) {
-    std::int64_t count = 1;
-    for (auto d : layout[i].shape) count *= d;
+    const std::int64_t count = layout[i].numel();
     if (shard_fill > 0 && shard_fill + count * 2 > options.shard_bytes) {
       shards.emplace_back();
       shard_fill = 0;

@@ -85,14 +85,6 @@ StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache
   return out;
 }
 
-namespace {
-std::vector<float> to_vector(kernels::Tensor t) {
-  std::vector<float> values(static_cast<std::size_t>(t.size()));
-  for (std::int64_t r = 0; r < t.rows; ++r) std::copy_n(t.row(r), t.cols, values.begin() + r * t.cols);
-  return values;
-}
-}  // namespace
-
 ForwardOutput Model::forward(std::span<const std::int64_t> ids) const {
   LatentCache cache(weights_.config,
                     {.capacity_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(ids.size())), .dtype = DType::F32},
@@ -102,7 +94,7 @@ ForwardOutput Model::forward(std::span<const std::int64_t> ids) const {
   kernels::Workspace workspace(backend_);
   const StepSegment segment{&table, 0, ids, true};
   const StepOutput out = step(std::span(&segment, 1), cache, workspace);
-  return {to_vector(out.hidden), to_vector(out.logits)};
+  return {kernels::read(backend_, out.hidden), kernels::read(backend_, out.logits)};
 }
 
 }  // namespace dsv3

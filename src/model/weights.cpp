@@ -1,6 +1,8 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/numeric.h"
@@ -36,7 +38,7 @@ class Loader {
       case DType::F8_E4M3: {
         m.block_rows = config_.quantization.block_rows;
         m.block_cols = config_.quantization.block_cols;
-        const std::string scale_name = scale_tensor_name(name);
+        const std::string scale_name = fp8_scale_tensor_name(name);
         const TensorView& scale = tensor(scale_name, {(rows + m.block_rows - 1) / m.block_rows, m.scale_cols()});
         if (scale.dtype != DType::F32)
           fail("{} (in {}): dtype {}, expected F32", scale_name, scale.file.string(), dtype_name(scale.dtype));
@@ -78,60 +80,64 @@ class Loader {
     return values;
   }
 
-  MlpWeights mlp(const std::string& prefix, std::int64_t intermediate) const {
-    const std::int64_t hidden = config_.hidden_size;
-    return {matrix(prefix + ".gate_proj.weight", intermediate, hidden),
-            matrix(prefix + ".up_proj.weight", intermediate, hidden),
-            matrix(prefix + ".down_proj.weight", hidden, intermediate)};
-  }
-
-  LayerWeights layer(std::int64_t index) const {
-    const ModelConfig& c = config_;
-    const std::string prefix = "model.layers." + std::to_string(index);
-    LayerWeights layer;
-    layer.input_layernorm = vector(prefix + ".input_layernorm.weight", c.hidden_size);
-    layer.post_attention_layernorm = vector(prefix + ".post_attention_layernorm.weight", c.hidden_size);
-
-    AttentionWeights& a = layer.attention;
-    const std::string attn = prefix + ".self_attn";
-    const std::int64_t q_out = c.num_attention_heads * c.qk_head_dim();
-    if (c.q_lora_rank) {
-      a.q_a_proj = matrix(attn + ".q_a_proj.weight", *c.q_lora_rank, c.hidden_size);
-      a.q_a_layernorm = vector(attn + ".q_a_layernorm.weight", *c.q_lora_rank);
-      a.q_b_proj = matrix(attn + ".q_b_proj.weight", q_out, *c.q_lora_rank);
-    } else {
-      a.q_proj = matrix(attn + ".q_proj.weight", q_out, c.hidden_size);
-    }
-    a.kv_a_proj_with_mqa =
-        matrix(attn + ".kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size);
-    a.kv_a_layernorm = vector(attn + ".kv_a_layernorm.weight", c.kv_lora_rank);
-    a.kv_b_proj = matrix(attn + ".kv_b_proj.weight", c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim),
-                         c.kv_lora_rank);
-    a.o_proj = matrix(attn + ".o_proj.weight", c.hidden_size, c.num_attention_heads * c.v_head_dim);
-
-    if (c.is_moe_layer(index)) {
-      MoeWeights moe;
-      moe.router = matrix(prefix + ".mlp.gate.weight", c.n_routed_experts, c.hidden_size);
-      moe.e_score_correction_bias = vector(prefix + ".mlp.gate.e_score_correction_bias", c.n_routed_experts);
-      for (std::int64_t e = 0; e < c.n_routed_experts; ++e)
-        moe.experts.push_back(mlp(prefix + ".mlp.experts." + std::to_string(e), c.moe_intermediate_size));
-      if (c.n_shared_experts > 0)
-        moe.shared_experts = mlp(prefix + ".mlp.shared_experts", c.moe_intermediate_size * c.n_shared_experts);
-      layer.moe = std::move(moe);
-    } else {
-      layer.mlp = mlp(prefix + ".mlp", c.intermediate_size);
-    }
-    return layer;
-  }
-
-  static std::string scale_tensor_name(const std::string& weight_name) {
-    return weight_name + "_scale_inv";  // "...proj.weight" -> "...proj.weight_scale_inv"
-  }
-
  private:
   const ModelConfig& config_;
   const TensorStore& store_;
 };
+
+using Role = CheckpointTensor::Role;
+using Mlp = CheckpointTensor::Mlp;
+
+// Where tensor `t` of the layout lives in `w` (Weights or const Weights): a matrix, or a vector
+// (norms, router bias).
+template <typename W>
+auto slot_of(W& w, const CheckpointTensor& t) {
+  constexpr bool is_const = std::is_const_v<W>;
+  struct Slot {
+    std::conditional_t<is_const, const Matrix, Matrix>* matrix = nullptr;
+    std::conditional_t<is_const, const std::vector<float>, std::vector<float>>* vector = nullptr;
+  } slot;
+  auto need = [&t](auto* part) -> auto& {
+    if (!part) fail("{}: these weights have no place for it (not loaded from its config's layout)", t.name);
+    return *part;
+  };
+  auto* mtp = t.mtp_depth >= 0 && t.mtp_depth < static_cast<std::int64_t>(w.mtp.size()) ? &w.mtp[t.mtp_depth] : nullptr;
+  auto* layer = mtp ? &mtp->layer : nullptr;
+  if (t.mtp_depth < 0 && t.layer >= 0 && t.layer < static_cast<std::int64_t>(w.layers.size())) layer = &w.layers[t.layer];
+  auto* moe = layer && layer->moe ? &*layer->moe : nullptr;
+  std::conditional_t<is_const, const MlpWeights, MlpWeights>* mlp = nullptr;
+  if (t.mlp == Mlp::dense && layer && layer->mlp) mlp = &*layer->mlp;
+  if (t.mlp == Mlp::shared_experts && moe && moe->shared_experts) mlp = &*moe->shared_experts;
+  if (t.mlp == Mlp::routed_expert && moe && t.expert >= 0 && t.expert < static_cast<std::int64_t>(moe->experts.size()))
+    mlp = &moe->experts[t.expert];
+  switch (t.role) {
+    case Role::embed_tokens: slot.matrix = &w.embed_tokens; break;
+    case Role::norm: slot.vector = &w.norm; break;
+    case Role::lm_head: slot.matrix = &w.lm_head; break;
+    case Role::input_layernorm: slot.vector = &need(layer).input_layernorm; break;
+    case Role::post_attention_layernorm: slot.vector = &need(layer).post_attention_layernorm; break;
+    case Role::q_a_proj: slot.matrix = &need(layer).attention.q_a_proj; break;
+    case Role::q_a_layernorm: slot.vector = &need(layer).attention.q_a_layernorm; break;
+    case Role::q_b_proj: slot.matrix = &need(layer).attention.q_b_proj; break;
+    case Role::q_proj: slot.matrix = &need(layer).attention.q_proj; break;
+    case Role::kv_a_proj_with_mqa: slot.matrix = &need(layer).attention.kv_a_proj_with_mqa; break;
+    case Role::kv_a_layernorm: slot.vector = &need(layer).attention.kv_a_layernorm; break;
+    case Role::kv_b_proj: slot.matrix = &need(layer).attention.kv_b_proj; break;
+    case Role::o_proj: slot.matrix = &need(layer).attention.o_proj; break;
+    case Role::router: slot.matrix = &need(moe).router; break;
+    case Role::router_bias: slot.vector = &need(moe).e_score_correction_bias; break;
+    case Role::gate_proj: slot.matrix = &need(mlp).gate_proj; break;
+    case Role::up_proj: slot.matrix = &need(mlp).up_proj; break;
+    case Role::down_proj: slot.matrix = &need(mlp).down_proj; break;
+    case Role::enorm: slot.vector = &need(mtp).enorm; break;
+    case Role::hnorm: slot.vector = &need(mtp).hnorm; break;
+    case Role::eh_proj: slot.matrix = &need(mtp).eh_proj; break;
+    case Role::shared_head_norm: slot.vector = &need(mtp).shared_head_norm; break;
+    case Role::shared_head_head: slot.matrix = &need(mtp).shared_head_head; break;
+    case Role::mtp_embed_tokens: slot.matrix = &need(mtp).embed_tokens; break;
+  }
+  return slot;
+}
 
 }  // namespace
 
@@ -145,32 +151,29 @@ Weights Weights::load(ModelConfig config, TensorStore store) {
   Weights w{std::move(config), std::move(store), {}, {}, {}, {}, {}};
   const ModelConfig& c = w.config;
   const Loader load(c, w.store);
-  w.embed_tokens = load.matrix("model.embed_tokens.weight", c.vocab_size, c.hidden_size);
-  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(load.layer(i));
-  w.norm = load.vector("model.norm.weight", c.hidden_size);
-  w.lm_head = c.tie_word_embeddings && !w.store.find("lm_head.weight")
-                  ? w.embed_tokens
-                  : load.matrix("lm_head.weight", c.vocab_size, c.hidden_size);
-  for (std::int64_t depth = 0; depth < c.num_nextn_predict_layers; ++depth) {
-    const std::int64_t index = c.num_hidden_layers + depth;
-    const std::string prefix = "model.layers." + std::to_string(index);
-    MtpWeights mtp;
-    mtp.enorm = load.vector(prefix + ".enorm.weight", c.hidden_size);
-    mtp.hnorm = load.vector(prefix + ".hnorm.weight", c.hidden_size);
-    mtp.eh_proj = load.matrix(prefix + ".eh_proj.weight", c.hidden_size, 2 * c.hidden_size);
-    mtp.layer = load.layer(index);
-    mtp.shared_head_norm = load.vector(prefix + ".shared_head.norm.weight", c.hidden_size);
-    // The released checkpoints store copies of the shared embedding and head; use them when
-    // present, the main model's otherwise (they are the same parameters in training).
-    mtp.shared_head_head = w.store.find(prefix + ".shared_head.head.weight")
-                               ? load.matrix(prefix + ".shared_head.head.weight", c.vocab_size, c.hidden_size)
-                               : w.lm_head;
-    mtp.embed_tokens = w.store.find(prefix + ".embed_tokens.weight")
-                           ? load.matrix(prefix + ".embed_tokens.weight", c.vocab_size, c.hidden_size)
-                           : w.embed_tokens;
-    w.mtp.push_back(std::move(mtp));
+  const std::vector<CheckpointTensor> layout = checkpoint_layout(c);
+  for (const CheckpointTensor& t : layout) {
+    make_room(w, t);
+    const auto slot = slot_of(w, t);
+    // The released checkpoints store copies of the shared embedding and head in the MTP modules;
+    // use them when present, the originals (earlier in the table) otherwise: in training they are
+    // the same parameters.
+    if (!t.copy_of.empty() && !w.store.find(t.name)) {
+      const auto original = std::find_if(layout.begin(), layout.end(), [&](const auto& o) { return o.name == t.copy_of; });
+      *slot.matrix = *slot_of(w, *original).matrix;
+    } else if (slot.matrix) {
+      *slot.matrix = load.matrix(t.name, t.shape[0], t.shape[1]);
+    } else {
+      *slot.vector = load.vector(t.name, t.shape[0]);
+    }
   }
+  if (c.tie_word_embeddings) w.lm_head = w.embed_tokens;
   return w;
+}
+
+Weights::Slot Weights::slot(const CheckpointTensor& t) const {
+  const auto found = slot_of(*this, t);
+  return {found.matrix, found.vector};
 }
 
 }  // namespace dsv3

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/matrix.h"
+#include "io/checkpoint_layout.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 
@@ -60,10 +61,20 @@ struct Weights {
   Matrix lm_head;
   std::vector<MtpWeights> mtp;
 
-  // Loads config.json and the safetensors of a model directory, checking every tensor the
-  // config needs: present, a supported dtype, the expected shape (errors name tensor and file).
+  // Loads config.json and the safetensors of a model directory, checking every tensor of
+  // checkpoint_layout(config): present, a supported dtype, the expected shape (errors name tensor
+  // and file). The MTP modules' copies of the embedding and head may be absent (the originals
+  // serve); with tie_word_embeddings the head is the embedding.
   static Weights load(const std::filesystem::path& model_dir);
   static Weights load(ModelConfig config, TensorStore store);
+
+  // Where tensor `t` of checkpoint_layout(config) was loaded: a matrix, or a vector for norms and
+  // router biases.
+  struct Slot {
+    const Matrix* matrix = nullptr;
+    const std::vector<float>* vector = nullptr;
+  };
+  Slot slot(const CheckpointTensor& t) const;
 };
 
 }  // namespace dsv3

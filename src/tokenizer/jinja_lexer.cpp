@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "tokenizer/jinja_ast.h"
+#include "tokenizer/utf8.h"
 
 namespace dsv3::jinja {
 
@@ -70,6 +71,7 @@ class Lexer {
         position = skip_comment(tag, inner, stripped_after);
       } else {
         position = lex_tag(tag, inner, kind == '%', stripped_after);
+        if (kind == '%') position = lex_raw_body(position, stripped_after);
       }
       strip_next_text = stripped_after;
       trim_next_newline = block_like && options_.trim_blocks;
@@ -96,6 +98,43 @@ class Lexer {
     std::size_t cut = text.size();
     while (cut > 0 && (text[cut - 1] == ' ' || text[cut - 1] == '\t')) --cut;
     text.erase(cut);
+  }
+
+  // After `{% raw %}`: the text up to `{% endraw %}` is literal. Returns where lexing goes on.
+  std::size_t lex_raw_body(std::size_t position, bool& stripped_after) {
+    const std::size_t n = tokens_.size();
+    if (n < 3 || tokens_[n - 3].kind != TokenKind::block_begin || tokens_[n - 2].kind != TokenKind::name ||
+        tokens_[n - 2].text != "raw" || tokens_[n - 1].kind != TokenKind::block_end)
+      return position;
+    const Offset opened = tokens_[n - 3].where;
+    tokens_.resize(n - 3);
+    for (std::size_t at = source_.find("{%", position); at != std::string_view::npos;
+         at = source_.find("{%", at + 2)) {
+      std::size_t word = at + 2;
+      const bool strip_before = word < source_.size() && source_[word] == '-';
+      if (strip_before || (word < source_.size() && source_[word] == '+')) ++word;
+      while (word < source_.size() && is_space(source_[word])) ++word;
+      if (source_.substr(word, 6) != "endraw") continue;
+      std::size_t close = word + 6;
+      while (close < source_.size() && is_space(source_[close])) ++close;
+      const bool strip_after = source_.substr(close, 3) == "-%}";
+      if (!strip_after && source_.substr(close, 2) != "%}") continue;
+      std::string text(source_.substr(position, at - position));
+      if (stripped_after) {
+        std::size_t first = 0;
+        while (first < text.size() && is_space(text[first])) ++first;
+        text.erase(0, first);
+      }
+      if (strip_before) {
+        while (!text.empty() && is_space(text.back())) text.pop_back();
+      } else if (options_.lstrip_blocks) {
+        lstrip_line_end(text, at);
+      }
+      emit_text(std::move(text), position);
+      stripped_after = strip_after;
+      return close + (strip_after ? 3 : 2);
+    }
+    fail_at(source_, opened, "'{% raw %}' is never closed with '{% endraw %}'");
   }
 
   void emit_text(std::string text, Offset where) {
@@ -196,38 +235,64 @@ class Lexer {
         case 'n': value += '\n'; break;
         case 't': value += '\t'; break;
         case 'r': value += '\r'; break;
-        case '0': value += '\0'; break;
+        case 'a': value += '\a'; break;
+        case 'b': value += '\b'; break;
+        case 'f': value += '\f'; break;
+        case 'v': value += '\v'; break;
         case '\\': value += '\\'; break;
         case '\'': value += '\''; break;
         case '"': value += '"'; break;
         case '\n': break;  // a backslash-newline continues the literal, as in Python
-        case 'u': value += decode_unicode_escape(start, i); break;
-        default:  // Python keeps unknown escapes verbatim
-          value += '\\';
-          value += escaped;
+        case 'x': tokenizer_internal::append_utf8(static_cast<char32_t>(hex_escape(start, i, 2)), value); break;
+        case 'u': tokenizer_internal::append_utf8(static_cast<char32_t>(unicode_escape(start, i, 4)), value); break;
+        case 'U': tokenizer_internal::append_utf8(static_cast<char32_t>(unicode_escape(start, i, 8)), value); break;
+        default:
+          if (escaped >= '0' && escaped <= '7') {  // up to three octal digits, as in Python
+            unsigned code = static_cast<unsigned>(escaped - '0');
+            for (int digits = 1; digits < 3 && i < source_.size() && source_[i] >= '0' && source_[i] <= '7'; ++digits)
+              code = code * 8 + static_cast<unsigned>(source_[i++] - '0');
+            tokenizer_internal::append_utf8(static_cast<char32_t>(code), value);
+          } else {  // Python keeps unknown escapes verbatim
+            value += '\\';
+            value += escaped;
+          }
       }
     }
     tokens_.push_back({TokenKind::string, std::move(value), start});
     return i + 1;
   }
 
-  std::string decode_unicode_escape(std::size_t literal, std::size_t& i) {
-    if (i + 4 > source_.size()) fail_at(source_, literal, "\\u escape needs four hex digits");
-    const unsigned code = std::stoul(std::string(source_.substr(i, 4)), nullptr, 16);
-    i += 4;
-    std::string out;
-    if (code < 0x80) {
-      out += static_cast<char>(code);
-    } else if (code < 0x800) {
-      out += static_cast<char>(0xC0 | (code >> 6));
-      out += static_cast<char>(0x80 | (code & 0x3F));
-    } else {
-      out += static_cast<char>(0xE0 | (code >> 12));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-      out += static_cast<char>(0x80 | (code & 0x3F));
+  // Reads `digits` hex digits at `i` (just after the escape letter) and advances past them.
+  unsigned hex_escape(std::size_t literal, std::size_t& i, int digits) {
+    unsigned code = 0;
+    for (int d = 0; d < digits; ++d, ++i) {
+      const char c = i < source_.size() ? source_[i] : '\0';
+      int nibble;
+      if (c >= '0' && c <= '9') nibble = c - '0';
+      else if (c >= 'a' && c <= 'f') nibble = c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F') nibble = c - 'A' + 10;
+      else fail_at(source_, literal, "truncated \\x, \\u or \\U escape in string literal");
+      code = code * 16 + static_cast<unsigned>(nibble);
     }
-    return out;
+    return code;
   }
+
+  // \\uXXXX (with a following \\uXXXX for a surrogate pair) or \\UXXXXXXXX.
+  unsigned unicode_escape(std::size_t literal, std::size_t& i, int digits) {
+    unsigned code = hex_escape(literal, i, digits);
+    if (code >= 0xD800 && code < 0xDC00 && source_.substr(i, 2) == "\\u") {
+      std::size_t after = i + 2;
+      const unsigned low = hex_escape(literal, after, 4);
+      if (low >= 0xDC00 && low < 0xE000) {
+        i = after;
+        return 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+      }
+    }
+    if ((code >= 0xD800 && code < 0xE000) || code > 0x10FFFF)
+      fail_at(source_, literal, "escape in string literal is not a Unicode character");
+    return code;
+  }
+
 
   std::size_t lex_operator(std::size_t start, int& brackets) {
     static const char* const two_char[] = {"//", "**", "==", "!=", "<=", ">="};
@@ -255,6 +320,9 @@ class Lexer {
 }  // namespace
 
 std::vector<Token> tokenize(std::string_view source, LexerOptions options) {
+  if (source.size() > Limits::template_bytes)
+    fail_at(source, Limits::template_bytes,
+            "the template is longer than " + std::to_string(Limits::template_bytes) + " bytes");
   return Lexer(source, options).run();
 }
 

@@ -2,8 +2,10 @@
 // read), plus what only training needs to continue exactly: FP32 master weights (the exported BF16
 // weights are lossy), router biases, AdamW moments, and the step / data / RNG state.
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -23,14 +25,11 @@ template <typename Model>
 auto router_biases(Model& model) {
   using Bias = decltype(&model.layers[0].moe->e_score_correction_bias);
   std::vector<std::pair<std::string, Bias>> biases;
-  auto add = [&](auto& layer, std::int64_t index) {
-    if (layer.moe)
-      biases.emplace_back(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", index),
-                          &layer.moe->e_score_correction_bias);
-  };
-  for (std::size_t i = 0; i < model.layers.size(); ++i) add(model.layers[i], static_cast<std::int64_t>(i));
-  for (std::size_t d = 0; d < model.mtp.size(); ++d)
-    add(model.mtp[d].layer, model.config.num_hidden_layers + static_cast<std::int64_t>(d));
+  for (const CheckpointTensor& t : checkpoint_layout(model.config)) {
+    if (t.kind != CheckpointTensor::Kind::router_bias) continue;
+    auto& layer = t.mtp_depth >= 0 ? model.mtp[t.mtp_depth].layer : model.layers[t.layer];
+    biases.emplace_back(t.name, &layer.moe->e_score_correction_bias);
+  }
   return biases;
 }
 
@@ -50,6 +49,29 @@ void sync_path(const fs::path& path) {
   ::close(fd);
   if (result != 0) fail("{}: fsync failed", path.string());
 }
+
+// The writer's process id of a ".tmp-<name>-<pid>" or ".old-<name>-<pid>" entry, with its
+// prefix and <name>; nullopt for any other name.
+struct Leftover {
+  std::string kind;  // ".tmp-" or ".old-"
+  std::string name;
+  pid_t pid = 0;
+};
+std::optional<Leftover> parse_leftover(const std::string& filename) {
+  for (const char* kind : {".tmp-", ".old-"}) {
+    if (!filename.starts_with(kind)) continue;
+    const std::size_t dash = filename.rfind('-');
+    if (dash <= 5 || dash + 1 == filename.size()) return std::nullopt;
+    const std::string digits = filename.substr(dash + 1);
+    if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return Leftover{kind, filename.substr(5, dash - 5), static_cast<pid_t>(std::stol(digits))};
+  }
+  return std::nullopt;
+}
+
+// Whether the writer may still be at work: this process (another thread may be saving), or a
+// process that still exists.
+bool writer_running(pid_t pid) { return pid == ::getpid() || ::kill(pid, 0) == 0 || errno == EPERM; }
 
 void read_f32(const TensorStore& store, const std::string& name, std::vector<float>& target) {
   const TensorView& view = store.require(name);
@@ -81,22 +103,41 @@ void export_model(const TrainableModel& model, const fs::path& dir, DType dtype)
     for (std::size_t i = 0; i < bits.size(); ++i) bits[i] = float_to_bf16(p.value[i]);
     tensors.push_back({name, DType::BF16, p.shape, std::as_bytes(std::span(bits))});
   };
-  for (const auto& [name, p] : model.parameters) add(name, p);
-  // The released checkpoints carry the shared embedding and head again inside each MTP layer.
-  for (std::size_t d = 0; d < model.mtp.size(); ++d) {
-    const std::string prefix = fmt::format("model.layers.{}.", model.config.num_hidden_layers + static_cast<std::int64_t>(d));
-    add(prefix + "embed_tokens.weight", *model.embed_tokens);
-    add(prefix + "shared_head.head.weight", *model.lm_head);
+  // Every tensor of the layout but the router biases (below); the MTP modules' copies of the
+  // shared embedding and head are written again, as the released checkpoints carry them.
+  for (const CheckpointTensor& t : checkpoint_layout(model.config)) {
+    if (t.kind == CheckpointTensor::Kind::router_bias) continue;
+    const auto p = model.parameters.find(t.copy_of.empty() ? t.name : t.copy_of);
+    if (p == model.parameters.end()) fail("export_model: the model has no parameter {}", t.name);
+    add(t.name, p->second);
   }
   for (const auto& [name, bias] : router_biases(model))
     tensors.push_back(tensor_to_write(name, {static_cast<std::int64_t>(bias->size())}, *bias));
   write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
 }
 
+void clean_interrupted_checkpoints(const fs::path& root) {
+  if (!fs::is_directory(root)) return;
+  std::vector<std::pair<fs::path, Leftover>> leftovers;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    const auto leftover = parse_leftover(entry.path().filename().string());
+    if (leftover && entry.is_directory() && !writer_running(leftover->pid)) leftovers.emplace_back(entry.path(), *leftover);
+  }
+  for (const auto& [path, leftover] : leftovers) {
+    if (leftover.kind == ".old-" && !fs::exists(root / leftover.name)) {
+      // Interrupted between moving the old checkpoint aside and publishing the new one.
+      fs::rename(path, root / leftover.name);
+    } else {
+      fs::remove_all(path);
+    }
+  }
+}
+
 void write_checkpoint(const fs::path& dir, const TrainableModel& model, const AdamW& optimizer,
                       const nlohmann::json& state, DType dtype, const fs::path& tokenizer_dir) {
   const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
   fs::create_directories(parent);
+  clean_interrupted_checkpoints(parent);
   const fs::path temporary = parent / fmt::format(".tmp-{}-{}", dir.filename().string(), ::getpid());
   fs::remove_all(temporary);
   try {

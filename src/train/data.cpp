@@ -26,24 +26,36 @@ std::string text_field(const nlohmann::json& object, const std::string& where) {
   return object["text"].get<std::string>();
 }
 
-void read_file_documents(const std::filesystem::path& path, std::vector<std::string>& documents) {
+void read_file_documents(const std::filesystem::path& path, std::vector<Document>& documents) {
   const std::string extension = path.extension().string();
   if (extension == ".jsonl") {
     std::istringstream lines(read_file(path));
     std::string line;
-    for (std::int64_t number = 1; std::getline(lines, line); ++number) {
+    std::int64_t line_offset = 0;  // of the line's first byte in the file
+    for (std::int64_t number = 1; std::getline(lines, line); ++number, line_offset += std::ssize(line) + 1) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       const std::string where = fmt::format("{}:{}", path.string(), number);
-      const auto parsed = nlohmann::json::parse(line, nullptr, false);
-      if (parsed.is_discarded()) fail("{}: not valid JSON", where);
-      documents.push_back(text_field(parsed, where));
+      nlohmann::json parsed;
+      try {
+        parsed = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& error) {
+        // nlohmann's message names the line and column within the one line it was given, and
+        // ends by echoing what it read (the bad bytes included): keep only its reason.
+        std::string what = error.what();
+        const std::size_t detail = what.find(": ");
+        if (detail != std::string::npos) what = what.substr(detail + 2);
+        what = what.substr(0, what.find("; last read"));
+        fail("{}: not valid JSON at byte offset {} of the file: {}", where,
+             line_offset + static_cast<std::int64_t>(std::max<std::size_t>(error.byte, 1)) - 1, what);
+      }
+      documents.push_back({text_field(parsed, where), where});
     }
   } else if (extension == ".json") {
     const auto parsed = nlohmann::json::parse(read_file(path), nullptr, false);
     if (parsed.is_discarded()) fail("{}: not valid JSON", path.string());
-    documents.push_back(text_field(parsed, path.string()));
+    documents.push_back({text_field(parsed, path.string()), path.string()});
   } else {
-    documents.push_back(read_file(path));
+    documents.push_back({read_file(path), path.string()});
   }
 }
 
@@ -56,8 +68,8 @@ void shuffle(std::vector<T>& items, std::mt19937_64& rng) {
 
 }  // namespace
 
-std::vector<std::string> read_documents(const std::vector<std::string>& paths) {
-  std::vector<std::string> documents;
+std::vector<Document> read_documents(const std::vector<std::string>& paths) {
+  std::vector<Document> documents;
   for (const std::string& path : paths) {
     if (std::filesystem::is_directory(path)) {
       std::vector<std::filesystem::path> files;
@@ -95,16 +107,39 @@ PackedSequences pack_documents(const std::vector<std::vector<std::int32_t>>& doc
   return packed;
 }
 
-Corpus build_corpus(const Tokenizer& tokenizer, const std::vector<std::string>& documents, std::int64_t seq_len,
-                    double validation_fraction, std::uint64_t seed) {
+Corpus build_corpus(const Tokenizer& tokenizer, const std::vector<Document>& documents, std::int64_t seq_len,
+                    double validation_fraction, std::uint64_t seed, bool skip_invalid) {
   if (!(validation_fraction >= 0.0 && validation_fraction < 1.0))
     fail("validation_fraction = {} must lie in [0, 1)", validation_fraction);
   std::vector<std::vector<std::int32_t>> encoded(documents.size());
+  // A document the tokenizer refuses is noted in its own slot rather than thrown out of the loop,
+  // so that the error (or the list of skipped documents) follows the corpus order, not the
+  // order in which threads happen to reach them.
+  std::vector<std::string> refused(documents.size());
   ThreadPool::global().parallel_for(static_cast<std::int64_t>(documents.size()), 1, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t i = b; i < e; ++i) encoded[i] = tokenizer.encode(documents[i]);
+    for (std::int64_t i = b; i < e; ++i) {
+      try {
+        encoded[i] = tokenizer.encode(documents[i].text);
+      } catch (const Error& error) {
+        refused[i] = fmt::format("{}: {}", documents[i].origin, error.what());
+      }
+    }
   });
   Corpus corpus;
-  corpus.documents = static_cast<std::int64_t>(documents.size());
+  std::vector<std::vector<std::int32_t>> kept;
+  kept.reserve(documents.size());
+  for (std::size_t i = 0; i < documents.size(); ++i) {
+    if (refused[i].empty())
+      kept.push_back(std::move(encoded[i]));
+    else
+      corpus.skipped.push_back(std::move(refused[i]));
+  }
+  if (!corpus.skipped.empty() && !skip_invalid)
+    fail("{}{} (\"skip_invalid_documents\": true leaves such documents out)", corpus.skipped.front(),
+         corpus.skipped.size() > 1 ? fmt::format("; {} more documents cannot be encoded either", corpus.skipped.size() - 1)
+                                   : "");
+  encoded = std::move(kept);
+  corpus.documents = static_cast<std::int64_t>(encoded.size());
   for (const auto& d : encoded) corpus.tokens += static_cast<std::int64_t>(d.size()) + 1;
 
   std::mt19937_64 rng(seed);

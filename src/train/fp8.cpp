@@ -48,19 +48,9 @@ void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_
 void TrainableModel::set_fp8_gemms(bool on) {
   for (auto& [name, p] : parameters) p.fp8_gemm = false;
   if (!on) return;
-  auto mlp = [](const MlpParameters& m) { m.gate_proj->fp8_gemm = m.up_proj->fp8_gemm = m.down_proj->fp8_gemm = true; };
-  auto layer = [&](const LayerParameters& l) {
-    const AttentionParameters& a = l.attention;
-    for (Parameter* p : {a.q_a_proj, a.q_b_proj, a.q_proj, a.kv_a_proj_with_mqa, a.kv_b_proj, a.o_proj})
-      if (p) p->fp8_gemm = true;
-    if (l.mlp) mlp(*l.mlp);
-    if (l.moe) {
-      for (const MlpParameters& e : l.moe->experts) mlp(e);
-      if (l.moe->shared_experts) mlp(*l.moe->shared_experts);
-    }
-  };
-  for (const LayerParameters& l : layers) layer(l);
-  for (const MtpParameters& m : mtp) layer(m.layer);
+  // The Linears DeepSeek-V3's FP8 checkpoints store in E4M3 are the ones its recipe trains in FP8.
+  for (const CheckpointTensor& t : checkpoint_layout(config))
+    if (t.fp8_in_official_checkpoints && t.copy_of.empty()) parameter(t.name).fp8_gemm = true;
 }
 
 }  // namespace dsv3::train

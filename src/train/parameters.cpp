@@ -9,85 +9,53 @@
 namespace dsv3::train {
 namespace {
 
-// Creates every Parameter the config implies (zero values) and wires the per-block pointers.
-class Builder {
- public:
-  explicit Builder(TrainableModel& model) : model_(model) {}
+using Kind = CheckpointTensor::Kind;
+using Role = CheckpointTensor::Role;
+using Mlp = CheckpointTensor::Mlp;
 
-  Parameter* add(const std::string& name, std::vector<std::int64_t> shape) {
-    std::int64_t count = 1;
-    for (std::int64_t extent : shape) count *= extent;
-    Parameter& p = model_.parameters[name];
-    p.name = name;
-    p.shape = std::move(shape);
-    p.value.assign(static_cast<std::size_t>(count), 0.0f);
-    p.grad.assign(p.value.size(), 0.0f);
-    return &p;
-  }
-
-  MlpParameters mlp(const std::string& prefix, std::int64_t intermediate) {
-    const std::int64_t hidden = model_.config.hidden_size;
-    return {add(prefix + ".gate_proj.weight", {intermediate, hidden}), add(prefix + ".up_proj.weight", {intermediate, hidden}),
-            add(prefix + ".down_proj.weight", {hidden, intermediate})};
-  }
-
-  LayerParameters layer(std::int64_t index, bool moe) {
-    const ModelConfig& c = model_.config;
-    const std::string prefix = "model.layers." + std::to_string(index);
-    const std::int64_t hidden = c.hidden_size, heads = c.num_attention_heads;
-    LayerParameters l;
-    l.input_layernorm = add(prefix + ".input_layernorm.weight", {hidden});
-    l.post_attention_layernorm = add(prefix + ".post_attention_layernorm.weight", {hidden});
-    AttentionParameters& a = l.attention;
-    const std::string attn = prefix + ".self_attn.";
-    if (c.q_lora_rank) {
-      a.q_a_proj = add(attn + "q_a_proj.weight", {*c.q_lora_rank, hidden});
-      a.q_a_layernorm = add(attn + "q_a_layernorm.weight", {*c.q_lora_rank});
-      a.q_b_proj = add(attn + "q_b_proj.weight", {heads * c.qk_head_dim(), *c.q_lora_rank});
-    } else {
-      a.q_proj = add(attn + "q_proj.weight", {heads * c.qk_head_dim(), hidden});
-    }
-    a.kv_a_proj_with_mqa = add(attn + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, hidden});
-    a.kv_a_layernorm = add(attn + "kv_a_layernorm.weight", {c.kv_lora_rank});
-    a.kv_b_proj = add(attn + "kv_b_proj.weight", {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank});
-    a.o_proj = add(attn + "o_proj.weight", {hidden, heads * c.v_head_dim});
-    if (moe) {
-      MoeParameters m;
-      m.router = add(prefix + ".mlp.gate.weight", {c.n_routed_experts, hidden});
-      m.e_score_correction_bias.assign(static_cast<std::size_t>(c.n_routed_experts), 0.0f);
-      for (std::int64_t e = 0; e < c.n_routed_experts; ++e)
-        m.experts.push_back(mlp(prefix + ".mlp.experts." + std::to_string(e), c.moe_intermediate_size));
-      if (c.n_shared_experts > 0)
-        m.shared_experts = mlp(prefix + ".mlp.shared_experts", c.moe_intermediate_size * c.n_shared_experts);
-      l.moe = std::move(m);
-    } else {
-      l.mlp = mlp(prefix + ".mlp", c.intermediate_size);
-    }
-    return l;
-  }
-
-  void build() {
-    const ModelConfig& c = model_.config;
-    model_.embed_tokens = add("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
-    for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) model_.layers.push_back(layer(i, c.is_moe_layer(i)));
-    model_.norm = add("model.norm.weight", {c.hidden_size});
-    model_.lm_head = add("lm_head.weight", {c.vocab_size, c.hidden_size});
-    for (std::int64_t d = 0; d < c.num_nextn_predict_layers; ++d) {
-      const std::int64_t index = c.num_hidden_layers + d;
-      const std::string prefix = "model.layers." + std::to_string(index);
-      MtpParameters m;
-      m.enorm = add(prefix + ".enorm.weight", {c.hidden_size});
-      m.hnorm = add(prefix + ".hnorm.weight", {c.hidden_size});
-      m.eh_proj = add(prefix + ".eh_proj.weight", {c.hidden_size, 2 * c.hidden_size});
-      m.layer = layer(index, c.is_moe_layer(index));
-      m.shared_head_norm = add(prefix + ".shared_head.norm.weight", {c.hidden_size});
-      model_.mtp.push_back(std::move(m));
-    }
-  }
-
- private:
-  TrainableModel& model_;
+// The field of `model` that tensor `t` fills (make_room first): a Parameter pointer, or the router
+// bias, which steers the choice of experts and gets no gradient.
+struct Slot {
+  Parameter** parameter = nullptr;
+  std::vector<float>* values = nullptr;
 };
+Slot slot_of(TrainableModel& model, const CheckpointTensor& t) {
+  MtpParameters* mtp = t.mtp_depth >= 0 ? &model.mtp[t.mtp_depth] : nullptr;
+  LayerParameters* layer = mtp ? &mtp->layer : t.layer >= 0 ? &model.layers[t.layer] : nullptr;
+  MoeParameters* moe = layer && layer->moe ? &*layer->moe : nullptr;
+  MlpParameters* mlp = t.mlp == Mlp::dense            ? &*layer->mlp
+                       : t.mlp == Mlp::shared_experts ? &*moe->shared_experts
+                       : t.mlp == Mlp::routed_expert  ? &moe->experts[t.expert]
+                                                      : nullptr;
+  switch (t.role) {
+    case Role::embed_tokens: return {&model.embed_tokens};
+    case Role::norm: return {&model.norm};
+    case Role::lm_head: return {&model.lm_head};
+    case Role::input_layernorm: return {&layer->input_layernorm};
+    case Role::post_attention_layernorm: return {&layer->post_attention_layernorm};
+    case Role::q_a_proj: return {&layer->attention.q_a_proj};
+    case Role::q_a_layernorm: return {&layer->attention.q_a_layernorm};
+    case Role::q_b_proj: return {&layer->attention.q_b_proj};
+    case Role::q_proj: return {&layer->attention.q_proj};
+    case Role::kv_a_proj_with_mqa: return {&layer->attention.kv_a_proj_with_mqa};
+    case Role::kv_a_layernorm: return {&layer->attention.kv_a_layernorm};
+    case Role::kv_b_proj: return {&layer->attention.kv_b_proj};
+    case Role::o_proj: return {&layer->attention.o_proj};
+    case Role::router: return {&moe->router};
+    case Role::router_bias: return {nullptr, &moe->e_score_correction_bias};
+    case Role::gate_proj: return {&mlp->gate_proj};
+    case Role::up_proj: return {&mlp->up_proj};
+    case Role::down_proj: return {&mlp->down_proj};
+    case Role::enorm: return {&mtp->enorm};
+    case Role::hnorm: return {&mtp->hnorm};
+    case Role::eh_proj: return {&mtp->eh_proj};
+    case Role::shared_head_norm: return {&mtp->shared_head_norm};
+    case Role::shared_head_head:
+    case Role::mtp_embed_tokens:
+      break;  // copies of the main embedding and head: the same Parameters, no slot of their own
+  }
+  fail("{}: no trainable parameter (a copy of {})", t.name, t.copy_of);
+}
 
 void copy_matrix(const Matrix& source, Parameter* target) {
   if (source.rows != target->rows() || source.cols != target->cols())
@@ -99,38 +67,6 @@ void copy_vector(const std::vector<float>& source, Parameter* target) {
   if (source.size() != target->value.size())
     fail("{}: {} values, expected {}", target->name, source.size(), target->value.size());
   target->value = source;
-}
-
-void copy_mlp(const MlpWeights& source, const MlpParameters& target) {
-  copy_matrix(source.gate_proj, target.gate_proj);
-  copy_matrix(source.up_proj, target.up_proj);
-  copy_matrix(source.down_proj, target.down_proj);
-}
-
-void copy_layer(const LayerWeights& source, LayerParameters& target) {
-  copy_vector(source.input_layernorm, target.input_layernorm);
-  copy_vector(source.post_attention_layernorm, target.post_attention_layernorm);
-  const AttentionWeights& a = source.attention;
-  AttentionParameters& t = target.attention;
-  if (t.q_a_proj) {
-    copy_matrix(a.q_a_proj, t.q_a_proj);
-    copy_vector(a.q_a_layernorm, t.q_a_layernorm);
-    copy_matrix(a.q_b_proj, t.q_b_proj);
-  } else {
-    copy_matrix(a.q_proj, t.q_proj);
-  }
-  copy_matrix(a.kv_a_proj_with_mqa, t.kv_a_proj_with_mqa);
-  copy_vector(a.kv_a_layernorm, t.kv_a_layernorm);
-  copy_matrix(a.kv_b_proj, t.kv_b_proj);
-  copy_matrix(a.o_proj, t.o_proj);
-  if (target.moe) {
-    copy_matrix(source.moe->router, target.moe->router);
-    target.moe->e_score_correction_bias = source.moe->e_score_correction_bias;
-    for (std::size_t e = 0; e < target.moe->experts.size(); ++e) copy_mlp(source.moe->experts[e], target.moe->experts[e]);
-    if (target.moe->shared_experts) copy_mlp(*source.moe->shared_experts, *target.moe->shared_experts);
-  } else {
-    copy_mlp(*source.mlp, *target.mlp);
-  }
 }
 
 // The MTP module reads the main embedding and head; a checkpoint whose copies differ cannot be
@@ -159,25 +95,36 @@ TrainableModel::TrainableModel(const ModelConfig& c) : config(c) {
   // DeepSeek-V3 checkpoints have a separate lm_head; a tied head would need its gradient summed
   // into the embedding, which nothing here does yet.
   if (c.tie_word_embeddings) fail("training: tie_word_embeddings = true is not supported");
-  Builder(*this).build();
+  for (const CheckpointTensor& t : checkpoint_layout(c)) {
+    if (!t.copy_of.empty()) continue;  // the MTP module shares the main embedding and head
+    make_room(*this, t);
+    const Slot slot = slot_of(*this, t);
+    if (slot.values) {
+      slot.values->assign(static_cast<std::size_t>(t.numel()), 0.0f);
+      continue;
+    }
+    Parameter& p = parameters[t.name];
+    p.name = t.name;
+    p.shape = t.shape;
+    p.value.assign(static_cast<std::size_t>(t.numel()), 0.0f);
+    p.grad.assign(p.value.size(), 0.0f);
+    *slot.parameter = &p;
+  }
 }
 
 TrainableModel TrainableModel::from_weights(const Weights& weights) {
   TrainableModel model(weights.config);
-  copy_matrix(weights.embed_tokens, model.embed_tokens);
-  for (std::size_t i = 0; i < model.layers.size(); ++i) copy_layer(weights.layers[i], model.layers[i]);
-  copy_vector(weights.norm, model.norm);
-  copy_matrix(weights.lm_head, model.lm_head);
-  for (std::size_t d = 0; d < model.mtp.size(); ++d) {
-    const MtpWeights& source = weights.mtp[d];
-    MtpParameters& target = model.mtp[d];
-    copy_vector(source.enorm, target.enorm);
-    copy_vector(source.hnorm, target.hnorm);
-    copy_matrix(source.eh_proj, target.eh_proj);
-    copy_layer(source.layer, target.layer);
-    copy_vector(source.shared_head_norm, target.shared_head_norm);
-    require_same(source.embed_tokens, *model.embed_tokens);
-    require_same(source.shared_head_head, *model.lm_head);
+  for (const CheckpointTensor& t : checkpoint_layout(weights.config)) {
+    const Weights::Slot source = weights.slot(t);
+    if (!t.copy_of.empty()) {
+      require_same(*source.matrix, model.parameter(t.copy_of));  // the table lists the original first
+    } else if (t.kind == Kind::router_bias) {
+      *slot_of(model, t).values = *source.vector;
+    } else if (source.matrix) {
+      copy_matrix(*source.matrix, &model.parameter(t.name));
+    } else {
+      copy_vector(*source.vector, &model.parameter(t.name));
+    }
   }
   return model;
 }

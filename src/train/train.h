@@ -245,10 +245,16 @@ std::vector<LayerBalance> update_router_biases(TrainableModel& model, const std:
 
 // ---- data (data.cpp) ----
 
+// One document of a corpus and where it came from, for error messages.
+struct Document {
+  std::string text;
+  std::string origin;  // the file, or "file:line" for a line of a .jsonl file
+};
+
 // Documents of a corpus: a directory stands for its *.txt and *.jsonl files (sorted by name); a
 // .jsonl file holds one {"text": ...} object per line, a .json file one such object; any other
-// file is one plain-text document.
-std::vector<std::string> read_documents(const std::vector<std::string>& paths);
+// file is one plain-text document (so a byte offset in its text is one in the file).
+std::vector<Document> read_documents(const std::vector<std::string>& paths);
 
 // Fixed-length training sequences, back to back.
 struct PackedSequences {
@@ -265,13 +271,18 @@ PackedSequences pack_documents(const std::vector<std::vector<std::int32_t>>& doc
 
 struct Corpus {
   PackedSequences train, validation;
-  std::int64_t documents = 0, validation_documents = 0;
+  std::int64_t documents = 0, validation_documents = 0;  // the documents used
   std::int64_t tokens = 0;  // all documents' tokens, EOS included
+  // Documents the tokenizer could not encode (invalid UTF-8), left out with skip_invalid: each
+  // "origin: reason", in corpus order.
+  std::vector<std::string> skipped;
 };
 // Tokenizes the documents, shuffles them (seeded), holds out the first
-// ceil(validation_fraction × documents) as the validation split, and packs each split.
-Corpus build_corpus(const Tokenizer& tokenizer, const std::vector<std::string>& documents, std::int64_t seq_len,
-                    double validation_fraction, std::uint64_t seed);
+// ceil(validation_fraction × documents) as the validation split, and packs each split. A document
+// the tokenizer cannot encode (invalid UTF-8) is an error naming its origin and the byte offset,
+// the first such in corpus order; with `skip_invalid` it is left out and listed in Corpus::skipped.
+Corpus build_corpus(const Tokenizer& tokenizer, const std::vector<Document>& documents, std::int64_t seq_len,
+                    double validation_fraction, std::uint64_t seed, bool skip_invalid = false);
 
 // The order training reads sequences in: a fresh seeded permutation every epoch.
 class SequenceSampler {
@@ -307,6 +318,11 @@ void write_checkpoint(const std::filesystem::path& dir, const TrainableModel& mo
 // Restores master weights, biases and moments (the model must have the checkpoint's shape) and
 // returns trainer_state.json.
 nlohmann::json read_checkpoint(const std::filesystem::path& dir, TrainableModel& model, AdamW& optimizer);
+// Finishes what interrupted checkpoint writes into `root` left behind (the leftovers of writers
+// that are no longer running): a partial .tmp-* directory is removed; a checkpoint moved aside to
+// .old-* while its replacement was being published is put back when the replacement is missing,
+// removed otherwise. write_checkpoint and the Trainer call it before they look at `root`.
+void clean_interrupted_checkpoints(const std::filesystem::path& root);
 // The newest complete step-N checkpoint under `root`; nullopt when there is none.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& root);
 
@@ -335,6 +351,7 @@ struct TrainConfig {
   GammaSchedule gamma;
   bool fp8 = false;
   std::uint64_t seed = 0;
+  bool skip_invalid_documents = false;    // leave out (and count) documents that are not valid UTF-8, instead of failing
   double validation_fraction = 0.05;      // of the documents
   std::int64_t validation_interval = 100; // steps; 0: never
   std::int64_t validation_sequences = 32; // at most this many validation sequences are scored

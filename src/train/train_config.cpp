@@ -86,6 +86,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
       if (!v.is_number_unsigned()) fail("{} must be a non-negative integer, got {}", r.where(key), v.dump());
       c.seed = v.get<std::uint64_t>();
     }
+    else if (key == "skip_invalid_documents") c.skip_invalid_documents = r.boolean(key, v);
     else if (key == "validation_fraction") c.validation_fraction = r.number(key, v);
     else if (key == "validation_interval") c.validation_interval = r.integer(key, v);
     else if (key == "validation_sequences") c.validation_sequences = r.integer(key, v);
@@ -167,6 +168,7 @@ json TrainConfig::to_json() const {
           {"gamma_after", gamma.gamma_after},
           {"fp8", fp8},
           {"seed", seed},
+          {"skip_invalid_documents", skip_invalid_documents},
           {"validation_fraction", validation_fraction},
           {"validation_interval", validation_interval},
           {"validation_sequences", validation_sequences},

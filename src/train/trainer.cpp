@@ -13,6 +13,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::optional<fs::path> resume_path(const TrainConfig& c) {
+  // Before "latest" is looked for: a checkpoint an interrupted save had moved aside is back.
+  if (!c.checkpoint_dir.empty()) clean_interrupted_checkpoints(c.checkpoint_dir);
   if (c.resume.empty()) return std::nullopt;
   if (c.resume == "latest") return latest_checkpoint(c.checkpoint_dir);  // none yet: start fresh
   if (!fs::exists(fs::path(c.resume) / "trainer_state.json"))
@@ -22,7 +24,8 @@ std::optional<fs::path> resume_path(const TrainConfig& c) {
 
 Corpus load_corpus(const TrainConfig& c) {
   const Tokenizer tokenizer = Tokenizer::load(c.tokenizer);
-  return build_corpus(tokenizer, read_documents(c.corpus), c.seq_len, c.validation_fraction, c.seed);
+  return build_corpus(tokenizer, read_documents(c.corpus), c.seq_len, c.validation_fraction, c.seed,
+                      c.skip_invalid_documents);
 }
 
 TrainableModel make_model(const TrainConfig& c, const std::optional<fs::path>& resume) {

@@ -193,7 +193,8 @@ TEST(Fuzz, SafetensorsHeaderSeedCorpusAndMutations) {
   // Both outcomes must occur, or the mutations are not exploring the parser.
   EXPECT_GT(accepted_count, kIterations / 100);
   EXPECT_GT(rejected_count, kIterations / 100);
-  EXPECT_LT(seconds, 20.0);
+  // No bound on the time: under ThreadSanitizer or on a busy machine it takes several times longer
+  // (27 s under TSan on 2 shared cores); a hang is what ctest's timeout is for.
 }
 
 }  // namespace

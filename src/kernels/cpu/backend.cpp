@@ -59,6 +59,12 @@ class CpuBackend final : public Backend {
   }
   void release(void* data) const override { ::operator delete(data, std::align_val_t{kAlignment}); }
 
+  void read(Tensor src, std::span<float> dst) const override {
+    if (static_cast<std::int64_t>(dst.size()) != src.size())
+      fail("read: [{}, {}] into {} values", src.rows, src.cols, dst.size());
+    for (std::int64_t r = 0; r < src.rows; ++r) std::copy_n(src.row(r), src.cols, dst.data() + r * src.cols);
+  }
+
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override {
     if (out.rows != static_cast<std::int64_t>(ids.size()) || out.cols != table.cols)
       fail("embedding: {} ids of {} values into [{}, {}]", ids.size(), table.cols, out.rows, out.cols);

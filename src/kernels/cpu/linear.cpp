@@ -1,5 +1,8 @@
 // kernels::linear and the choice of instruction set for the weight kernels.
 #include <cblas.h>
+#if defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -36,13 +39,25 @@ constexpr std::int64_t kPanelRows = 64;
 // small enough that a 2-core machine still splits a 384 x 1024 matrix.
 constexpr std::int64_t kGemvTaskBytes = 64 * 1024;
 
+#if defined(__x86_64__) || defined(__i386__)
+// clang 14's __builtin_cpu_supports does not know "f16c"; CPUID leaf 1, ECX bit 29 is that fact.
+bool cpu_has_f16c() {
+#if defined(__clang__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+#else
+  return __builtin_cpu_supports("f16c");
+#endif
+}
+#endif
+
 Isa best_isa() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return Isa::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c())
     return Isa::avx2;
 #endif
   return Isa::scalar;

@@ -11,8 +11,12 @@
 
 #include "core/error.h"
 
+#if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#endif
 
 namespace dsv3::kernels {
 namespace {
@@ -201,7 +205,11 @@ const WeightKernels* avx2_weight_kernels() {
 
 }  // namespace dsv3::kernels
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #else
 

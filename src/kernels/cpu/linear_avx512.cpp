@@ -9,8 +9,12 @@
 
 #include "core/error.h"
 
+#if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#endif
 // GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
 // -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
@@ -208,7 +212,11 @@ const WeightKernels* avx512_weight_kernels() {
 }  // namespace dsv3::kernels
 
 #pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #else
 
