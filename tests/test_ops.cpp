@@ -315,12 +315,18 @@ TEST_P(OpHarness, LinearMatchesForEveryDtypeRowCountAndPartialFp8Block) {
     }
 }
 
-TEST_P(OpHarness, LinearReadsAColumnViewAndWritesOne) {
+TEST_P(OpHarness, LinearOnColumnViewsComputesOrRefuses) {
+  // A device may refuse strided activations (the CPU's GEMV and BLAS paths want contiguous rows),
+  // but must say so rather than read them as contiguous.
   constexpr std::int64_t rows = 7, out = 37, in = 19;
   const HostWeight w = random_weight(DType::BF16, out, in, 3);
   const std::vector<float> x = random_values(rows * in, 4);
   DeviceTensor x_device(device(), x, rows, in, in + 5), y_device(device(), rows, out, out + 3);
-  device().linear(x_device.view, w.on(device()), y_device.view);
+  try {
+    device().linear(x_device.view, w.on(device()), y_device.view);
+  } catch (const Error&) {
+    return;
+  }
   DeviceTensor x_reference(reference(), x, rows, in), y_reference(reference(), rows, out);
   reference().linear(x_reference.view, w.on(reference()), y_reference.view);
   DeviceTensor x_absolute(reference(), absolute(x), rows, in), magnitude(reference(), rows, out);
