@@ -1033,10 +1033,11 @@ TEST_P(OpHarness, MoeCombineAddsWeightedRowsToTheResidual) {
 }
 
 TEST_P(OpHarness, MoeCombineSumsInExpertOrder) {
-  // For each token the terms +B (its lowest expert), 1 (the middle one) and -B (the highest),
-  // B = 2^25, with power-of-two weights so every product is exact and FMA changes nothing. In
-  // expert order (B + 1) - B = 0 in float32; in choice (slot) order or in double it is 1 or B-ish.
-  // So only the promised order reproduces the reference bit for bit.
+  // Each token's terms, in expert order, are +B, -B and 1 (B = 2^25, where float32's spacing is
+  // 4), with power-of-two gate weights so every product is exact and FMA changes nothing. In
+  // expert order (B - B) + 1 = 1; in any order that adds the 1 before either B it is lost (B + 1
+  // rounds to B) and the sum is 0. The choice (slot) order differs from expert order for most
+  // tokens, so only the promised order reproduces the reference bit for bit.
   constexpr std::int64_t n_experts = 9, top_k = 3, hidden = 5, tokens = 7;
   const std::vector<std::int32_t> routes = crafted_routes(tokens, top_k, n_experts, {4, 8}, 17);
   std::vector<float> weights(routes.size()), out(routes.size() * hidden);
@@ -1046,14 +1047,14 @@ TEST_P(OpHarness, MoeCombineSumsInExpertOrder) {
     for (std::int64_t k = 0; k < top_k; ++k) {
       const std::int64_t slot = t * top_k + k;
       weights[slot] = std::ldexp(1.0f, static_cast<int>(k) - 1);
-      const float term = routes[slot] == low ? 0x1p25f : routes[slot] == high ? -0x1p25f : 1.0f;
+      const float term = routes[slot] == low ? 0x1p25f : routes[slot] == high ? 1.0f : -0x1p25f;
       for (std::int64_t c = 0; c < hidden; ++c) out[slot * hidden + c] = term / weights[slot] * static_cast<float>(c + 1);
     }
   }
   const std::vector<float> y0(static_cast<std::size_t>(tokens * hidden), 0.0f);
   const std::vector<float> got = combine_on(device(), tokens, hidden, n_experts, routes, weights, out, y0);
   const std::vector<float> want = combine_on(reference(), tokens, hidden, n_experts, routes, weights, out, y0);
-  ASSERT_EQ(want[0], 0.0f) << "the example no longer depends on the order";
+  ASSERT_EQ(want[0], 1.0f) << "the reference no longer sums in expert order";
   expect_identical(got, want, hidden, "moe_combine order");
 }
 
