@@ -456,8 +456,9 @@ TEST_P(OpHarness, MatmulBothTransposesWithBetaAndLeadingDimensions) {
   };
   for (const Case& c : {Case{7, 37, 129, false, 0.0f}, Case{129, 19, 1000, true, 0.5f}, Case{1, 1000, 7, true, 0.0f},
                         Case{1000, 7, 37, false, 1.0f}, Case{7, 129, 19, true, -2.0f}}) {
-    const std::string what = describe(c.b_transposed ? "matmul b transposed" : "matmul",
-                                      {{"m", c.m}, {"n", c.n}, {"k", c.k}, {"beta x 2", static_cast<std::int64_t>(2 * c.beta)}});
+    const std::string what = fmt::format(
+        "{} beta={}", describe(c.b_transposed ? "matmul b transposed" : "matmul", {{"m", c.m}, {"n", c.n}, {"k", c.k}}),
+        c.beta);
     // Leading dimensions beyond the rows' widths: the spare columns must stay untouched.
     const std::int64_t b_rows = c.b_transposed ? c.n : c.k, b_cols = c.b_transposed ? c.k : c.n;
     const std::vector<float> a = random_values(static_cast<std::size_t>(c.m * c.k), c.m);
