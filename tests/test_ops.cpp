@@ -38,6 +38,7 @@
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/reference/reference.h"
 #include "support.h"
@@ -51,14 +52,17 @@ using test::random_values;
 
 constexpr double kUnit = 0x1p-24;
 
-// The backends under test. A new device adds its line, e.g. {"cuda", cuda_backend, std::nullopt}.
+// The backends under test, each on each of its instruction-set paths: a new device (CUDA) adds
+// its line here, e.g. {"cuda", cuda_backend, std::nullopt}, and nothing else.
 struct Target {
   const char* name;
   const Backend& (*backend)();
+  std::optional<kernels::Isa> isa;  // the CPU weight kernels' path, forced for the test
 };
-const Backend& reference_target() { return kernels::reference_backend(); }
 const Target kTargets[] = {
-    {"reference", reference_target},  // the harness against itself: checks the checks
+    {"cpu_avx512", kernels::default_backend, kernels::Isa::avx512},
+    {"cpu_avx2", kernels::default_backend, kernels::Isa::avx2},
+    {"cpu_scalar", kernels::default_backend, kernels::Isa::scalar},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -251,6 +255,15 @@ const std::invoke_result_t<Compute>& reference_once(const std::string& key, Comp
 
 class OpHarness : public ::testing::TestWithParam<Target> {
  protected:
+  void SetUp() override {
+    if (const auto isa = GetParam().isa) {
+      if (!kernels::isa_supported(*isa)) GTEST_SKIP() << "this machine has no " << kernels::isa_name(*isa) << " path";
+      kernels::set_isa_for_testing(*isa);
+    }
+  }
+  void TearDown() override {
+    if (GetParam().isa) kernels::set_isa_for_testing(std::nullopt);
+  }
   const Backend& device() const { return GetParam().backend(); }
   const Backend& reference() const { return kernels::reference_backend(); }
 };
@@ -398,7 +411,7 @@ TEST_P(OpHarness, RopeBothLayoutsWithYarnFrequenciesAndAttentionFactor) {
       }
 }
 
-TEST_P(OpHarness, AddSwigluCopyAndGatherRowsOnViews) {
+TEST_P(OpHarness, AddFillSwigluCopyAndGatherRowsOnViews) {
   constexpr std::int64_t cols = 37, stride = 41;
   for (std::int64_t rows : kRows) {
     const std::vector<float> a = random_values(static_cast<std::size_t>(rows * cols), rows, 3.0f);
@@ -410,6 +423,12 @@ TEST_P(OpHarness, AddSwigluCopyAndGatherRowsOnViews) {
       reference().add(x_reference.view, y_reference.view);
       expect_identical(x_device.values(), x_reference.values(), cols, describe("add", {{"rows", rows}}));
       EXPECT_TRUE(x_device.spare_columns_intact()) << "add wrote outside its view";
+    }
+    {
+      DeviceTensor x(device(), a, rows, cols, stride);
+      device().fill(x.view, -0.375f);
+      expect_identical(x.values(), std::vector<float>(a.size(), -0.375f), cols, describe("fill", {{"rows", rows}}));
+      EXPECT_TRUE(x.spare_columns_intact()) << "fill wrote outside its view";
     }
     for (bool in_place : {false, true}) {
       const std::string what = describe(in_place ? "swiglu in place" : "swiglu", {{"rows", rows}});
@@ -918,7 +937,7 @@ TEST_P(OpHarness, MoeDispatchGroupsRowsByExpert) {
   }
 }
 
-TEST_P(OpHarness, MoeExpertsOfEveryDtypeWithIdleExpertsAndSavedActivations) {
+TEST_P(OpHarness, MoeExpertsOfEveryDtypeWithIdleExpertsKeepingGateAndUp) {
   // Expert e in kWeightDtypes[e % 4]; [130, 136] and [136, 130] matrices: FP8 blocks partial in
   // both dimensions. Experts 4 and 8 get no rows.
   constexpr std::int64_t n_experts = 9, top_k = 3, hidden = 136, intermediate = 130;
@@ -940,7 +959,7 @@ TEST_P(OpHarness, MoeExpertsOfEveryDtypeWithIdleExpertsAndSavedActivations) {
   const std::vector<MlpWeights> absolute_experts = experts_on(reference(), true);
   for (std::int64_t tokens : {1, 7, 129}) {
     for (bool save : {false, true}) {
-      const std::string what = describe(save ? "moe_experts saving" : "moe_experts", {{"tokens", tokens}});
+      const std::string what = describe(save ? "moe_experts keeping gate and up" : "moe_experts", {{"tokens", tokens}});
       const std::vector<std::int32_t> routes = crafted_routes(tokens, top_k, n_experts, {4, 8}, tokens + 5);
       const std::vector<float> x = random_values(static_cast<std::size_t>(tokens * hidden), tokens + 6);
       struct Result {
@@ -951,9 +970,16 @@ TEST_P(OpHarness, MoeExpertsOfEveryDtypeWithIdleExpertsAndSavedActivations) {
         DeviceTensor x_tensor(backend, x, tokens, hidden);
         kernels::Workspace workspace(backend);
         const kernels::Dispatch dispatch = backend.moe_dispatch(x_tensor.view, routes, n_experts, top_k, workspace);
-        DeviceTensor out(backend, tokens * top_k, hidden), saved(backend, tokens * top_k, 2 * intermediate);
-        backend.moe_experts(dispatch, experts, out.view, workspace, save ? saved.view : Tensor{});
-        return Result{out.values(), save ? saved.values() : std::vector<float>{}, row_of_slot(dispatch)};
+        DeviceTensor out(backend, tokens * top_k, hidden), gate(backend, tokens * top_k, intermediate),
+            up(backend, tokens * top_k, intermediate);
+        backend.moe_experts(dispatch, experts, out.view, workspace, save ? gate.view : Tensor{}, save ? up.view : Tensor{});
+        std::vector<float> saved;  // [rows, gate | up]
+        for (std::int64_t r = 0; save && r < tokens * top_k; ++r) {
+          const std::vector<float> gate_row = download(gate.view.row_range(r, r + 1)), up_row = download(up.view.row_range(r, r + 1));
+          saved.insert(saved.end(), gate_row.begin(), gate_row.end());
+          saved.insert(saved.end(), up_row.begin(), up_row.end());
+        }
+        return Result{out.values(), saved, row_of_slot(dispatch)};
       };
       // Rows compared by the route slot they serve; a device orders rows within an expert itself.
       auto by_slot = [&](const Result& result, const std::vector<float>& values, std::int64_t cols) {
@@ -993,7 +1019,7 @@ TEST_P(OpHarness, MoeExpertsOfEveryDtypeWithIdleExpertsAndSavedActivations) {
                     hidden, what);
       if (save)
         expect_within(by_slot(got, got.saved, 2 * intermediate), want_saved, saved_magnitude, (hidden + 4) * kUnit,
-                      2 * intermediate, what + ": saved gate | up");
+                      2 * intermediate, what + ": gate | up");
     }
   }
 }

@@ -173,6 +173,11 @@ void ReferenceBackend::add(Tensor x, Tensor y) const {
     for (std::int64_t c = 0; c < x.cols; ++c) x.row(r)[c] += y.row(r)[c];
 }
 
+void ReferenceBackend::fill(Tensor x, float value) const {
+  for (std::int64_t r = 0; r < x.rows; ++r)
+    for (std::int64_t c = 0; c < x.cols; ++c) x.row(r)[c] = value;
+}
+
 void ReferenceBackend::swiglu(Tensor gate, Tensor up, Tensor out) const {
   require(gate.rows == up.rows && gate.cols == up.cols && out.rows == gate.rows && out.cols == gate.cols, "swiglu",
           "shapes differ");
@@ -392,27 +397,25 @@ Dispatch ReferenceBackend::moe_dispatch(Tensor x, std::span<const std::int32_t> 
 }
 
 void ReferenceBackend::moe_experts(const Dispatch& dispatch, std::span<const MlpWeights> experts, Tensor out,
-                                   Workspace&, Tensor saved) const {
+                                   Workspace&, Tensor gate, Tensor up) const {
   require(dispatch.offsets.size() == experts.size() + 1, "moe_experts", "one offset per expert and one more");
   require(out.rows == dispatch.rows.rows && out.cols == dispatch.rows.cols, "moe_experts", "output shape");
-  require(!saved.data || saved.rows == out.rows, "moe_experts", "saved must have a row per dispatched row");
+  require((!gate.data || gate.rows == out.rows) && (!up.data || up.rows == out.rows), "moe_experts",
+          "gate and up need a row per dispatched row");
   for (std::size_t e = 0; e < experts.size(); ++e) {
     const std::int64_t first = dispatch.offsets[e], count = dispatch.offsets[e + 1] - first;
     if (count == 0) continue;
     const MlpWeights& w = experts[e];
     const std::int64_t intermediate = w.gate_proj.rows;
-    std::vector<float> gate(static_cast<std::size_t>(count * intermediate)), up(gate.size());
+    std::vector<float> gate_values(static_cast<std::size_t>(count * intermediate)), up_values(gate_values.size());
     const Tensor rows = dispatch.rows.row_range(first, first + count);
-    linear(rows, w.gate_proj, {gate.data(), count, intermediate});
-    linear(rows, w.up_proj, {up.data(), count, intermediate});
-    if (saved.data) {
-      require(saved.cols == 2 * intermediate, "moe_experts", "saved must be [rows, 2 * intermediate]");
-      copy_rows({gate.data(), count, intermediate}, saved.row_range(first, first + count).columns(0, intermediate));
-      copy_rows({up.data(), count, intermediate},
-                saved.row_range(first, first + count).columns(intermediate, 2 * intermediate));
-    }
-    swiglu({gate.data(), count, intermediate}, {up.data(), count, intermediate}, {gate.data(), count, intermediate});
-    linear({gate.data(), count, intermediate}, w.down_proj, out.row_range(first, first + count));
+    const Tensor gate_rows(gate_values.data(), count, intermediate), up_rows(up_values.data(), count, intermediate);
+    linear(rows, w.gate_proj, gate_rows);
+    linear(rows, w.up_proj, up_rows);
+    if (gate.data) copy_rows(gate_rows, gate.row_range(first, first + count));
+    if (up.data) copy_rows(up_rows, up.row_range(first, first + count));
+    swiglu(gate_rows, up_rows, gate_rows);
+    linear(gate_rows, w.down_proj, out.row_range(first, first + count));
   }
 }
 

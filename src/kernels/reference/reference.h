@@ -19,6 +19,7 @@ class ReferenceBackend final : public Backend {
   void rope(Tensor x, std::int64_t rows_per_position, std::span<const std::int64_t> positions,
             const RopeParams& params) const override;
   void add(Tensor x, Tensor y) const override;
+  void fill(Tensor x, float value) const override;
   void swiglu(Tensor gate, Tensor up, Tensor out) const override;
   void copy_rows(Tensor src, Tensor dst, std::int64_t repeat = 1) const override;
   void gather_rows(Tensor src, std::span<const std::int64_t> rows, Tensor dst) const override;
@@ -41,7 +42,7 @@ class ReferenceBackend final : public Backend {
   Dispatch moe_dispatch(Tensor x, std::span<const std::int32_t> experts, std::int64_t n_experts, std::int64_t top_k,
                         Workspace& workspace) const override;
   void moe_experts(const Dispatch& dispatch, std::span<const MlpWeights> experts, Tensor out, Workspace& workspace,
-                   Tensor saved = {}) const override;
+                   Tensor gate = {}, Tensor up = {}) const override;
   void moe_combine(const Dispatch& dispatch, std::span<const float> weights, Tensor out, Tensor y) const override;
 
   void matmul(const float* a, const float* b, float* c, const MatmulShape& shape) const override;
