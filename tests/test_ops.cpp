@@ -411,7 +411,7 @@ TEST_P(OpHarness, RopeBothLayoutsWithYarnFrequenciesAndAttentionFactor) {
       }
 }
 
-TEST_P(OpHarness, AddFillSwigluCopyAndGatherRowsOnViews) {
+TEST_P(OpHarness, ReadAddFillSwigluCopyAndGatherRowsOnViews) {
   constexpr std::int64_t cols = 37, stride = 41;
   for (std::int64_t rows : kRows) {
     const std::vector<float> a = random_values(static_cast<std::size_t>(rows * cols), rows, 3.0f);
@@ -423,6 +423,13 @@ TEST_P(OpHarness, AddFillSwigluCopyAndGatherRowsOnViews) {
       reference().add(x_reference.view, y_reference.view);
       expect_identical(x_device.values(), x_reference.values(), cols, describe("add", {{"rows", rows}}));
       EXPECT_TRUE(x_device.spare_columns_intact()) << "add wrote outside its view";
+    }
+    {
+      DeviceTensor x(device(), a, rows, cols, stride);
+      std::vector<float> packed(a.size(), kSentinel);
+      device().read(x.view, packed);
+      expect_identical(packed, a, cols, describe("read", {{"rows", rows}}));
+      EXPECT_THROW(device().read(x.view, std::span(packed).first(packed.size() - 1)), Error);
     }
     {
       DeviceTensor x(device(), a, rows, cols, stride);

@@ -110,6 +110,13 @@ void softmax(std::vector<double>& scores) {
 void* ReferenceBackend::allocate(std::size_t bytes) const { return ::operator new(bytes, kAlignment); }
 void ReferenceBackend::release(void* data) const { ::operator delete(data, kAlignment); }
 
+void ReferenceBackend::read(Tensor src, std::span<float> dst) const {
+  if (static_cast<std::int64_t>(dst.size()) != src.size())
+    fail("read: [{}, {}] into {} values", src.rows, src.cols, dst.size());
+  for (std::int64_t r = 0; r < src.rows; ++r)
+    for (std::int64_t c = 0; c < src.cols; ++c) dst[static_cast<std::size_t>(r * src.cols + c)] = src.row(r)[c];
+}
+
 void ReferenceBackend::embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const {
   check_weight(table, "embedding");
   require(out.rows == static_cast<std::int64_t>(ids.size()) && out.cols == table.cols, "embedding", "output shape");

@@ -12,6 +12,7 @@ class ReferenceBackend final : public Backend {
   std::string_view name() const override { return "reference"; }
   void* allocate(std::size_t bytes) const override;
   void release(void* data) const override;
+  void read(Tensor src, std::span<float> dst) const override;
 
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override;
   void linear(Tensor x, const Matrix& weight, Tensor y) const override;
