@@ -15,9 +15,11 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "core/error.h"
+#include "model/blocks.h"
 #include "support.h"
 #include "train/blocks.h"
 
@@ -102,7 +104,8 @@ TEST(Backward, RmsNormMatchesFiniteDifferences) {
   variables.push_back({&x, &d_x});
   EXPECT_LE(directional_error(variables,
                               [&] {
-                                rmsnorm(x.data(), rows, weight, 1e-6f, y.data());
+                                kernels::default_backend().rmsnorm(kernels::Tensor(x.data(), rows, dim), weight.value,
+                                                                   1e-6f, kernels::Tensor(y.data(), rows, dim));
                                 return weighted_sum(r, y);
                               }),
             kTolerance);
@@ -156,18 +159,64 @@ struct BlockCase {
   }
 };
 
+// One block of the model's own forward pass (model/blocks.h) over rows at positions 0.., keeping
+// what the backward pass reads in `record`. The weights are rebuilt from the parameters at every
+// run, since the checks move the parameters' values.
+struct BlockForward {
+  const ModelConfig& config;
+  const kernels::Backend& backend = kernels::default_backend();
+  RopeTable rope;
+  LatentCache cache;
+  LatentCache::Table table;
+  kernels::Workspace workspace{backend}, kept{backend};
+  StepRecord record{kept};
+  std::vector<BatchRows::Run> runs;
+  std::vector<std::int64_t> positions;
+  std::optional<Weights> weights;
+
+  BlockForward(const ModelConfig& c, std::int64_t tokens)
+      : config(c), rope(c), cache(c, {.capacity_tokens = tokens, .dtype = DType::F32}, backend) {
+    cache.reserve(table, tokens);
+    runs = {{&table, 0, tokens, 0, true}};
+    positions.resize(static_cast<std::size_t>(tokens));
+    std::iota(positions.begin(), positions.end(), 0);
+  }
+  Backward backward() const { return {config, backend, rope.params(), static_cast<float>(config.rms_norm_eps)}; }
+
+  // Runs `block(context, weights, layer record)` on fresh weights and an empty record.
+  template <typename Block>
+  LayerRecord& run(TrainableModel& model, Block&& block) {
+    weights.emplace(model.weights());
+    kept.reset();
+    workspace.reset();
+    record.layers.clear();
+    Context context{config, backend, workspace, rope.params(), static_cast<float>(config.rms_norm_eps), &record};
+    context.layer = &record.layers.emplace_back();
+    block(context, *weights, *context.layer);
+    return record.layers.back();
+  }
+  BatchRows batch() { return {runs, positions}; }
+};
+
+kernels::Tensor view(std::vector<float>& values, std::int64_t rows) {
+  return {values.data(), rows, static_cast<std::int64_t>(values.size()) / rows};
+}
+
 void check_mla(const ModelConfig& config) {
   BlockCase b(config);
-  const RopeTable rope(config);
-  const AttentionParameters& w = b.model.layers[0].attention;
-  MlaSaved saved;
+  BlockForward f(config, b.tokens);
   std::vector<float> y(b.x.size()), d_x(b.x.size(), 0.0f);
-  mla_forward(w, config, rope, b.x.data(), b.tokens, b.positions, saved, y.data());
-  mla_backward(w, config, rope, b.x.data(), b.tokens, b.positions, saved, b.r.data(), d_x.data());
+  auto forward = [&] {
+    return &f.run(b.model, [&](Context& context, const Weights& w, LayerRecord&) {
+      mla_forward(context, w.layers[0].attention, 0, view(b.x, b.tokens), f.batch(), f.cache, view(y, b.tokens));
+    });
+  };
+  const LayerRecord* record = forward();
+  mla_backward(f.backward(), b.model.layers[0].attention, f.weights->layers[0].attention, b.x.data(), b.tokens,
+               b.positions, *record, b.r.data(), d_x.data());
   EXPECT_LE(directional_error(b.all_variables(d_x),
                               [&] {
-                                MlaSaved scratch;
-                                mla_forward(w, config, rope, b.x.data(), b.tokens, b.positions, scratch, y.data());
+                                forward();
                                 return weighted_sum(b.r, y);
                               }),
             kTolerance);
@@ -180,15 +229,19 @@ TEST(Backward, MlaWithPlainQueryProjectionMatchesFiniteDifferences) { check_mla(
 TEST(Backward, SwigluMlpMatchesFiniteDifferences) {
   const ModelConfig config = small_config();
   BlockCase b(config);
-  const MlpParameters& w = *b.model.layers[0].mlp;
-  MlpSaved saved;
+  BlockForward f(config, b.tokens);
   std::vector<float> y(b.x.size()), d_x(b.x.size(), 0.0f);
-  mlp_forward(w, b.x.data(), b.tokens, saved, y.data());
-  mlp_backward(w, b.x.data(), b.tokens, saved, b.r.data(), d_x.data());
+  auto forward = [&] {
+    return &f.run(b.model, [&](Context& context, const Weights& w, LayerRecord& record) {
+      mlp_forward(context, *w.layers[0].mlp, view(b.x, b.tokens), view(y, b.tokens), &record.gate, &record.up);
+    });
+  };
+  const LayerRecord* record = forward();
+  mlp_backward(f.backward(), *b.model.layers[0].mlp, *f.weights->layers[0].mlp, b.x.data(), b.tokens,
+               record->gate.data, record->up.data, b.r.data(), d_x.data());
   EXPECT_LE(directional_error(b.all_variables(d_x),
                               [&] {
-                                MlpSaved scratch;
-                                mlp_forward(w, b.x.data(), b.tokens, scratch, y.data());
+                                forward();
                                 return weighted_sum(b.r, y);
                               }),
             kTolerance);
@@ -199,20 +252,25 @@ TEST(Backward, SwigluMlpMatchesFiniteDifferences) {
 void check_moe(const ModelConfig& config, double alpha, float output_weight = 1.0f) {
   BlockCase b(config);
   for (float& r : b.r) r *= output_weight;
-  const MoeParameters& w = *b.model.layers[1].moe;
-  MoeSaved saved;
+  BlockForward f(config, b.tokens);
   std::vector<float> y(b.x.size()), d_x(b.x.size(), 0.0f);
-  const double balance = moe_forward(w, config, b.x.data(), b.tokens, alpha, saved, y.data());
+  auto forward = [&] {
+    return &f.run(b.model, [&](Context& context, const Weights& w, LayerRecord&) {
+      moe_forward(context, *w.layers[1].moe, view(b.x, b.tokens), view(y, b.tokens));
+    });
+  };
+  const LayerRecord* record = forward();
+  const double balance = balance_loss(config, *record, b.tokens, alpha);
   EXPECT_EQ(balance == 0.0, alpha == 0.0);
-  moe_backward(w, config, b.x.data(), b.tokens, alpha, saved, b.r.data(), d_x.data());
-  const std::vector<std::int32_t> chosen = saved.routes.experts;
+  moe_backward(f.backward(), *b.model.layers[1].moe, *f.weights->layers[1].moe, b.x.data(), b.tokens, alpha, *record,
+               b.r.data(), d_x.data());
+  const std::vector<std::int32_t> chosen(record->experts.begin(), record->experts.end());
   EXPECT_LE(directional_error(b.all_variables(d_x),
                               [&] {
-                                MoeSaved scratch;
-                                const double l = moe_forward(w, config, b.x.data(), b.tokens, alpha, scratch, y.data());
+                                const LayerRecord* again = forward();
                                 // A different choice would make the loss jump: the check needs the same experts.
-                                EXPECT_EQ(scratch.routes.experts, chosen);
-                                return weighted_sum(b.r, y) + l;
+                                EXPECT_EQ(std::vector<std::int32_t>(again->experts.begin(), again->experts.end()), chosen);
+                                return weighted_sum(b.r, y) + balance_loss(config, *again, b.tokens, alpha);
                               }),
             kTolerance);
 }
@@ -270,10 +328,12 @@ TEST(Backward, TiedRoutingScoresGiveFiniteGradients) {
   const std::vector<float>& router_grad = model.parameter("model.layers.1.mlp.gate.weight").grad;
   EXPECT_TRUE(std::any_of(router_grad.begin(), router_grad.end(), [](float g) { return g != 0.0f; }));
 
-  MoeSaved saved;
   std::vector<float> x = test::random_values(4 * 32, 5), y(x.size());
-  moe_forward(*model.layers[1].moe, config, x.data(), 4, 0.0, saved, y.data());
-  for (std::int64_t t = 0; t < 4; ++t) EXPECT_NE(saved.routes.experts[2 * t], saved.routes.experts[2 * t + 1]);
+  BlockForward f(config, 4);
+  const LayerRecord& record = f.run(model, [&](Context& context, const Weights& w, LayerRecord&) {
+    moe_forward(context, *w.layers[1].moe, view(x, 4), view(y, 4));
+  });
+  for (std::int64_t t = 0; t < 4; ++t) EXPECT_NE(record.experts[2 * t], record.experts[2 * t + 1]);
 }
 
 }  // namespace

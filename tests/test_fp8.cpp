@@ -8,7 +8,7 @@
 
 #include "core/numeric.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/quantize.h"
+#include "io/fp8_blocks.h"
 #include "model/model.h"
 #include "support.h"
 
@@ -59,7 +59,7 @@ QuantisedCopies make_copies(const std::filesystem::path& root) {
     original.cols = cols;
     original.data = view.data;
     kernels::dequantize_rows(original, 0, rows, weight.data());
-    const kernels::Fp8Blocks blocks = kernels::quantize_fp8_blocks(weight.data(), rows, cols);
+    const Fp8Blocks blocks = quantize_fp8_blocks(weight.data(), rows, cols);
     std::vector<float> dequantised(weight.size());
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t c = 0; c < cols; ++c) {

@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/quantize.h"
+#include "io/fp8_blocks.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -41,7 +41,7 @@ StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::i
   stored.matrix.rows = rows;
   stored.matrix.cols = cols;
   if (dtype == DType::F8_E4M3) {
-    const auto blocks = kernels::quantize_fp8_blocks(w.data(), rows, cols, block_rows, block_cols);
+    const auto blocks = quantize_fp8_blocks(w.data(), rows, cols, block_rows, block_cols);
     stored.bytes.resize(blocks.codes.size());
     std::memcpy(stored.bytes.data(), blocks.codes.data(), blocks.codes.size());
     for (std::int64_t r = 0; r < rows; ++r)
@@ -239,7 +239,7 @@ TEST(Kernels, Fp8BlockQuantisationUsesAmaxOver448PerBlock) {
   const std::int64_t rows = 130, cols = 200;  // 2 x 2 blocks, the last ones partial
   auto w = test::random_values(static_cast<std::size_t>(rows * cols), 9);
   w[129 * cols + 199] = 10.0f;  // the bottom-right partial block's amax
-  const auto blocks = kernels::quantize_fp8_blocks(w.data(), rows, cols);
+  const auto blocks = quantize_fp8_blocks(w.data(), rows, cols);
   ASSERT_EQ(blocks.scale_rows, 2);
   ASSERT_EQ(blocks.scale_cols, 2);
   EXPECT_FLOAT_EQ(blocks.scales[3], 10.0f / 448.0f);

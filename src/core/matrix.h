@@ -23,6 +23,9 @@ struct Matrix {
   std::shared_ptr<const std::vector<float>> scales;
   std::int64_t block_rows = 128;
   std::int64_t block_cols = 128;
+  // Training's FP8 recipe (DeepSeek-V3 §3.3): the GEMM rounds its input rows through E4M3 in 1x128
+  // tiles (fp8_quantize_dequantize) before multiplying; the weight itself is given already rounded.
+  bool fp8_input_tiles = false;
   // Keeps owned data alive (weights made in memory rather than mapped from a file).
   std::shared_ptr<const void> owner;
 

@@ -53,4 +53,15 @@ inline constexpr float kFp8E4M3Max = 448.0f;
 // `tensor.to(torch.float8_e4m3fn)` after the caller has scaled into range.
 std::uint8_t float_to_fp8_e4m3(float value);
 
+// The E4M3 value nearest `value` (ties to even, saturating at ±448): the same as
+// fp8_e4m3_to_float(float_to_fp8_e4m3(value)), by bit arithmetic instead of frexp/ldexp.
+float round_to_e4m3(float value);
+
+// DeepSeek-V3's FP8 training recipe (§3.3): rounds [rows, cols] values through E4M3 and back, one
+// scale amax/448 per tile_rows x tile_cols tile (edge tiles partial): 1x128 tiles for activations
+// and gradients along a GEMM's inner dimension, 128x128 blocks for weights. `out` may equal `values`.
+void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_t cols, std::int64_t tile_rows,
+                             std::int64_t tile_cols, float* out);
+inline constexpr std::int64_t kFp8Tile = 128;
+
 }  // namespace dsv3

@@ -7,12 +7,12 @@
 
 #include "kernels/ops.h"
 #include "model/latent_cache.h"
+#include "model/model.h"
 #include "model/rope.h"
 #include "model/weights.h"
 
 namespace dsv3 {
 
-struct StepOutput;
 
 // What every block of one step shares: the config, the backend computing it, the step's scratch.
 struct Context {
@@ -21,6 +21,14 @@ struct Context {
   kernels::Workspace& workspace;
   kernels::RopeParams rope;
   float eps;
+  StepRecord* record = nullptr;  // training: what the backward pass needs is kept here
+  LayerRecord* layer = nullptr;  // the record of the layer being computed
+  // A tensor that outlives the step, in the record's storage.
+  kernels::Tensor keep(std::int64_t rows, std::int64_t cols) const { return record->storage->tensor(rows, cols); }
+  template <typename T>
+  std::span<T> keep_array(std::int64_t count) const {
+    return record->storage->array<T>(count);
+  }
 };
 
 // The rows of one step: consecutive runs of new tokens, each run from one sequence whose cache
@@ -47,8 +55,10 @@ BatchRows make_batch_rows(Context& context, std::span<BatchRows::Run> runs, cons
 void mla_forward(Context& context, const AttentionWeights& w, std::int64_t layer, kernels::Tensor x,
                  const BatchRows& batch, LatentCache& cache, kernels::Tensor out);
 
-// Dense SwiGLU MLP. x, out: [T, hidden].
-void mlp_forward(Context& context, const MlpWeights& w, kernels::Tensor x, kernels::Tensor out);
+// Dense SwiGLU MLP. x, out: [T, hidden]. With `keep_gate` and `keep_up`, the gate_proj and up_proj
+// outputs are kept there (in the record's storage).
+void mlp_forward(Context& context, const MlpWeights& w, kernels::Tensor x, kernels::Tensor out,
+                 kernels::Tensor* keep_gate = nullptr, kernels::Tensor* keep_up = nullptr);
 
 // Routed experts weighted by their gates, plus the shared experts. x, out: [T, hidden].
 void moe_forward(Context& context, const MoeWeights& w, kernels::Tensor x, kernels::Tensor out);

@@ -101,10 +101,15 @@ void mla_forward(Context& ctx, const AttentionWeights& w, std::int64_t layer, Te
   const std::int64_t rows = batch.rows();
 
   // q: [rows, heads * (q_nope | q_rope)], through the low-rank path when q_lora_rank is set.
+  LayerRecord* record = ctx.layer;
   Tensor q = ctx.workspace.tensor(rows, d.heads * d.qk());
   if (c.q_lora_rank) {
     Tensor c_q = ctx.workspace.tensor(rows, *c.q_lora_rank);  // [rows, q_lora_rank]
     ops.linear(x, w.q_a_proj, c_q);
+    if (record) {
+      record->c_q = ctx.keep(rows, *c.q_lora_rank);
+      ops.copy_rows(c_q, record->c_q);
+    }
     ops.rmsnorm(c_q, w.q_a_layernorm, ctx.eps, c_q);
     ops.linear(c_q, w.q_b_proj, q);
   } else {
@@ -115,18 +120,23 @@ void mla_forward(Context& ctx, const AttentionWeights& w, std::int64_t layer, Te
   // latent: [rows, c_kv | k_rope] = (rmsnorm(c_kv), rope(k_rope)): the only per-token state MLA caches.
   Tensor latent = ctx.workspace.tensor(rows, d.width());
   ops.linear(x, w.kv_a_proj_with_mqa, latent);
+  if (record) {
+    record->kv_a = ctx.keep(rows, d.width());
+    ops.copy_rows(latent, record->kv_a);
+  }
   ops.rmsnorm(latent.columns(0, d.kv_lora), w.kv_a_layernorm, ctx.eps, latent.columns(0, d.kv_lora));
   ops.rope(latent.columns(d.kv_lora, d.width()), 1, batch.positions, ctx.rope);
   for (const auto& run : batch.runs)
     ops.cache_store(cache.pages(layer, *run.table), run.start, latent.row_range(run.first_row, run.first_row + run.count));
 
   const auto scale = static_cast<float>(c.softmax_scale());
-  Tensor attention = ctx.workspace.tensor(rows, d.heads * d.v);  // [rows, heads * v]
+  // [rows, heads * v]
+  Tensor attention = record ? (record->attention = ctx.keep(rows, d.heads * d.v)) : ctx.workspace.tensor(rows, d.heads * d.v);
   std::span<std::int64_t> absorbed = ctx.workspace.array<std::int64_t>(static_cast<std::int64_t>(batch.runs.size()));
   std::int64_t absorbed_runs = 0, absorbed_rows = 0;
   for (std::size_t i = 0; i < batch.runs.size(); ++i) {
     const BatchRows::Run& run = batch.runs[i];
-    if (expanded_is_cheaper(d, run.count)) {
+    if (record || expanded_is_cheaper(d, run.count)) {
       attend_expanded(ctx, w, d, scale, layer, run, q, cache, attention);
     } else {
       absorbed[absorbed_runs++] = static_cast<std::int64_t>(i);

@@ -48,6 +48,32 @@ struct StepOutput {
   std::span<const std::int64_t> logit_offsets;     // segment i's logits are rows [offsets[i], offsets[i+1])
 };
 
+// What a step keeps for training's backward pass (Model::step and mtp_step given a record): for
+// each decoder layer the tensors below, all in `storage`, which the step never resets. A recorded
+// step attends in the expanded form, the one the backward pass differentiates.
+struct LayerRecord {
+  kernels::Tensor h_in, h_mid;          // [rows, hidden]: the residual stream entering the layer, and after attention
+  kernels::Tensor c_q;                  // [rows, q_lora_rank]: q_a_proj's output, before its norm (none without q_lora_rank)
+  kernels::Tensor kv_a;                 // [rows, kv_lora + rope]: kv_a_proj_with_mqa's output, before norm and rotation
+  kernels::Tensor attention;            // [rows, heads * v]: o_proj's input
+  kernels::Tensor gate, up;             // dense MLP: gate_proj's and up_proj's outputs [rows, intermediate]
+  kernels::Tensor router_logits;        // MoE: [rows, experts]
+  std::span<std::int32_t> experts;      // [rows * top_k]: the chosen experts ...
+  std::span<float> weights;             // ... and their gate weights
+  std::span<std::int64_t> offsets;      // the routes grouped by expert (kernels::Dispatch): [experts + 1]
+  std::span<std::int64_t> slots;        // [rows * top_k]
+  kernels::Tensor expert_gate, expert_up;  // [rows * top_k, moe_intermediate], in dispatch order
+  kernels::Tensor shared_gate, shared_up;  // [rows, shared experts' intermediate]
+};
+struct StepRecord {
+  explicit StepRecord(kernels::Workspace& storage) : storage(&storage) {}
+  kernels::Workspace* storage;
+  std::vector<LayerRecord> layers;  // in order (an MTP step's: its one layer)
+  // [rows, hidden]: step(): before model.norm; mtp_step(): before shared_head.norm.
+  kernels::Tensor last_hidden;
+  std::int64_t bytes() const;  // of everything recorded
+};
+
 class Model {
  public:
   explicit Model(Weights weights, const kernels::Backend& backend = kernels::default_backend());
@@ -59,10 +85,12 @@ class Model {
   // One batched forward step over runs of new tokens from several sequences (prefill chunks and
   // decode tokens mixed), writing their latents into `cache`. Scratch and the output come from
   // `workspace`, which the step resets first.
-  StepOutput step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace) const;
+  // With `record`, also keeps what training's backward pass needs.
+  StepOutput step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                  StepRecord* record = nullptr) const;
   // One batched step of the MTP module `depth` (0 for DeepSeek-V3's single module).
   StepOutput mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                      std::int64_t depth = 0) const;
+                      std::int64_t depth = 0, StepRecord* record = nullptr) const;
 
   // Logits for every position of one sequence (positions 0..T-1), through a temporary cache.
   ForwardOutput forward(std::span<const std::int64_t> ids) const;

@@ -10,14 +10,14 @@ namespace dsv3 {
 using kernels::Tensor;
 
 StepOutput Model::mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                           std::int64_t depth) const {
+                           std::int64_t depth, StepRecord* record) const {
   const ModelConfig& c = weights_.config;
   if (depth < 0 || depth >= static_cast<std::int64_t>(weights_.mtp.size()))
     fail("MTP depth {} requested, the model has {} MTP module(s)", depth, weights_.mtp.size());
   const MtpWeights& mtp = weights_.mtp[static_cast<std::size_t>(depth)];
   const std::int64_t hidden = c.hidden_size;
   workspace.reset();
-  Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps)};
+  Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
 
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
   for (std::size_t s = 0; s < segments.size(); ++s) {
@@ -53,6 +53,10 @@ StepOutput Model::mtp_step(std::span<const MtpSegment> segments, LatentCache& ca
   }
   decoder_layer_forward(ctx, mtp.layer, c.num_hidden_layers + depth, out.hidden, batch, cache);
   output_head(ctx, mtp.shared_head_head, mtp.shared_head_norm, batch, out.hidden, out);
+  if (record) {
+    record->last_hidden = ctx.keep(out.hidden.rows, out.hidden.cols);
+    backend_.copy_rows(out.hidden, record->last_hidden);
+  }
   return out;
 }
 
@@ -70,9 +74,7 @@ std::vector<float> Model::mtp_logits(std::span<const std::int64_t> ids, std::spa
   const MtpSegment segment{&table, 0, hidden.first(static_cast<std::size_t>(rows * c.hidden_size)), ids.subspan(1),
                            true};
   const StepOutput out = mtp_step(std::span(&segment, 1), cache, workspace);
-  std::vector<float> logits(static_cast<std::size_t>(out.logits.size()));
-  std::copy_n(out.logits.data, out.logits.size(), logits.begin());
-  return logits;
+  return kernels::read(backend_, out.logits);
 }
 
 }  // namespace dsv3

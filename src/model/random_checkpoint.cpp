@@ -8,7 +8,7 @@
 #include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "io/safetensors.h"
-#include "kernels/cpu/quantize.h"
+#include "io/fp8_blocks.h"
 #include "model/model.h"
 
 namespace dsv3 {
@@ -68,7 +68,7 @@ std::vector<MadeTensor> make_tensor(const CheckpointTensor& t, const RandomCheck
   };
   if (t.kind == Kind::router_bias) return {{t.name, DType::F32, t.shape, as_bytes(values)}};
   if (options.fp8 && t.fp8_in_official_checkpoints) {
-    const auto blocks = kernels::quantize_fp8_blocks(values.data(), t.shape[0], t.shape[1]);
+    const auto blocks = quantize_fp8_blocks(values.data(), t.shape[0], t.shape[1]);
     return {{t.name, DType::F8_E4M3, t.shape, as_bytes(blocks.codes)},
             {fp8_scale_tensor_name(t.name), DType::F32, {blocks.scale_rows, blocks.scale_cols}, as_bytes(blocks.scales)}};
   }

@@ -10,17 +10,29 @@ void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t lay
                            LatentCache& cache) {
   const kernels::Backend& ops = ctx.backend;
   kernels::Workspace::Scope scope(ctx.workspace);
+  LayerRecord* record = nullptr;
+  if (ctx.record) {
+    record = &ctx.record->layers.emplace_back();
+    record->h_in = ctx.keep(h.rows, h.cols);
+    ops.copy_rows(h, record->h_in);
+  }
+  ctx.layer = record;
   Tensor normed = ctx.workspace.tensor(h.rows, h.cols), update = ctx.workspace.tensor(h.rows, h.cols);
   ops.rmsnorm(h, w.input_layernorm, ctx.eps, normed);
   mla_forward(ctx, w.attention, layer, normed, batch, cache, update);
   ops.add(h, update);
+  if (record) {
+    record->h_mid = ctx.keep(h.rows, h.cols);
+    ops.copy_rows(h, record->h_mid);
+  }
   ops.rmsnorm(h, w.post_attention_layernorm, ctx.eps, normed);
   if (w.moe) {
     moe_forward(ctx, *w.moe, normed, update);
   } else {
-    mlp_forward(ctx, *w.mlp, normed, update);
+    mlp_forward(ctx, *w.mlp, normed, update, record ? &record->gate : nullptr, record ? &record->up : nullptr);
   }
   ops.add(h, update);
+  ctx.layer = nullptr;
 }
 
 BatchRows make_batch_rows(Context& ctx, std::span<BatchRows::Run> runs, const LatentCache& cache) {
@@ -62,10 +74,11 @@ void output_head(Context& ctx, const Matrix& head_weight, std::span<const float>
 Model::Model(Weights weights, const kernels::Backend& backend)
     : weights_(std::move(weights)), backend_(backend), rope_(weights_.config) {}
 
-StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace) const {
+StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                       StepRecord* record) const {
   const ModelConfig& c = weights_.config;
   workspace.reset();
-  Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps)};
+  Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
   for (std::size_t s = 0; s < segments.size(); ++s)
     runs[s] = {segments[s].table, segments[s].start, static_cast<std::int64_t>(segments[s].tokens.size()), 0,
@@ -81,6 +94,10 @@ StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache
   for (std::int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
     decoder_layer_forward(ctx, weights_.layers[layer], layer, out.hidden, batch, cache);
   output_head(ctx, weights_.lm_head, weights_.norm, batch, out.hidden, out);
+  if (record) {
+    record->last_hidden = ctx.keep(out.hidden.rows, out.hidden.cols);
+    backend_.copy_rows(out.hidden, record->last_hidden);
+  }
   backend_.rmsnorm(out.hidden, weights_.norm, ctx.eps, out.hidden);
   return out;
 }
@@ -95,6 +112,19 @@ ForwardOutput Model::forward(std::span<const std::int64_t> ids) const {
   const StepSegment segment{&table, 0, ids, true};
   const StepOutput out = step(std::span(&segment, 1), cache, workspace);
   return {kernels::read(backend_, out.hidden), kernels::read(backend_, out.logits)};
+}
+
+std::int64_t StepRecord::bytes() const {
+  const auto floats = [](const kernels::Tensor& t) { return 4 * t.size(); };
+  std::int64_t total = floats(last_hidden);
+  for (const LayerRecord& l : layers) {
+    total += floats(l.h_in) + floats(l.h_mid) + floats(l.c_q) + floats(l.kv_a) + floats(l.attention) +
+             floats(l.gate) + floats(l.up) + floats(l.router_logits) + floats(l.expert_gate) + floats(l.expert_up) +
+             floats(l.shared_gate) + floats(l.shared_up);
+    total += static_cast<std::int64_t>(l.experts.size_bytes() + l.weights.size_bytes() + l.offsets.size_bytes() +
+                                       l.slots.size_bytes());
+  }
+  return total;
 }
 
 }  // namespace dsv3

@@ -147,27 +147,50 @@ Weights Weights::load(const std::filesystem::path& model_dir) {
   return load(std::move(config), std::move(store));
 }
 
-Weights Weights::load(ModelConfig config, TensorStore store) {
-  Weights w{std::move(config), std::move(store), {}, {}, {}, {}, {}};
-  const ModelConfig& c = w.config;
-  const Loader load(c, w.store);
-  const std::vector<CheckpointTensor> layout = checkpoint_layout(c);
+namespace {
+
+// Fills every tensor of the layout: matrix_of(t) (an empty Matrix for an MTP copy of the
+// embedding or head means the original, earlier in the table, serves) or vector_of(t).
+template <typename MatrixOf, typename VectorOf>
+void fill(Weights& w, MatrixOf&& matrix_of, VectorOf&& vector_of) {
+  const std::vector<CheckpointTensor> layout = checkpoint_layout(w.config);
   for (const CheckpointTensor& t : layout) {
     make_room(w, t);
     const auto slot = slot_of(w, t);
-    // The released checkpoints store copies of the shared embedding and head in the MTP modules;
-    // use them when present, the originals (earlier in the table) otherwise: in training they are
-    // the same parameters.
-    if (!t.copy_of.empty() && !w.store.find(t.name)) {
-      const auto original = std::find_if(layout.begin(), layout.end(), [&](const auto& o) { return o.name == t.copy_of; });
-      *slot.matrix = *slot_of(w, *original).matrix;
-    } else if (slot.matrix) {
-      *slot.matrix = load.matrix(t.name, t.shape[0], t.shape[1]);
-    } else {
-      *slot.vector = load.vector(t.name, t.shape[0]);
+    if (!slot.matrix) {
+      *slot.vector = vector_of(t);
+      continue;
     }
+    Matrix m = matrix_of(t);
+    if (m.empty() && !t.copy_of.empty()) {
+      const auto original = std::find_if(layout.begin(), layout.end(), [&](const auto& o) { return o.name == t.copy_of; });
+      m = *slot_of(w, *original).matrix;
+    }
+    *slot.matrix = std::move(m);
   }
-  if (c.tie_word_embeddings) w.lm_head = w.embed_tokens;
+  if (w.config.tie_word_embeddings) w.lm_head = w.embed_tokens;
+}
+
+}  // namespace
+
+Weights Weights::load(ModelConfig config, TensorStore store) {
+  Weights w{std::move(config), std::move(store), {}, {}, {}, {}, {}};
+  const Loader load(w.config, w.store);
+  // The released checkpoints store copies of the shared embedding and head in the MTP modules;
+  // use them when present, the originals otherwise: in training they are the same parameters.
+  fill(
+      w,
+      [&](const CheckpointTensor& t) {
+        return !t.copy_of.empty() && !w.store.find(t.name) ? Matrix{} : load.matrix(t.name, t.shape[0], t.shape[1]);
+      },
+      [&](const CheckpointTensor& t) { return load.vector(t.name, t.shape[0]); });
+  return w;
+}
+
+Weights Weights::assemble(ModelConfig config, const std::function<Matrix(const CheckpointTensor&)>& matrix,
+                          const std::function<std::vector<float>(const CheckpointTensor&)>& vector) {
+  Weights w{std::move(config), {}, {}, {}, {}, {}, {}};
+  fill(w, matrix, vector);
   return w;
 }
 

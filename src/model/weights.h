@@ -3,6 +3,7 @@
 // config. Matrices stay in the mapped files in their storage dtype (BF16, F16, F32 or FP8 with
 // block scales); norm vectors and the router bias are small and copied to float32.
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -67,6 +68,11 @@ struct Weights {
   // serve); with tie_word_embeddings the head is the embedding.
   static Weights load(const std::filesystem::path& model_dir);
   static Weights load(ModelConfig config, TensorStore store);
+  // Weights from elsewhere than files (training's parameters): each tensor of
+  // checkpoint_layout(config) from `matrix` or `vector`; an empty matrix for an MTP copy of the
+  // embedding or head means the original serves. The matrices stay views of what they point into.
+  static Weights assemble(ModelConfig config, const std::function<Matrix(const CheckpointTensor&)>& matrix,
+                          const std::function<std::vector<float>(const CheckpointTensor&)>& vector);
 
   // Where tensor `t` of checkpoint_layout(config) was loaded: a matrix, or a vector for norms and
   // router biases.

@@ -1,6 +1,7 @@
-// Multi-head Latent Attention for training. The forward keeps only the latents (c_q, kv_a) and the
-// attention output; the backward rebuilds the normed latents, the up-projections q = q_b_proj(c_q)
-// and [k_nope | v] = kv_b_proj(c_kv), and the rotated k_rope from them (the paper's recomputation).
+// The backward pass of Multi-head Latent Attention. The model's forward kept only the latents (c_q,
+// kv_a) and the attention output; this rebuilds the normed latents, the up-projections
+// q = q_b_proj(c_q) and [k_nope | v] = kv_b_proj(c_kv), and the rotated k_rope from them (the
+// paper's recomputation), all through the backend's ops.
 #include <algorithm>
 #include <vector>
 
@@ -20,41 +21,40 @@ struct MlaTensors {
 std::size_t count(std::int64_t a, std::int64_t b) { return static_cast<std::size_t>(a * b); }
 
 // Rotates `rows` rope parts of rope_dim floats, `stride` apart, through the backend's rope op.
-void apply_rope(const RopeTable& rope, float* x, std::int64_t rows, std::int64_t stride, std::int64_t rows_per_position,
+void apply_rope(const Backward& b, float* x, std::int64_t rows, std::int64_t stride, std::int64_t rows_per_position,
                 std::span<const std::int64_t> positions) {
-  const kernels::RopeParams params = rope.params();
-  const auto dim = static_cast<std::int64_t>(2 * params.inverse_frequencies.size());
-  kernels::default_backend().rope(kernels::Tensor(x, rows, dim, stride), rows_per_position, positions, params);
+  const auto dim = static_cast<std::int64_t>(2 * b.rope.inverse_frequencies.size());
+  b.backend.rope(kernels::Tensor(x, rows, dim, stride), rows_per_position, positions, b.rope);
 }
 
-void rebuild(const AttentionParameters& w, const ModelConfig& c, const RopeTable& rope, const float* x,
-             std::int64_t tokens, std::span<const std::int64_t> positions, const MlaSaved& saved, MlaTensors& t) {
+void rebuild(const Backward& b, const AttentionWeights& w, const float* x, std::int64_t tokens,
+             std::span<const std::int64_t> positions, const LayerRecord& saved, MlaTensors& t) {
+  const ModelConfig& c = b.config;
   const std::int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
   const std::int64_t qk_dim = c.qk_head_dim(), kv_dim = nope + c.v_head_dim;
   const std::int64_t kv_a_dim = c.kv_lora_rank + rope_dim;
-  const auto eps = static_cast<float>(c.rms_norm_eps);
 
   t.q.resize(count(tokens, heads * qk_dim));
-  if (w.q_a_proj) {
-    t.c_q.resize(saved.c_q.size());
-    rmsnorm(saved.c_q.data(), tokens, *w.q_a_layernorm, eps, t.c_q.data());
-    linear(t.c_q.data(), tokens, *w.q_b_proj, t.q.data());
+  if (c.q_lora_rank) {
+    t.c_q.resize(static_cast<std::size_t>(saved.c_q.size()));
+    b.rmsnorm(saved.c_q.data, tokens, w.q_a_layernorm, t.c_q.data());
+    b.linear(t.c_q.data(), tokens, w.q_b_proj, t.q.data());
   } else {
-    linear(x, tokens, *w.q_proj, t.q.data());
+    b.linear(x, tokens, w.q_proj, t.q.data());
   }
-  apply_rope(rope, t.q.data() + nope, tokens * heads, qk_dim, heads, positions);
+  apply_rope(b, t.q.data() + nope, tokens * heads, qk_dim, heads, positions);
 
   t.c_kv.resize(count(tokens, c.kv_lora_rank));
   std::vector<float> k_rope(count(tokens, rope_dim));
   for (std::int64_t i = 0; i < tokens; ++i) {
-    std::copy_n(saved.kv_a.data() + i * kv_a_dim, c.kv_lora_rank, t.c_kv.data() + i * c.kv_lora_rank);
-    std::copy_n(saved.kv_a.data() + i * kv_a_dim + c.kv_lora_rank, rope_dim, k_rope.data() + i * rope_dim);
+    std::copy_n(saved.kv_a.row(i), c.kv_lora_rank, t.c_kv.data() + i * c.kv_lora_rank);
+    std::copy_n(saved.kv_a.row(i) + c.kv_lora_rank, rope_dim, k_rope.data() + i * rope_dim);
   }
-  rmsnorm(t.c_kv.data(), tokens, *w.kv_a_layernorm, eps, t.c_kv.data());
-  apply_rope(rope, k_rope.data(), tokens, rope_dim, 1, positions);
+  b.rmsnorm(t.c_kv.data(), tokens, w.kv_a_layernorm, t.c_kv.data());
+  apply_rope(b, k_rope.data(), tokens, rope_dim, 1, positions);
 
   t.kv.resize(count(tokens, heads * kv_dim));
-  linear(t.c_kv.data(), tokens, *w.kv_b_proj, t.kv.data());
+  b.linear(t.c_kv.data(), tokens, w.kv_b_proj, t.kv.data());
   t.k.resize(count(tokens, heads * qk_dim));
   for (std::int64_t i = 0; i < tokens; ++i)
     for (std::int64_t h = 0; h < heads; ++h) {
@@ -81,38 +81,20 @@ kernels::AttentionShape attention_shape(const ModelConfig& c, std::int64_t token
 
 }  // namespace
 
-void mla_forward(const AttentionParameters& w, const ModelConfig& c, const RopeTable& rope, const float* x,
-                 std::int64_t tokens, std::span<const std::int64_t> positions, MlaSaved& saved, float* out) {
-  if (w.q_a_proj) {
-    saved.c_q.resize(count(tokens, w.q_a_proj->rows()));
-    linear(x, tokens, *w.q_a_proj, saved.c_q.data());
-  } else {
-    saved.c_q.clear();
-  }
-  saved.kv_a.resize(count(tokens, c.kv_lora_rank + c.qk_rope_head_dim));
-  linear(x, tokens, *w.kv_a_proj_with_mqa, saved.kv_a.data());
-
-  MlaTensors t;
-  rebuild(w, c, rope, x, tokens, positions, saved, t);
-  saved.attention.resize(count(tokens, c.num_attention_heads * c.v_head_dim));
-  kernels::attention_causal(t.q.data(), t.k.data(), t.kv.data() + c.qk_nope_head_dim, attention_shape(c, tokens),
-                            static_cast<float>(c.softmax_scale()), saved.attention.data());
-  linear(saved.attention.data(), tokens, *w.o_proj, out);
-}
-
-void mla_backward(const AttentionParameters& w, const ModelConfig& c, const RopeTable& rope, const float* x,
-                  std::int64_t tokens, std::span<const std::int64_t> positions, const MlaSaved& saved,
+void mla_backward(const Backward& b, const AttentionParameters& p, const AttentionWeights& w, const float* x,
+                  std::int64_t tokens, std::span<const std::int64_t> positions, const LayerRecord& saved,
                   const float* d_out, float* d_x) {
+  const ModelConfig& c = b.config;
   const std::int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
   const std::int64_t qk_dim = c.qk_head_dim(), kv_dim = nope + c.v_head_dim;
   const std::int64_t kv_a_dim = c.kv_lora_rank + rope_dim;
-  const auto eps = static_cast<float>(c.rms_norm_eps);
+  const float eps = b.eps;
 
-  std::vector<float> d_attention(saved.attention.size(), 0.0f);
-  linear_backward(saved.attention.data(), tokens, *w.o_proj, d_out, d_attention.data());
+  std::vector<float> d_attention(static_cast<std::size_t>(saved.attention.size()), 0.0f);
+  linear_backward(saved.attention.data, tokens, *p.o_proj, d_out, d_attention.data());
 
   MlaTensors t;
-  rebuild(w, c, rope, x, tokens, positions, saved, t);
+  rebuild(b, w, x, tokens, positions, saved, t);
   std::vector<float> d_q(t.q.size()), d_k(t.k.size()), d_kv(t.kv.size());
   attention_causal_backward(t.q.data(), t.k.data(), t.kv.data() + nope, attention_shape(c, tokens),
                             static_cast<float>(c.softmax_scale()), d_attention.data(), d_q.data(), d_k.data(),
@@ -132,26 +114,26 @@ void mla_backward(const AttentionParameters& w, const ModelConfig& c, const Rope
       float* d_rope = d_kv_a.data() + i * kv_a_dim + c.kv_lora_rank;
       for (std::int64_t j = 0; j < rope_dim; ++j) d_rope[j] += dk_row[nope + j];
     }
-  apply_rope(rope, d_kv_a.data() + c.kv_lora_rank, tokens, kv_a_dim, 1, negated);
+  apply_rope(b, d_kv_a.data() + c.kv_lora_rank, tokens, kv_a_dim, 1, negated);
 
   std::vector<float> d_c_kv(t.c_kv.size(), 0.0f);
-  linear_backward(t.c_kv.data(), tokens, *w.kv_b_proj, d_kv.data(), d_c_kv.data());
+  linear_backward(t.c_kv.data(), tokens, *p.kv_b_proj, d_kv.data(), d_c_kv.data());
   std::vector<float> c_kv_raw(t.c_kv.size()), d_c_kv_raw(t.c_kv.size(), 0.0f);
   for (std::int64_t i = 0; i < tokens; ++i)
-    std::copy_n(saved.kv_a.data() + i * kv_a_dim, c.kv_lora_rank, c_kv_raw.data() + i * c.kv_lora_rank);
-  rmsnorm_backward(c_kv_raw.data(), tokens, *w.kv_a_layernorm, eps, d_c_kv.data(), d_c_kv_raw.data());
+    std::copy_n(saved.kv_a.row(i), c.kv_lora_rank, c_kv_raw.data() + i * c.kv_lora_rank);
+  rmsnorm_backward(c_kv_raw.data(), tokens, *p.kv_a_layernorm, eps, d_c_kv.data(), d_c_kv_raw.data());
   for (std::int64_t i = 0; i < tokens; ++i)
     std::copy_n(d_c_kv_raw.data() + i * c.kv_lora_rank, c.kv_lora_rank, d_kv_a.data() + i * kv_a_dim);
-  linear_backward(x, tokens, *w.kv_a_proj_with_mqa, d_kv_a.data(), d_x);
+  linear_backward(x, tokens, *p.kv_a_proj_with_mqa, d_kv_a.data(), d_x);
 
-  apply_rope(rope, d_q.data() + nope, tokens * heads, qk_dim, heads, negated);
-  if (w.q_a_proj) {
+  apply_rope(b, d_q.data() + nope, tokens * heads, qk_dim, heads, negated);
+  if (p.q_a_proj) {
     std::vector<float> d_c_q(t.c_q.size(), 0.0f), d_c_q_raw(t.c_q.size(), 0.0f);
-    linear_backward(t.c_q.data(), tokens, *w.q_b_proj, d_q.data(), d_c_q.data());
-    rmsnorm_backward(saved.c_q.data(), tokens, *w.q_a_layernorm, eps, d_c_q.data(), d_c_q_raw.data());
-    linear_backward(x, tokens, *w.q_a_proj, d_c_q_raw.data(), d_x);
+    linear_backward(t.c_q.data(), tokens, *p.q_b_proj, d_q.data(), d_c_q.data());
+    rmsnorm_backward(saved.c_q.data, tokens, *p.q_a_layernorm, eps, d_c_q.data(), d_c_q_raw.data());
+    linear_backward(x, tokens, *p.q_a_proj, d_c_q_raw.data(), d_x);
   } else {
-    linear_backward(x, tokens, *w.q_proj, d_q.data(), d_x);
+    linear_backward(x, tokens, *p.q_proj, d_q.data(), d_x);
   }
 }
 

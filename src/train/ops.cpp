@@ -1,4 +1,4 @@
-// The backward twins of the CPU ops (kernels/cpu/ops.h), FP32 with FP64 row reductions.
+// The backward twins of the model's ops, FP32 with FP64 row reductions, on the host (OpenBLAS).
 #include <cblas.h>
 
 #include <algorithm>
@@ -34,17 +34,18 @@ const float* gemm_input(bool fp8, const float* values, std::int64_t rows, std::i
 
 }  // namespace
 
-// Every Linear GEMM of training goes through these two functions; Parameter::fp8_gemm decides the
-// precision of their inputs. Each GEMM quantises along its own inner (summed) dimension: x and d_y
-// in 1x128 row tiles for y = x Wᵀ and d_x = d_y W, in 128x1 column tiles (128 tokens) for
-// d_W = d_yᵀ x; W in 128x128 blocks, which serve W and Wᵀ alike.
-void linear(const float* x, std::int64_t rows, const Parameter& weight, float* y) {
-  const bool fp8 = weight.fp8_gemm;
-  std::vector<float> x_q, w_q;
-  Matrix w = weight.matrix();
-  w.data = reinterpret_cast<const std::byte*>(
-      gemm_input(fp8, weight.value.data(), weight.rows(), weight.cols(), kFp8Tile, kFp8Tile, w_q));
-  kernels::linear(gemm_input(fp8, x, rows, weight.cols(), 1, kFp8Tile, x_q), rows, w, y);
+// Every Linear GEMM of training's backward pass goes through linear_backward (the forward's
+// through the backend's linear); Parameter::fp8_gemm decides the precision of their inputs. Each
+// GEMM quantises along its own inner (summed) dimension: x and d_y in 1x128 row tiles for y = x Wᵀ
+// and d_x = d_y W, in 128x1 column tiles (128 tokens) for d_W = d_yᵀ x; W in 128x128 blocks, which
+// serve W and Wᵀ alike.
+void Backward::linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) const {
+  backend.linear(kernels::Tensor(const_cast<float*>(x), rows, weight.cols), weight, kernels::Tensor(y, rows, weight.rows));
+}
+
+void Backward::rmsnorm(const float* x, std::int64_t rows, std::span<const float> weight, float* out) const {
+  const auto dim = static_cast<std::int64_t>(weight.size());
+  backend.rmsnorm(kernels::Tensor(const_cast<float*>(x), rows, dim), weight, eps, kernels::Tensor(out, rows, dim));
 }
 
 void linear_backward(const float* x_in, std::int64_t rows, Parameter& weight, const float* d_y_in, float* d_x) {
@@ -71,10 +72,6 @@ void linear_backward(const float* x_in, std::int64_t rows, Parameter& weight, co
                 static_cast<int>(out), 1.0f, d_y, static_cast<int>(out), w + begin, static_cast<int>(in), 1.0f,
                 d_x + begin, static_cast<int>(in));
   });
-}
-
-void rmsnorm(const float* x, std::int64_t rows, const Parameter& weight, float eps, float* out) {
-  kernels::rmsnorm(x, rows, weight.rows(), weight.value.data(), eps, out);
 }
 
 void rmsnorm_backward(const float* x, std::int64_t rows, Parameter& weight, float eps, const float* d_y, float* d_x) {

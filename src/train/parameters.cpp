@@ -3,7 +3,8 @@
 #include <random>
 
 #include "core/error.h"
-#include "kernels/cpu/ops.h"
+#include "core/numeric.h"
+#include "kernels/ops.h"
 #include "train/train.h"
 
 namespace dsv3::train {
@@ -57,10 +58,17 @@ Slot slot_of(TrainableModel& model, const CheckpointTensor& t) {
   fail("{}: no trainable parameter (a copy of {})", t.name, t.copy_of);
 }
 
+// A matrix widened to float32, every row looked up as the embedding op does.
+void widen(const Matrix& source, float* out) {
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(source.rows));
+  for (std::int64_t r = 0; r < source.rows; ++r) rows[static_cast<std::size_t>(r)] = r;
+  kernels::default_backend().embedding(source, rows, kernels::Tensor(out, source.rows, source.cols));
+}
+
 void copy_matrix(const Matrix& source, Parameter* target) {
   if (source.rows != target->rows() || source.cols != target->cols())
     fail("{}: shape [{},{}], expected [{},{}]", source.name, source.rows, source.cols, target->rows(), target->cols());
-  kernels::dequantize_rows(source, 0, source.rows, target->value.data());
+  widen(source, target->value.data());
 }
 
 void copy_vector(const std::vector<float>& source, Parameter* target) {
@@ -73,7 +81,7 @@ void copy_vector(const std::vector<float>& source, Parameter* target) {
 // trained with them shared, and silently picking one would change the model.
 void require_same(const Matrix& copy, const Parameter& main) {
   std::vector<float> values(static_cast<std::size_t>(copy.rows * copy.cols));
-  kernels::dequantize_rows(copy, 0, copy.rows, values.data());
+  widen(copy, values.data());
   if (values != main.value)
     fail("{} differs from {}: training shares the MTP module's embedding and head with the main model", copy.name,
          main.name);
@@ -87,8 +95,27 @@ Matrix Parameter::matrix() const {
   m.dtype = DType::F32;
   m.rows = rows();
   m.cols = cols();
-  m.data = reinterpret_cast<const std::byte*>(value.data());
+  m.data = reinterpret_cast<const std::byte*>(fp8_gemm ? gemm_value.data() : value.data());
+  m.fp8_input_tiles = fp8_gemm;
   return m;
+}
+
+Weights TrainableModel::weights() {
+  for (auto& [name, p] : parameters) {
+    if (!p.fp8_gemm) {
+      p.gemm_value.clear();
+      continue;
+    }
+    p.gemm_value.resize(p.value.size());
+    fp8_quantize_dequantize(p.value.data(), p.rows(), p.cols(), kFp8Tile, kFp8Tile, p.gemm_value.data());
+  }
+  return Weights::assemble(
+      config,
+      [&](const CheckpointTensor& t) { return t.copy_of.empty() ? parameter(t.name).matrix() : Matrix{}; },
+      [&](const CheckpointTensor& t) {
+        const Slot slot = slot_of(*this, t);
+        return slot.values ? *slot.values : (*slot.parameter)->value;
+      });
 }
 
 TrainableModel::TrainableModel(const ModelConfig& c) : config(c) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/matrix.h"
+#include "core/numeric.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
@@ -35,10 +36,15 @@ struct Parameter {
   // Its GEMMs (forward, input gradient, weight gradient) quantise their inputs to E4M3: the FP8
   // recipe, set by TrainableModel::set_gemm_precision for the Linears of attention and MLPs.
   bool fp8_gemm = false;
+  // Under the FP8 recipe, `value` rounded through E4M3 in 128x128 blocks: what its GEMMs multiply
+  // by (made by TrainableModel::weights()).
+  std::vector<float> gemm_value;
 
   std::int64_t rows() const { return shape[0]; }
   std::int64_t cols() const { return shape.size() > 1 ? shape[1] : 1; }
-  Matrix matrix() const;  // an F32 view of `value` for the kernels
+  // An F32 view for the model: of `value`, or under the FP8 recipe of `gemm_value`, with its
+  // input rounded in 1x128 tiles (Matrix::fp8_input_tiles).
+  Matrix matrix() const;
 };
 
 struct AttentionParameters {
@@ -105,6 +111,10 @@ class TrainableModel {
   std::vector<MtpParameters> mtp;
 
   Parameter& parameter(const std::string& name);  // throws naming the tensor when absent
+  // The parameters as the model computes with them: matrices are views of the values (under the
+  // FP8 recipe, of their rounded copies, refreshed here), norms and router biases copies. Valid
+  // until the next update of the values.
+  Weights weights();
   void zero_gradients();
 
   // FP8: every Linear of attention, dense MLPs and experts (shared and routed) runs its three GEMMs
@@ -116,15 +126,10 @@ class TrainableModel {
   explicit TrainableModel(const ModelConfig& config);
 };
 
-// Rounds [rows, cols] values through FP8 E4M3 and back, one scale amax/448 per tile_rows x
-// tile_cols tile (edge tiles partial): 1x128 tiles for activations and gradients along a GEMM's
-// inner dimension, 128x128 blocks for weights. `out` may equal `values`.
-void fp8_quantize_dequantize(const float* values, std::int64_t rows, std::int64_t cols, std::int64_t tile_rows,
-                             std::int64_t tile_cols, float* out);
-inline constexpr std::int64_t kFp8Tile = 128;
-// The E4M3 value nearest `value` (ties to even, saturating at ±448): the same as
-// fp8_e4m3_to_float(float_to_fp8_e4m3(value)), by bit arithmetic instead of frexp/ldexp.
-float round_to_e4m3(float value);
+// The FP8 recipe's rounding (core/numeric.h), under the names training has always used.
+using dsv3::fp8_quantize_dequantize;
+using dsv3::kFp8Tile;
+using dsv3::round_to_e4m3;
 
 struct ObjectiveOptions {
   double mtp_weight = 0.3;

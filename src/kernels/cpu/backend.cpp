@@ -86,6 +86,13 @@ class CpuBackend final : public Backend {
            weight.rows, weight.cols);
     check_contiguous("linear", x);
     check_contiguous("linear", y);
+    if (weight.fp8_input_tiles) {
+      thread_local std::vector<float> rounded;  // per worker: experts run their linears in parallel
+      rounded.resize(static_cast<std::size_t>(x.size()));
+      fp8_quantize_dequantize(x.data, x.rows, x.cols, 1, kFp8Tile, rounded.data());
+      kernels::linear(rounded.data(), x.rows, weight, y.data);
+      return;
+    }
     kernels::linear(x.data, x.rows, weight, y.data);
   }
 

@@ -1,5 +1,6 @@
 #include "kernels/reference/reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -131,11 +132,24 @@ void ReferenceBackend::embedding(const Matrix& table, std::span<const std::int64
 void ReferenceBackend::linear(Tensor x, const Matrix& weight, Tensor y) const {
   check_weight(weight, "linear");
   require(x.cols == weight.cols && y.rows == x.rows && y.cols == weight.rows, "linear", weight.name);
+  // Under the FP8 training recipe each row's 128-value tiles go through E4M3 with their own scale.
+  std::vector<float> input(static_cast<std::size_t>(x.size()));
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    for (std::int64_t c0 = 0; c0 < x.cols; c0 += kFp8Tile) {
+      const std::int64_t c1 = std::min(x.cols, c0 + kFp8Tile);
+      float amax = 0.0f;
+      for (std::int64_t c = c0; c < c1; ++c) amax = std::max(amax, std::fabs(x.row(r)[c]));
+      const float scale = amax > 0.0f ? amax / kFp8E4M3Max : 1.0f;
+      for (std::int64_t c = c0; c < c1; ++c)
+        input[static_cast<std::size_t>(r * x.cols + c)] =
+            weight.fp8_input_tiles ? fp8_e4m3_to_float(float_to_fp8_e4m3(x.row(r)[c] / scale)) * scale : x.row(r)[c];
+    }
+  }
   for (std::int64_t n = 0; n < weight.rows; ++n) {
     const std::vector<float> w = weight_row(weight, n);
     for (std::int64_t r = 0; r < x.rows; ++r) {
       double sum = 0.0;
-      for (std::int64_t c = 0; c < x.cols; ++c) sum += static_cast<double>(x.row(r)[c]) * w[c];
+      for (std::int64_t c = 0; c < x.cols; ++c) sum += static_cast<double>(input[static_cast<std::size_t>(r * x.cols + c)]) * w[c];
       y.row(r)[n] = static_cast<float>(sum);
     }
   }

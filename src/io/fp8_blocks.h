@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace dsv3::kernels {
+namespace dsv3 {
 
 struct Fp8Blocks {
   std::vector<std::uint8_t> codes;  // [rows, cols] E4M3 codes
@@ -17,4 +17,4 @@ struct Fp8Blocks {
 Fp8Blocks quantize_fp8_blocks(const float* weight, std::int64_t rows, std::int64_t cols,
                               std::int64_t block_rows = 128, std::int64_t block_cols = 128);
 
-}  // namespace dsv3::kernels
+}  // namespace dsv3

@@ -1,11 +1,11 @@
-#include "kernels/cpu/quantize.h"
+#include "io/fp8_blocks.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "core/numeric.h"
 
-namespace dsv3::kernels {
+namespace dsv3 {
 
 Fp8Blocks quantize_fp8_blocks(const float* weight, std::int64_t rows, std::int64_t cols, std::int64_t block_rows,
                               std::int64_t block_cols) {
@@ -30,4 +30,4 @@ Fp8Blocks quantize_fp8_blocks(const float* weight, std::int64_t rows, std::int64
   return out;
 }
 
-}  // namespace dsv3::kernels
+}  // namespace dsv3
