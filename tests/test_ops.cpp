@@ -328,6 +328,31 @@ TEST_P(OpHarness, LinearMatchesForEveryDtypeRowCountAndPartialFp8Block) {
     }
 }
 
+TEST_P(OpHarness, LinearUnderTheFp8RecipeRoundsItsInputIn1x128Tiles) {
+  // Training's FP8 recipe: each row's inputs go through E4M3 per 128 values (the last tile partial),
+  // each tile scaled by its own amax / 448. Tiles of very different magnitudes show a shared scale.
+  constexpr std::int64_t rows = 7, out = 37, in = 300;
+  const HostWeight w = random_weight(DType::F32, out, in, 5);
+  std::vector<float> x = random_values(rows * in, 6);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 128; c < 256; ++c) x[static_cast<std::size_t>(r * in + c)] *= 1e-3f;
+  auto run = [&](const Backend& backend, bool fp8) {
+    Matrix m = w.on(backend);
+    m.fp8_input_tiles = fp8;
+    DeviceTensor x_on(backend, x, rows, in), y_on(backend, rows, out);
+    backend.linear(x_on.view, m, y_on.view);
+    return y_on.values();
+  };
+  const std::vector<float> got = run(device(), true), want = run(reference(), true), plain = run(reference(), false);
+  DeviceTensor x_absolute(reference(), absolute(x), rows, in), magnitude(reference(), rows, out);
+  reference().linear(x_absolute.view, w.absolute().on(reference()), magnitude.view);
+  expect_within(got, want, magnitude.values(), (in + 4) * kUnit, out, "linear with fp8_input_tiles");
+  // The rounding is visible: E4M3 keeps 3 mantissa bits, so results move by far more than FP32 noise.
+  double moved = 0.0;
+  for (std::size_t i = 0; i < got.size(); ++i) moved = std::max(moved, std::abs(static_cast<double>(got[i]) - plain[i]));
+  EXPECT_GT(moved, 1e-3) << "fp8_input_tiles changed nothing";
+}
+
 TEST_P(OpHarness, LinearOnColumnViewsComputesOrRefuses) {
   // A device may refuse strided activations (the CPU's GEMV and BLAS paths want contiguous rows),
   // but must say so rather than read them as contiguous.
