@@ -328,8 +328,11 @@ class CpuBackend final : public Backend {
           group_scores[g] = best + second;
         }
         for (std::int64_t g = 0; g < p.n_group; ++g) order[g] = static_cast<std::int32_t>(g);
-        std::stable_sort(order.begin(), order.begin() + p.n_group,
-                         [&](std::int32_t a, std::int32_t b) { return group_scores[a] > group_scores[b]; });
+        // Best first, ties to the lower group (the order a stable sort gives; std::sort with the
+        // tie broken by index needs no temporary buffer).
+        std::sort(order.begin(), order.begin() + p.n_group, [&](std::int32_t a, std::int32_t b) {
+          return group_scores[a] > group_scores[b] || (!(group_scores[b] > group_scores[a]) && a < b);
+        });
         for (std::int64_t rank = p.topk_group; rank < p.n_group; ++rank)  // masked with -inf, as DeepSeek does
           std::fill_n(choice.begin() + order[rank] * group_size, group_size, -std::numeric_limits<float>::infinity());
       }
