@@ -1,6 +1,7 @@
 // A warmed-up decode step allocates nothing: Engine::step at batch 1 and 8, with and without MTP
 // drafts, greedy and with temperature, top-p and the repetition/presence/frequency penalties, on a
-// random model with dense and MoE layers (routed experts in groups) and an MTP module. Once every
+// random model with dense and MoE layers (routed experts in groups) and an MTP module, its weights
+// in BF16 or, as DeepSeek-V3 ships them, FP8. Once every
 // sequence decodes and a few steps have run, each further step reuses the engine's workspace,
 // scratch and events, the sequences' page tables (reserved at admission) and penalty counts.
 #include <gtest/gtest.h>
@@ -41,10 +42,11 @@ ModelConfig test_config() {
 struct RandomModel {
   std::filesystem::path dir;
   std::unique_ptr<Model> model;
-  RandomModel() {
-    dir = std::filesystem::temp_directory_path() / ("dsv3-alloc-engine-" + std::to_string(::getpid()));
+  explicit RandomModel(bool fp8) {
+    dir = std::filesystem::temp_directory_path() /
+          ("dsv3-alloc-engine-" + std::string(fp8 ? "fp8-" : "bf16-") + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
-    write_random_checkpoint(test_config(), dir, {.seed = 11});
+    write_random_checkpoint(test_config(), dir, {.seed = 11, .fp8 = fp8});
     model = std::make_unique<Model>(Weights::load(dir));
   }
   ~RandomModel() {
@@ -54,19 +56,21 @@ struct RandomModel {
   }
 };
 
-const Model& random_model() {
-  static const RandomModel instance;
-  return *instance.model;
+const Model& random_model(bool fp8) {
+  static const RandomModel bf16_model(false), fp8_model(true);
+  return *(fp8 ? fp8_model : bf16_model).model;
 }
 
 struct Case {
   std::int64_t batch;
   std::int64_t mtp;
   bool sampled;  // temperature, top-p and penalties; else greedy
+  bool fp8;      // FP8 weights with block scales; else BF16
 };
 
 std::string describe(const Case& c) {
-  return "batch " + std::to_string(c.batch) + ", mtp " + std::to_string(c.mtp) + (c.sampled ? ", sampled" : ", greedy");
+  return "batch " + std::to_string(c.batch) + ", mtp " + std::to_string(c.mtp) + (c.sampled ? ", sampled" : ", greedy") +
+         (c.fp8 ? ", fp8" : ", bf16");
 }
 void PrintTo(const Case& c, std::ostream* out) { *out << describe(c); }
 
@@ -75,7 +79,7 @@ constexpr int kMeasuredSteps = 24;
 // Allocations of each of kMeasuredSteps consecutive steps once every sequence decodes and a few
 // warm-up steps have run.
 std::vector<std::int64_t> allocations_per_step(const Case& c) {
-  const Model& model = random_model();
+  const Model& model = random_model(c.fp8);
   Engine engine(model, {.cache_tokens = 4096, .block_tokens = 16, .mtp_drafts = c.mtp});
   for (std::int64_t s = 0; s < c.batch; ++s) {
     SamplingParams params;
@@ -119,12 +123,20 @@ TEST_P(EngineAllocations, AWarmDecodeStepAllocatesNothing) {
   EXPECT_EQ(counts, std::vector<std::int64_t>(kMeasuredSteps, 0)) << describe(c);
 }
 
-INSTANTIATE_TEST_SUITE_P(BatchMtpSampling, EngineAllocations,
-                         ::testing::Values(Case{1, 0, false}, Case{1, 0, true}, Case{1, 2, false}, Case{1, 2, true},
-                                           Case{8, 0, false}, Case{8, 0, true}, Case{8, 2, false}, Case{8, 2, true}),
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (const bool fp8 : {false, true})
+    for (const std::int64_t batch : {1, 8})
+      for (const std::int64_t mtp : {0, 2})
+        for (const bool sampled : {false, true}) cases.push_back({batch, mtp, sampled, fp8});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(BatchMtpSampling, EngineAllocations, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& info) {
-                           return "batch" + std::to_string(info.param.batch) + "_mtp" + std::to_string(info.param.mtp) +
-                                  (info.param.sampled ? "_sampled" : "_greedy");
+                           const Case& c = info.param;
+                           return "batch" + std::to_string(c.batch) + "_mtp" + std::to_string(c.mtp) +
+                                  (c.sampled ? "_sampled" : "_greedy") + (c.fp8 ? "_fp8" : "_bf16");
                          });
 
 }  // namespace
