@@ -91,6 +91,7 @@ SequenceId Engine::add(std::vector<std::int32_t> prompt, const SamplingParams& p
     sequence->penalties = PenaltyCounts({prompt, {}}, static_cast<std::size_t>(distinct));
   }
   if (k > 0) sequence->mtp_hidden.reserve(static_cast<std::size_t>((k + 1) * c.hidden_size));
+  most_logprobs_ = std::max(most_logprobs_, params.logprobs);
   sequence->prompt = std::move(prompt);
   const SequenceId id = sequence->id;
   sequences_.emplace(id, std::move(sequence));
@@ -113,8 +114,7 @@ void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_
   const ModelConfig& c = model_.config();
   sequence.output.push_back(token);
   if (sequence.penalized) sequence.penalties.add(token);
-  if (event_count_ == events_.size()) events_.emplace_back();
-  TokenEvent& event = events_[event_count_++];  // a slot of an earlier step keeps its top_logprobs' capacity
+  TokenEvent& event = events_.at(event_count_++);  // a slot step() made room for
   event.sequence = sequence.id;
   event.sampled.token = token;
   event.sampled.logprob = token_logprob(logits, token);
@@ -212,6 +212,14 @@ std::span<const TokenEvent> Engine::step() {
   for (Sequence* seq : prefilling_)
     cache_.reserve(seq->table, std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk));
   for (Sequence* seq : decoding_) cache_.reserve(seq->table, seq->length() + k);
+
+  // A slot for every token the step can emit, each with room for the most top logprobs asked for.
+  const std::size_t most_events = prefilling_.size() + decoding_.size() * static_cast<std::size_t>(1 + k);
+  if (events_.size() < most_events || slot_logprobs_ < most_logprobs_) {
+    events_.resize(std::max(events_.size(), most_events));
+    for (TokenEvent& event : events_) event.sampled.top_logprobs.reserve(static_cast<std::size_t>(most_logprobs_));
+    slot_logprobs_ = most_logprobs_;
+  }
 
   if (speculate && !decoding_.empty()) draft();
 

@@ -97,6 +97,8 @@ class Engine {
   Verification verification_;
   std::vector<TokenEvent> events_;  // [0, event_count_) is this step's; later slots keep their capacity
   std::size_t event_count_ = 0;
+  std::int32_t most_logprobs_ = 0;   // the most top logprobs any sequence asks for
+  std::int32_t slot_logprobs_ = 0;   // what every slot of events_ has room for
 };
 
 }  // namespace dsv3

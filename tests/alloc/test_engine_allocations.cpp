@@ -64,7 +64,7 @@ const Model& random_model(bool fp8) {
 struct Case {
   std::int64_t batch;
   std::int64_t mtp;
-  bool sampled;  // temperature, top-p and penalties; else greedy
+  bool sampled;  // temperature, top-k/p, min-p, penalties, logit bias and top logprobs; else greedy
   bool fp8;      // FP8 weights with block scales; else BF16
 };
 
@@ -86,9 +86,13 @@ std::vector<std::int64_t> allocations_per_step(const Case& c) {
     if (c.sampled) {
       params.temperature = 0.8f;
       params.top_p = 0.9f;
+      params.top_k = 200;
+      params.min_p = 0.001f;
       params.repetition_penalty = 1.2f;
       params.presence_penalty = 0.3f;
       params.frequency_penalty = 0.2f;
+      params.logit_bias = {{7, 0.5f}, {300, -1.0f}};
+      params.logprobs = 3;
     } else {
       params.temperature = 0.0f;
     }
@@ -110,6 +114,8 @@ std::vector<std::int64_t> allocations_per_step(const Case& c) {
     test::watch_allocations(false);
     counts.push_back(test::heap_allocations() - before);
     EXPECT_FALSE(events.empty()) << describe(c) << ": every step emits tokens";
+    for (const TokenEvent& event : events)
+      EXPECT_EQ(event.sampled.top_logprobs.size(), c.sampled ? 3u : 0u) << describe(c);
   }
   EXPECT_TRUE(engine.has_work()) << describe(c) << ": the sequences still decode (max_tokens 300)";
   return counts;
