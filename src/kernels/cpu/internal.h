@@ -21,9 +21,10 @@ void use_single_threaded_blas();
 // the kernels a decode step runs use stack or Workspace scratch instead (below).
 std::vector<float>& thread_buffer(std::size_t size);
 
-// Floats of scratch a weight kernel keeps on its stack (128 KiB): the FP8 kernels' scaled
-// activations (as many rows at a time as fit) and the scalar kernel's dequantised row.
-constexpr std::int64_t kStackScratchFloats = 32768;
+// Floats of scratch a weight kernel keeps on its stack (256 KiB): the FP8 kernels' scaled
+// activations (as many rows at a time as fit: 8 of DeepSeek-V3's 7168, 3 of its widest, 18432) and
+// the scalar kernel's dequantised row.
+constexpr std::int64_t kStackScratchFloats = 65536;
 
 // Calls task(lane, t) for every t in [0, tasks), handed out one at a time to the threads that join,
 // each of which works under a lane of its own in [0, lanes): scratch taken per lane (from the op's
