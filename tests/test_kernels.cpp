@@ -1,6 +1,7 @@
 // Every fast CPU op against a plain-loop reference in double precision, on awkward sizes.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <random>
 
@@ -331,6 +332,30 @@ TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
 
 namespace dsv3 {
 namespace {
+
+// The FP8 kernels scale the activations a stack buffer's worth of rows at a time (fewer rows the
+// wider they are; past the buffer, the thread's buffer): a row's output is bitwise the same
+// whichever rows are computed with it, and matches the reference.
+TEST(Kernels, Fp8LinearGivesEachRowTheSameBitsWhateverRowsShareItsCall) {
+  EachIsa each;
+  for (auto isa : each.isas) {
+    kernels::set_isa_for_testing(isa);
+    for (const auto& [rows, out, in] : {std::array<std::int64_t, 3>{11, 20, 18432}, {3, 5, 66000}}) {
+      SCOPED_TRACE(fmt::format("{} rows={} in={}", kernels::isa_name(isa), rows, in));
+      const auto x = test::random_values(static_cast<std::size_t>(rows * in), 31);
+      const StoredWeight w =
+          store_weight(test::random_values(static_cast<std::size_t>(out * in), 32, 0.05f), out, in, DType::F8_E4M3);
+      std::vector<float> together(static_cast<std::size_t>(rows * out)), alone(static_cast<std::size_t>(out));
+      kernels::linear(x.data(), rows, w.matrix, together.data());
+      for (std::int64_t r = 0; r < rows; ++r) {
+        kernels::linear(x.data() + r * in, 1, w.matrix, alone.data());
+        EXPECT_TRUE(std::equal(alone.begin(), alone.end(), together.begin() + r * out)) << "row " << r;
+      }
+      const auto expected = linear_reference(x, rows, w.values, out, in);
+      EXPECT_LE(test::relative_l2(together.data(), expected.data(), rows * out), 1e-5);
+    }
+  }
+}
 
 TEST(Kernels, LinearRowsComputesExactlyItsSliceOfLinear) {
   const std::int64_t rows = 3, out = 300, in = 200;  // slices cross the FP8 128-row blocks

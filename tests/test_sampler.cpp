@@ -106,6 +106,35 @@ TEST(Sampler, LogitBiasAddsAfterPenalties) {
   EXPECT_EQ(logits, (std::vector<float>{2.0f, -1.0f, 0.5f, 3.0f, -2.5f}));  // 3/2 + 1.5 = 3
 }
 
+// What a generating sequence keeps (counts added token by token, drafts tried and taken back)
+// penalises exactly as the history it stands for.
+TEST(Sampler, PenaltyCountsKeptTokenByTokenMatchTheHistory) {
+  SamplingParams params;
+  params.repetition_penalty = 1.3f;
+  params.presence_penalty = 0.4f;
+  params.frequency_penalty = 0.25f;
+  const std::vector<std::int32_t> prompt{5, 2, 9, 2, 0};
+  std::vector<std::int32_t> output;
+  PenaltyCounts counts({prompt, {}}, 12);
+  const std::vector<float> logits{0.5f, -1.0f, 2.0f, 0.25f, -0.75f, 1.5f, 3.0f, -2.0f, 0.0f, 1.0f, -0.5f, 0.75f};
+  for (const std::int32_t token : {3, 9, 3, 11, 0, 3, 7}) {
+    output.push_back(token);
+    counts.add(token);
+    // Two drafts tried on top, then taken back.
+    counts.add(4);
+    counts.add(token);
+    counts.remove(4);
+    counts.remove(token);
+    std::vector<float> incremental = logits, from_history = logits;
+    apply_penalties(incremental, counts, params);
+    apply_penalties(from_history, {prompt, output}, params);
+    EXPECT_EQ(incremental, from_history) << "after " << output.size() << " tokens";
+  }
+  EXPECT_EQ(counts.entries().size(), 7u);  // 0 2 3 5 7 9 11
+  EXPECT_THROW(counts.remove(4), Error);   // never added
+  EXPECT_THROW(counts.remove(2), Error);   // only in the prompt
+}
+
 TEST(Sampler, PenaltiesRejectHistoryOutsideTheVocabulary) {
   std::vector<float> logits(5, 0.0f);
   SamplingParams params;

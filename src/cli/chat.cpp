@@ -92,7 +92,7 @@ Reply generate_reply(Session& session, const std::vector<std::int32_t>& prompt, 
       reply.outcome = Outcome::interrupted;
       break;
     }
-    std::vector<TokenEvent> events;
+    std::span<const TokenEvent> events;  // valid until the next step
     try {
       events = session.engine.step();
     } catch (const CacheFullError&) {

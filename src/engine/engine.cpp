@@ -10,7 +10,9 @@ struct Engine::Sequence {
   SequenceId id = 0;
   SamplingParams params;
   Rng rng{0};
-  std::vector<std::int32_t> prompt, output;
+  std::vector<std::int32_t> prompt, output;  // output has room for the longest it can grow
+  PenaltyCounts penalties;                   // kept only when the params use them (penalized)
+  bool penalized = false;
   LatentCache::Table table;
   std::int64_t main_cached = 0;   // positions whose latents the main layers have cached
   std::int64_t mtp_cached = 0;    // MTP rows cached (row p: h[p] with token p + 1)
@@ -22,12 +24,14 @@ struct Engine::Sequence {
     const auto p = static_cast<std::size_t>(position);
     return p < prompt.size() ? prompt[p] : output[p - prompt.size()];
   }
-};
-
-// What MTP drafted for one decoding sequence this step.
-struct Engine::Drafts {
-  std::vector<std::int32_t> tokens;
-  std::vector<float> distributions;  // [k, vocab]: q, what each draft was drawn from
+  // Speculative drafts enter the penalties' history while they are tried, then leave it.
+  void try_token(std::int32_t t) {
+    if (penalized) penalties.add(t);
+  }
+  void untry_tokens(std::span<const std::int32_t> tokens) {
+    if (penalized)
+      for (const std::int32_t t : tokens) penalties.remove(t);
+  }
 };
 
 Engine::Engine(const Model& model, EngineOptions options)
@@ -43,6 +47,13 @@ Engine::Engine(const Model& model, EngineOptions options)
     fail("MTP speculative decoding needs an MTP module, and this model has none (num_nextn_predict_layers = 0)");
   speculation_.drafted.assign(static_cast<std::size_t>(options_.mtp_drafts), 0);
   speculation_.accepted.assign(static_cast<std::size_t>(options_.mtp_drafts), 0);
+  const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
+  distribution_.resize(vocab);
+  if (options_.mtp_drafts > 0) {
+    targets_.resize(static_cast<std::size_t>(options_.mtp_drafts + 1) * vocab);
+    residual_.resize(vocab);
+    verification_.tokens.reserve(static_cast<std::size_t>(options_.mtp_drafts + 1));
+  }
 }
 
 Engine::~Engine() = default;
@@ -63,6 +74,24 @@ SequenceId Engine::add(std::vector<std::int32_t> prompt, const SamplingParams& p
   sequence->id = next_id_++;
   sequence->params = params;
   sequence->rng = Rng::from_seed_or_entropy(params.seed);
+  // Room for the longest the sequence can grow (its max_tokens, the model's positions and the
+  // cache all bound it), so that decoding never grows its buffers: output, page table, penalty
+  // counts (with the drafts tried on top), the MTP hidden rows of one verification.
+  const auto prompt_tokens = static_cast<std::int64_t>(prompt.size());
+  const std::int64_t k = options_.mtp_drafts;
+  const std::int64_t longest = std::min(
+      params.max_tokens ? prompt_tokens + *params.max_tokens : limit, std::max(prompt_tokens, cache_.capacity_tokens()));
+  sequence->output.reserve(static_cast<std::size_t>(std::max<std::int64_t>(longest - prompt_tokens, 0)));
+  sequence->table.blocks.reserve(static_cast<std::size_t>(
+      std::min((longest + k + cache_.block_tokens() - 1) / cache_.block_tokens(),
+               cache_.capacity_tokens() / cache_.block_tokens())));
+  sequence->penalized = uses_history(params);
+  if (sequence->penalized) {
+    const std::int64_t distinct = std::min(c.vocab_size, longest + k);
+    sequence->penalties = PenaltyCounts({prompt, {}}, static_cast<std::size_t>(distinct));
+  }
+  if (k > 0) sequence->mtp_hidden.reserve(static_cast<std::size_t>((k + 1) * c.hidden_size));
+  most_logprobs_ = std::max(most_logprobs_, params.logprobs);
   sequence->prompt = std::move(prompt);
   const SequenceId id = sequence->id;
   sequences_.emplace(id, std::move(sequence));
@@ -80,15 +109,24 @@ bool Engine::has_work() const {
   return std::any_of(sequences_.begin(), sequences_.end(), [](const auto& entry) { return !entry.second->finished; });
 }
 
-void Engine::emit(Sequence& sequence, SampledToken token, std::vector<TokenEvent>& events) {
+void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_t token) {
   if (sequence.finished) return;
   const ModelConfig& c = model_.config();
-  sequence.output.push_back(token.token);
-  TokenEvent event{sequence.id, std::move(token)};
+  sequence.output.push_back(token);
+  if (sequence.penalized) sequence.penalties.add(token);
+  TokenEvent& event = events_.at(event_count_++);  // a slot step() made room for
+  event.sequence = sequence.id;
+  event.sampled.token = token;
+  event.sampled.logprob = token_logprob(logits, token);
+  if (sequence.params.logprobs > 0) {
+    top_logprobs(logits, sequence.params.logprobs, event.sampled.top_logprobs);
+  } else {
+    event.sampled.top_logprobs.clear();
+  }
+  event.reason = FinishReason::none;
   const auto& stops = sequence.params.stop_token_ids;
-  const bool is_eos =
-      std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), event.sampled.token) != c.eos_token_ids.end();
-  const bool is_stop = std::find(stops.begin(), stops.end(), event.sampled.token) != stops.end() ||
+  const bool is_eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token) != c.eos_token_ids.end();
+  const bool is_stop = std::find(stops.begin(), stops.end(), token) != stops.end() ||
                        (is_eos && !sequence.params.ignore_eos);
   if (is_stop) {
     event.reason = FinishReason::stop_token;
@@ -99,148 +137,170 @@ void Engine::emit(Sequence& sequence, SampledToken token, std::vector<TokenEvent
   }
   event.finished = event.reason != FinishReason::none;
   sequence.finished = event.finished;
-  events.push_back(std::move(event));
 }
 
 // MTP drafting for every decoding sequence: first the rows the MTP module has not yet seen (main
 // hidden states of the last accepted tokens), whose last row drafts token N; then k - 1 more rows
 // that chain on the module's own output to draft tokens N + 1 ...
-void Engine::draft(std::vector<Sequence*>& decoding, std::vector<Drafts>& drafts) {
+void Engine::draft() {
   const std::int64_t vocab = model_.config().vocab_size, hidden = model_.config().hidden_size;
   const std::int64_t k = options_.mtp_drafts;
-  drafts.assign(decoding.size(), {});
-  std::vector<std::vector<std::int64_t>> next_tokens(decoding.size());
-  std::vector<MtpSegment> segments;
-  for (std::size_t s = 0; s < decoding.size(); ++s) {
-    Sequence& seq = *decoding[s];
-    for (std::int64_t p = seq.mtp_cached; p < seq.main_cached; ++p) next_tokens[s].push_back(seq.token(p + 1));
-    segments.push_back({&seq.table, seq.mtp_cached, seq.mtp_hidden, next_tokens[s], false});
+  const std::size_t n = decoding_.size();
+  draft_tokens_.resize(n * static_cast<std::size_t>(k));
+  draft_distributions_.resize(n * static_cast<std::size_t>(k * vocab));
+  chained_.resize(n * static_cast<std::size_t>(hidden));
+  // Row p of a sequence's first MTP run pairs h[p] with token p + 1.
+  std::size_t rows = 0;
+  for (const Sequence* seq : decoding_) rows += static_cast<std::size_t>(seq->main_cached - seq->mtp_cached);
+  step_tokens_.resize(std::max(rows, n));
+  mtp_segments_.clear();
+  for (std::size_t s = 0, row = 0; s < n; ++s) {
+    Sequence& seq = *decoding_[s];
+    const std::size_t first = row;
+    for (std::int64_t p = seq.mtp_cached; p < seq.main_cached; ++p) step_tokens_[row++] = seq.token(p + 1);
+    mtp_segments_.push_back({&seq.table, seq.mtp_cached, seq.mtp_hidden,
+                             std::span<const std::int64_t>(step_tokens_.data() + first, row - first), false});
   }
-  StepOutput out = model_.mtp_step(segments, cache_, workspace_);
-  std::vector<float> chained(decoding.size() * static_cast<std::size_t>(hidden));
+  StepOutput out = model_.mtp_step(mtp_segments_, cache_, workspace_);
   for (std::int64_t i = 0;; ++i) {
     std::int64_t row_end = 0;
-    for (std::size_t s = 0; s < decoding.size(); ++s) {
-      Sequence& seq = *decoding[s];
-      Drafts& d = drafts[s];
+    for (std::size_t s = 0; s < n; ++s) {
+      Sequence& seq = *decoding_[s];
       const std::span<const float> logits(out.logits.data + out.logit_offsets[s] * vocab, static_cast<std::size_t>(vocab));
-      std::vector<std::int32_t> history(seq.output);
-      history.insert(history.end(), d.tokens.begin(), d.tokens.end());
-      const std::vector<float> q = target_distribution(logits, {seq.prompt, history}, seq.params);
-      d.tokens.push_back(draw(q, seq.rng));
-      d.distributions.insert(d.distributions.end(), q.begin(), q.end());
-      row_end += static_cast<std::int64_t>(segments[s].next_tokens.size());
-      std::copy_n(out.hidden.data + (row_end - 1) * hidden, hidden, chained.data() + s * hidden);
+      // q given the output and this step's drafts so far (tried in the penalties' history).
+      const std::span<float> q(draft_distributions_.data() + (s * k + i) * vocab, static_cast<std::size_t>(vocab));
+      target_distribution(logits, seq.penalties, seq.params, q);
+      const std::int32_t token = draw(q, seq.rng);
+      draft_tokens_[s * k + i] = token;
+      seq.try_token(token);
+      row_end += static_cast<std::int64_t>(mtp_segments_[s].next_tokens.size());
+      std::copy_n(out.hidden.data + (row_end - 1) * hidden, hidden, chained_.data() + s * hidden);
       if (i == 0) {
         seq.mtp_cached = seq.main_cached;
         seq.mtp_hidden.clear();
       }
     }
-    if (i + 1 == k) return;
+    if (i + 1 == k) break;
     // Row p = N - 2 + i + 1 approximates the unknown main hidden state h[p] by the MTP output of
     // row p - 1; these rows are overwritten once the main model has verified the drafts.
-    segments.clear();
-    for (std::size_t s = 0; s < decoding.size(); ++s) {
-      next_tokens[s] = {drafts[s].tokens.back()};
-      segments.push_back({&decoding[s]->table, decoding[s]->main_cached + i,
-                          std::span<const float>(chained.data() + s * hidden, static_cast<std::size_t>(hidden)),
-                          next_tokens[s], false});
+    mtp_segments_.clear();
+    for (std::size_t s = 0; s < n; ++s) {
+      step_tokens_[s] = draft_tokens_[s * k + i];
+      mtp_segments_.push_back({&decoding_[s]->table, decoding_[s]->main_cached + i,
+                               std::span<const float>(chained_.data() + s * hidden, static_cast<std::size_t>(hidden)),
+                               std::span<const std::int64_t>(step_tokens_.data() + s, 1), false});
     }
-    out = model_.mtp_step(segments, cache_, workspace_);
+    out = model_.mtp_step(mtp_segments_, cache_, workspace_);
   }
+  for (std::size_t s = 0; s < n; ++s)
+    decoding_[s]->untry_tokens(std::span<const std::int32_t>(draft_tokens_.data() + s * k, static_cast<std::size_t>(k)));
 }
 
-std::vector<TokenEvent> Engine::step() {
+std::span<const TokenEvent> Engine::step() {
   const std::int64_t vocab = model_.config().vocab_size, hidden = model_.config().hidden_size;
   const bool speculate = options_.mtp_drafts > 0;
   const std::int64_t k = options_.mtp_drafts;
-  std::vector<Sequence*> prefilling, decoding;
+  const auto row_of = [vocab](const float* logits) { return std::span<const float>(logits, static_cast<std::size_t>(vocab)); };
+  event_count_ = 0;
+  prefilling_.clear();
+  decoding_.clear();
   for (auto& [id, seq] : sequences_) {
     if (seq->finished) continue;
-    (seq->main_cached < static_cast<std::int64_t>(seq->prompt.size()) ? prefilling : decoding).push_back(seq.get());
+    (seq->main_cached < static_cast<std::int64_t>(seq->prompt.size()) ? prefilling_ : decoding_).push_back(seq.get());
   }
   // Pages first, so a full cache fails the step before anything changes.
-  for (Sequence* seq : prefilling)
+  for (Sequence* seq : prefilling_)
     cache_.reserve(seq->table, std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk));
-  for (Sequence* seq : decoding) cache_.reserve(seq->table, seq->length() + k);
+  for (Sequence* seq : decoding_) cache_.reserve(seq->table, seq->length() + k);
 
-  std::vector<Drafts> drafts;
-  if (speculate && !decoding.empty()) draft(decoding, drafts);
+  // A slot for every token the step can emit, each with room for the most top logprobs asked for.
+  const std::size_t most_events = prefilling_.size() + decoding_.size() * static_cast<std::size_t>(1 + k);
+  if (events_.size() < most_events || slot_logprobs_ < most_logprobs_) {
+    events_.resize(std::max(events_.size(), most_events));
+    for (TokenEvent& event : events_) event.sampled.top_logprobs.reserve(static_cast<std::size_t>(most_logprobs_));
+    slot_logprobs_ = most_logprobs_;
+  }
+
+  if (speculate && !decoding_.empty()) draft();
 
   // One main-model step: prefill chunks, then each decoding sequence's pending token and drafts.
-  std::vector<std::vector<std::int64_t>> tokens;
-  std::vector<StepSegment> segments;
-  for (Sequence* seq : prefilling) {
+  std::size_t total = decoding_.size() * static_cast<std::size_t>(1 + k);
+  for (const Sequence* seq : prefilling_)
+    total += static_cast<std::size_t>(
+        std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk) - seq->main_cached);
+  step_tokens_.resize(total);
+  segments_.clear();
+  std::size_t next = 0;
+  for (Sequence* seq : prefilling_) {
     const std::int64_t end = std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk);
-    tokens.emplace_back(seq->prompt.begin() + seq->main_cached, seq->prompt.begin() + end);
+    std::copy(seq->prompt.begin() + seq->main_cached, seq->prompt.begin() + end, step_tokens_.begin() + next);
+    const auto count = static_cast<std::size_t>(end - seq->main_cached);
+    segments_.push_back({&seq->table, seq->main_cached, std::span<const std::int64_t>(step_tokens_.data() + next, count), false});
+    next += count;
   }
-  for (std::size_t s = 0; s < decoding.size(); ++s) {
-    std::vector<std::int64_t> run{decoding[s]->token(decoding[s]->length() - 1)};
-    if (speculate) run.insert(run.end(), drafts[s].tokens.begin(), drafts[s].tokens.end());
-    tokens.push_back(std::move(run));
+  for (std::size_t s = 0; s < decoding_.size(); ++s) {
+    Sequence* seq = decoding_[s];
+    step_tokens_[next] = seq->token(seq->length() - 1);
+    for (std::int64_t i = 0; i < k; ++i) step_tokens_[next + 1 + i] = draft_tokens_[s * k + i];
+    segments_.push_back({&seq->table, seq->main_cached,
+                         std::span<const std::int64_t>(step_tokens_.data() + next, static_cast<std::size_t>(1 + k)),
+                         speculate});
+    next += static_cast<std::size_t>(1 + k);
   }
-  for (std::size_t s = 0; s < tokens.size(); ++s) {
-    Sequence* seq = s < prefilling.size() ? prefilling[s] : decoding[s - prefilling.size()];
-    segments.push_back({&seq->table, seq->main_cached, tokens[s], s >= prefilling.size() && speculate});
-  }
-  std::vector<TokenEvent> events;
-  if (segments.empty()) return events;
-  const StepOutput out = model_.step(segments, cache_, workspace_);
+  if (segments_.empty()) return {};
+  const StepOutput out = model_.step(segments_, cache_, workspace_);
 
   std::int64_t row = 0;  // first hidden row of the current segment
-  for (std::size_t s = 0; s < segments.size(); ++s) {
-    const auto count = static_cast<std::int64_t>(tokens[s].size());
+  for (std::size_t s = 0; s < segments_.size(); ++s) {
+    const auto count = static_cast<std::int64_t>(segments_[s].tokens.size());
     const float* logits = out.logits.data + out.logit_offsets[s] * vocab;
     const float* hidden_rows = out.hidden.data + row * hidden;
     row += count;
-    if (s < prefilling.size()) {
-      Sequence& seq = *prefilling[s];
+    if (s < prefilling_.size()) {
+      Sequence& seq = *prefilling_[s];
       seq.main_cached += count;
       if (speculate) seq.mtp_hidden.insert(seq.mtp_hidden.end(), hidden_rows, hidden_rows + count * hidden);
       if (seq.main_cached == static_cast<std::int64_t>(seq.prompt.size()))
-        emit(seq, sample({logits, static_cast<std::size_t>(vocab)}, {seq.prompt, seq.output}, seq.params, seq.rng), events);
+        emit(seq, row_of(logits), sample_token(row_of(logits), seq.penalties, seq.params, seq.rng, distribution_));
       continue;
     }
-    Sequence& seq = *decoding[s - prefilling.size()];
+    const std::size_t d = s - prefilling_.size();
+    Sequence& seq = *decoding_[d];
     if (!speculate) {
       seq.main_cached += 1;
-      emit(seq, sample({logits, static_cast<std::size_t>(vocab)}, {seq.prompt, seq.output}, seq.params, seq.rng), events);
+      emit(seq, row_of(logits), sample_token(row_of(logits), seq.penalties, seq.params, seq.rng, distribution_));
       continue;
     }
     // Verify: row i is the target distribution after the pending token and drafts [0, i).
-    const Drafts& d = drafts[s - prefilling.size()];
-    std::vector<float> targets(static_cast<std::size_t>((k + 1) * vocab));
-    std::vector<std::int32_t> history(seq.output);
+    const std::span<const std::int32_t> drafts(draft_tokens_.data() + d * k, static_cast<std::size_t>(k));
     for (std::int64_t i = 0; i <= k; ++i) {
-      target_distribution({logits + i * vocab, static_cast<std::size_t>(vocab)}, {seq.prompt, history}, seq.params,
-                          {targets.data() + i * vocab, static_cast<std::size_t>(vocab)});
-      if (i < k) history.push_back(d.tokens[i]);
+      target_distribution(row_of(logits + i * vocab), seq.penalties, seq.params,
+                          {targets_.data() + i * vocab, static_cast<std::size_t>(vocab)});
+      if (i < k) seq.try_token(drafts[i]);
     }
-    const Verification verified = verify_drafts(targets, d.distributions, d.tokens, vocab, seq.rng);
+    seq.untry_tokens(drafts);
+    verify_drafts(targets_,
+                  std::span<const float>(draft_distributions_.data() + d * k * vocab, static_cast<std::size_t>(k * vocab)),
+                  drafts, vocab, seq.rng, residual_, verification_);
     for (std::int64_t i = 0; i < k; ++i) {
       speculation_.drafted[i] += 1;
-      if (i < verified.accepted_drafts) speculation_.accepted[i] += 1;
+      if (i < verification_.accepted_drafts) speculation_.accepted[i] += 1;
     }
-    const std::int64_t accepted = verified.accepted_drafts;
+    const std::int64_t accepted = verification_.accepted_drafts;
     seq.mtp_hidden.assign(hidden_rows, hidden_rows + (accepted + 1) * hidden);  // positions N-1 .. N-1+accepted
     seq.main_cached += accepted + 1;
-    for (std::size_t i = 0; i < verified.tokens.size(); ++i) {
-      const std::span<const float> row_logits(logits + i * vocab, static_cast<std::size_t>(vocab));
-      SampledToken token{verified.tokens[i], token_logprob(row_logits, verified.tokens[i]),
-                         seq.params.logprobs > 0 ? top_logprobs(row_logits, seq.params.logprobs)
-                                                 : std::vector<TokenLogprob>{}};
-      emit(seq, std::move(token), events);
-    }
+    for (std::size_t i = 0; i < verification_.tokens.size(); ++i)
+      emit(seq, row_of(logits + i * vocab), verification_.tokens[i]);
   }
   // Return pages nobody needs any more: rejected drafts' rows past the next step's start, and
   // everything of the sequences that ended (their events carry all that is left of them).
-  for (Sequence* seq : decoding) cache_.truncate(seq->table, seq->length());
+  for (Sequence* seq : decoding_) cache_.truncate(seq->table, seq->length());
   std::erase_if(sequences_, [this](auto& entry) {
     if (!entry.second->finished) return false;
     cache_.release(entry.second->table);
     return true;
   });
-  return events;
+  return std::span<const TokenEvent>(events_.data(), event_count_);
 }
 
 }  // namespace dsv3

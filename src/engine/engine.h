@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "engine/rng.h"
@@ -57,9 +58,11 @@ class Engine {
   void finish(SequenceId id);
 
   bool has_work() const;
-  // One batched step over every unfinished sequence. Throws CacheFullError when the cache cannot
-  // hold the step (nothing is changed then).
-  std::vector<TokenEvent> step();
+  // One batched step over every unfinished sequence: the tokens it produced, valid until the next
+  // call. Throws CacheFullError when the cache cannot hold the step (nothing is changed then).
+  // Once warm (the same batch decoding for a few steps) a step allocates nothing: its scratch,
+  // the workspace, the events and the sequences' buffers (reserved at admission) are reused.
+  std::span<const TokenEvent> step();
 
   const SpeculationStats& speculation() const { return speculation_; }
   const LatentCache& cache() const { return cache_; }
@@ -67,9 +70,9 @@ class Engine {
 
  private:
   struct Sequence;
-  struct Drafts;
-  void draft(std::vector<Sequence*>& decoding, std::vector<Drafts>& drafts);
-  void emit(Sequence& sequence, SampledToken token, std::vector<TokenEvent>& events);
+  void draft();
+  // Appends `token`, drawn from the raw `logits` row, to the sequence and reports it.
+  void emit(Sequence& sequence, std::span<const float> logits, std::int32_t token);
 
   const Model& model_;
   EngineOptions options_;
@@ -78,6 +81,24 @@ class Engine {
   std::map<SequenceId, std::unique_ptr<Sequence>> sequences_;
   SequenceId next_id_ = 1;
   SpeculationStats speculation_;
+
+  // Per-step scratch, cleared (not freed) by every step, so a step of a batch no larger than an
+  // earlier one allocates nothing.
+  std::vector<Sequence*> prefilling_, decoding_;
+  std::vector<std::int64_t> step_tokens_;  // every segment's new tokens, back to back
+  std::vector<StepSegment> segments_;
+  std::vector<MtpSegment> mtp_segments_;
+  std::vector<float> chained_;                // [decoding, hidden]: the MTP output a further draft chains on
+  std::vector<std::int32_t> draft_tokens_;    // [decoding, k]
+  std::vector<float> draft_distributions_;    // [decoding, k, vocab]: q, what each draft was drawn from
+  std::vector<float> targets_;                // [k + 1, vocab]: p at each verified position
+  std::vector<float> distribution_;           // [vocab]: the row a token is drawn from
+  std::vector<float> residual_;               // [vocab]: speculative sampling's residual
+  Verification verification_;
+  std::vector<TokenEvent> events_;  // [0, event_count_) is this step's; later slots keep their capacity
+  std::size_t event_count_ = 0;
+  std::int32_t most_logprobs_ = 0;   // the most top logprobs any sequence asks for
+  std::int32_t slot_logprobs_ = 0;   // what every slot of events_ has room for
 };
 
 }  // namespace dsv3

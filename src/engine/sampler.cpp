@@ -70,6 +70,7 @@ std::size_t nucleus_size(std::span<Candidate> candidates, double target) {
 void filter_and_normalise(const SamplingParams& params, std::span<float> out) {
   thread_local std::vector<Candidate> candidates;
   candidates.clear();
+  candidates.reserve(out.size());  // once per thread: later rows never grow it
   for (std::size_t i = 0; i < out.size(); ++i)
     if (out[i] > 0.0f) candidates.push_back({out[i], static_cast<std::int32_t>(i)});
   std::size_t kept = candidates.size();
@@ -136,36 +137,72 @@ void SamplingParams::validate(std::int64_t vocab_size) const {
     fail("sampling: logprobs must be in [0, {}] (0 = off), got {}", vocab_size, logprobs);
 }
 
-void apply_penalties(std::span<float> logits, const TokenHistory& history, const SamplingParams& params) {
+PenaltyCounts::PenaltyCounts(const TokenHistory& history, std::size_t capacity) {
+  entries_.reserve(std::max(capacity, history.prompt.size() + history.output.size()));
+  for (const std::int32_t token : history.prompt) entries_.push_back({token, 0, true});
+  for (const std::int32_t token : history.output) entries_.push_back({token, 1, false});
+  std::sort(entries_.begin(), entries_.end(), [](const Entry& a, const Entry& b) { return a.token < b.token; });
+  // Merge each token's entries into its first.
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    if (kept > 0 && entries_[kept - 1].token == entries_[i].token) {
+      entries_[kept - 1].output_count += entries_[i].output_count;
+      entries_[kept - 1].in_prompt = entries_[kept - 1].in_prompt || entries_[i].in_prompt;
+    } else {
+      entries_[kept++] = entries_[i];
+    }
+  }
+  entries_.resize(kept);
+}
+
+void PenaltyCounts::add(std::int32_t token) {
+  const auto it = std::lower_bound(entries_.begin(), entries_.end(), token,
+                                   [](const Entry& entry, std::int32_t t) { return entry.token < t; });
+  if (it != entries_.end() && it->token == token) {
+    ++it->output_count;
+  } else {
+    entries_.insert(it, {token, 1, false});
+  }
+}
+
+void PenaltyCounts::remove(std::int32_t token) {
+  const auto it = std::lower_bound(entries_.begin(), entries_.end(), token,
+                                   [](const Entry& entry, std::int32_t t) { return entry.token < t; });
+  if (it == entries_.end() || it->token != token || it->output_count == 0)
+    fail("sampling: token {} is taken back from the penalty counts but was never added", token);
+  if (--it->output_count == 0 && !it->in_prompt) entries_.erase(it);
+}
+
+bool uses_history(const SamplingParams& params) {
+  return params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f;
+}
+
+void apply_penalties(std::span<float> logits, const PenaltyCounts& counts, const SamplingParams& params) {
   if (params.repetition_penalty != 1.0f) {
-    std::vector<std::int32_t> seen(history.prompt.begin(), history.prompt.end());
-    seen.insert(seen.end(), history.output.begin(), history.output.end());
-    std::sort(seen.begin(), seen.end());
-    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    for (const std::int32_t token : seen) {
-      check_token(token, logits.size(), "history");
+    for (const PenaltyCounts::Entry& entry : counts.entries()) {
+      check_token(entry.token, logits.size(), "history");
       // CTRL (Keskar et al. 2019) as Hugging Face applies it: dividing a negative logit would
       // make the token more likely, so negative logits are multiplied instead.
-      float& logit = logits[token];
+      float& logit = logits[entry.token];
       logit = logit > 0.0f ? logit / params.repetition_penalty : logit * params.repetition_penalty;
     }
   }
   if (params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f) {
-    std::vector<std::int32_t> generated(history.output.begin(), history.output.end());
-    std::sort(generated.begin(), generated.end());
-    for (std::size_t begin = 0; begin < generated.size();) {
-      std::size_t end = begin;
-      while (end < generated.size() && generated[end] == generated[begin]) ++end;
-      check_token(generated[begin], logits.size(), "output");
-      const auto count = static_cast<float>(end - begin);
-      logits[generated[begin]] -= params.frequency_penalty * count + params.presence_penalty;
-      begin = end;
+    for (const PenaltyCounts::Entry& entry : counts.entries()) {
+      if (entry.output_count == 0) continue;
+      check_token(entry.token, logits.size(), "output");
+      const auto count = static_cast<float>(entry.output_count);
+      logits[entry.token] -= params.frequency_penalty * count + params.presence_penalty;
     }
   }
   for (const auto& [token, bias] : params.logit_bias) {
     check_token(token, logits.size(), "logit_bias");
     logits[token] += bias;
   }
+}
+
+void apply_penalties(std::span<float> logits, const TokenHistory& history, const SamplingParams& params) {
+  apply_penalties(logits, uses_history(params) ? PenaltyCounts(history) : PenaltyCounts(), params);
 }
 
 std::int32_t argmax(std::span<const float> logits) {
@@ -176,13 +213,13 @@ std::int32_t argmax(std::span<const float> logits) {
   return static_cast<std::int32_t>(best);
 }
 
-void target_distribution(std::span<const float> logits, const TokenHistory& history, const SamplingParams& params,
+void target_distribution(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
                          std::span<float> out) {
   if (logits.empty()) fail("sampling: empty logits row");
   if (out.size() != logits.size())
     fail("sampling: output row has {} entries, the logits row {}", out.size(), logits.size());
   std::copy(logits.begin(), logits.end(), out.begin());
-  apply_penalties(out, history, params);
+  apply_penalties(out, counts, params);
   const float max = checked_max(out);
   if (params.greedy()) {
     const std::int32_t best = argmax(out);
@@ -201,6 +238,11 @@ void target_distribution(std::span<const float> logits, const TokenHistory& hist
   double total = 0.0;
   for (const float value : out) total += value;
   for (float& value : out) value = static_cast<float>(value / total);
+}
+
+void target_distribution(std::span<const float> logits, const TokenHistory& history, const SamplingParams& params,
+                         std::span<float> out) {
+  target_distribution(logits, uses_history(params) ? PenaltyCounts(history) : PenaltyCounts(), params, out);
 }
 
 std::vector<float> target_distribution(std::span<const float> logits, const TokenHistory& history,
@@ -232,15 +274,21 @@ std::int32_t draw(std::span<const float> distribution, Rng& rng) {
 }
 
 std::vector<TokenLogprob> top_logprobs(std::span<const float> logits, std::int32_t count) {
+  std::vector<TokenLogprob> best;
+  top_logprobs(logits, count, best);
+  return best;
+}
+
+void top_logprobs(std::span<const float> logits, std::int32_t count, std::vector<TokenLogprob>& best) {
   if (count < 0) fail("sampling: top_logprobs count must be >= 0, got {}", count);
+  best.clear();
   const auto wanted = std::min<std::size_t>(static_cast<std::size_t>(count), logits.size());
-  if (wanted == 0) return {};
+  if (wanted == 0) return;
   const double normaliser = log_sum_exp(logits);
   // A heap of the best `wanted` seen so far, worst on top: one pass, no copy of the row.
   const auto better = [](const TokenLogprob& a, const TokenLogprob& b) {
     return a.logprob > b.logprob || (a.logprob == b.logprob && a.token < b.token);
   };
-  std::vector<TokenLogprob> best;
   best.reserve(wanted);
   for (std::size_t i = 0; i < logits.size(); ++i) {
     const TokenLogprob entry{static_cast<std::int32_t>(i), logits[i]};
@@ -255,7 +303,6 @@ std::vector<TokenLogprob> top_logprobs(std::span<const float> logits, std::int32
   }
   std::sort_heap(best.begin(), best.end(), better);
   for (auto& entry : best) entry.logprob = static_cast<float>(entry.logprob - normaliser);
-  return best;
 }
 
 float token_logprob(std::span<const float> logits, std::int32_t token) {
@@ -263,13 +310,19 @@ float token_logprob(std::span<const float> logits, std::int32_t token) {
   return static_cast<float>(logits[token] - log_sum_exp(logits));
 }
 
+std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
+                          Rng& rng, std::span<float> scratch) {
+  target_distribution(logits, counts, params, scratch);
+  return params.greedy() ? argmax(scratch) : draw(scratch, rng);
+}
+
 SampledToken sample(std::span<const float> logits, const TokenHistory& history, const SamplingParams& params,
                     Rng& rng) {
   thread_local std::vector<float> distribution;
   distribution.resize(logits.size());
-  target_distribution(logits, history, params, distribution);
   SampledToken result;
-  result.token = params.greedy() ? argmax(distribution) : draw(distribution, rng);
+  result.token = sample_token(logits, uses_history(params) ? PenaltyCounts(history) : PenaltyCounts(), params, rng,
+                              distribution);
   result.logprob = token_logprob(logits, result.token);
   if (params.logprobs > 0) result.top_logprobs = top_logprobs(logits, params.logprobs);
   return result;

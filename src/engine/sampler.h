@@ -47,11 +47,45 @@ struct TokenHistory {
   std::span<const std::int32_t> output;
 };
 
+// What the penalties read from a history, kept up to date token by token (a generating sequence
+// holds one), so that no step copies or sorts the history: every distinct token of the prompt and
+// output, whether it occurs in the prompt (repetition penalty) and how often in the output
+// (presence and frequency penalties). add() and remove() allocate nothing while the distinct
+// tokens fit the capacity given at construction.
+class PenaltyCounts {
+ public:
+  struct Entry {
+    std::int32_t token = 0;
+    std::int32_t output_count = 0;
+    bool in_prompt = false;
+  };
+
+  PenaltyCounts() = default;
+  // The counts of `history`, with room for `capacity` distinct tokens.
+  explicit PenaltyCounts(const TokenHistory& history, std::size_t capacity = 0);
+
+  // One more output token.
+  void add(std::int32_t token);
+  // Takes back one add() of `token` (a speculative draft that was only tried).
+  void remove(std::int32_t token);
+
+  std::span<const Entry> entries() const { return entries_; }  // by token id
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+// Whether `params` asks for any penalty that reads the history (logit bias does not).
+bool uses_history(const SamplingParams& params);
+
 // Repetition penalty, then frequency/presence penalties, then logit bias, in place.
+void apply_penalties(std::span<float> logits, const PenaltyCounts& counts, const SamplingParams& params);
 void apply_penalties(std::span<float> logits, const TokenHistory& history, const SamplingParams& params);
 
 // The probability of every token under `params` given the raw `logits` row; sums to 1.
 // `out` must have logits.size() entries; it is filled in place (no allocation of the row).
+void target_distribution(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
+                         std::span<float> out);
 void target_distribution(std::span<const float> logits, const TokenHistory& history,
                          const SamplingParams& params, std::span<float> out);
 std::vector<float> target_distribution(std::span<const float> logits, const TokenHistory& history,
@@ -75,6 +109,8 @@ struct TokenLogprob {
 // sampling settings, and stay comparable across requests.
 // The `count` most likely tokens, most likely first, equal values by lowest id.
 std::vector<TokenLogprob> top_logprobs(std::span<const float> logits, std::int32_t count);
+// The same into `out`, reusing its capacity.
+void top_logprobs(std::span<const float> logits, std::int32_t count, std::vector<TokenLogprob>& out);
 float token_logprob(std::span<const float> logits, std::int32_t token);
 
 struct SampledToken {
@@ -86,6 +122,9 @@ struct SampledToken {
 // target_distribution + draw + logprobs for one step. Greedy sampling consumes no randomness.
 SampledToken sample(std::span<const float> logits, const TokenHistory& history, const SamplingParams& params,
                     Rng& rng);
+// The token alone, with `scratch` (logits.size() floats) for the distribution: what sample() draws.
+std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
+                          Rng& rng, std::span<float> scratch);
 
 // Speculative sampling (Leviathan et al. 2023; Chen et al. 2023). `target` is p, the distribution
 // of the verifying model at this position, `draft` is q, the distribution the drafted token was
@@ -99,6 +138,9 @@ struct Acceptance {
 };
 Acceptance speculative_accept(std::span<const float> target, std::span<const float> draft_distribution,
                               std::int32_t draft, Rng& rng);
+// The same with `residual` (target.size() floats) as scratch for the rejection case.
+Acceptance speculative_accept(std::span<const float> target, std::span<const float> draft_distribution,
+                              std::int32_t draft, Rng& rng, std::span<float> residual);
 
 // One verification step over a chain of drafts. target_rows holds drafts.size() + 1 rows of
 // vocab_size: row i is p at the position of drafts[i] (computed with drafts[0..i) in the history),
@@ -111,5 +153,10 @@ struct Verification {
 };
 Verification verify_drafts(std::span<const float> target_rows, std::span<const float> draft_rows,
                            std::span<const std::int32_t> drafts, std::int64_t vocab_size, Rng& rng);
+// The same into `result` (its tokens' capacity reused) with `residual` (vocab_size floats) as
+// scratch: no allocation once result.tokens has room for drafts.size() + 1 tokens.
+void verify_drafts(std::span<const float> target_rows, std::span<const float> draft_rows,
+                   std::span<const std::int32_t> drafts, std::int64_t vocab_size, Rng& rng, std::span<float> residual,
+                   Verification& result);
 
 }  // namespace dsv3

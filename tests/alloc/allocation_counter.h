@@ -9,4 +9,9 @@ namespace dsv3::test {
 // Calls of any global operator new in the whole process since it started.
 std::int64_t heap_allocations();
 
+// While watching is on, every counted allocation calls watched_allocation(), an empty function to
+// break on in a debugger (gdb -ex 'break dsv3::test::watched_allocation') to see where it came from.
+void watch_allocations(bool on);
+void watched_allocation();
+
 }  // namespace dsv3::test

@@ -64,13 +64,25 @@ namespace {
 constexpr std::int64_t kLatentChunk = 256;
 }  // namespace
 
+std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width) {
+  return kLatentChunk * width + heads * kLatentChunk;
+}
+
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
                       std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial) {
+  thread_local std::vector<float> scratch;
+  scratch.resize(static_cast<std::size_t>(attention_latent_scratch(heads, pages.width)));
+  attention_latent(q, heads, pages, key_begin, key_end, value_dim, scale, partial, scratch.data());
+}
+
+void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
+                      std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial,
+                      float* scratch) {
   use_single_threaded_blas();
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
-  thread_local std::vector<float> rows, scores;
-  rows.resize(static_cast<std::size_t>(kLatentChunk * width));
-  scores.resize(static_cast<std::size_t>(heads * kLatentChunk));
+  // Gathered key rows [kLatentChunk, width], then the scores [heads, kLatentChunk].
+  const std::span<float> rows(scratch, static_cast<std::size_t>(kLatentChunk * width));
+  const std::span<float> scores(scratch + kLatentChunk * width, static_cast<std::size_t>(heads * kLatentChunk));
   std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
   std::fill_n(partial.sum, heads, 0.0f);
   std::fill_n(partial.acc, heads * value_dim, 0.0f);

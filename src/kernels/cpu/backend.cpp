@@ -220,13 +220,13 @@ class CpuBackend final : public Backend {
         std::copy_n(q_row, d.nope, q_nope.row(h * rows + r));
         std::copy_n(q_row + d.nope, d.rope, q_latent.row(r) + h * d.width() + d.kv_lora);
       }
-    ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
-      std::vector<float>& w_uk = thread_buffer(static_cast<std::size_t>(d.nope * d.kv_lora));
-      for (std::int64_t h = h0; h < h1; ++h) {
-        dequantize_rows(kv_b_proj, h * kv_dim, h * kv_dim + d.nope, w_uk.data());  // W_UK[h]: [nope, kv_lora]
-        matmul(q_nope.row(h * rows), w_uk.data(), q_latent.data + h * d.width(),
-               {.m = rows, .n = d.kv_lora, .k = d.nope, .lda = d.nope, .ldb = d.kv_lora, .ldc = q_latent.stride});
-      }
+    ThreadPool& pool = ThreadPool::global();
+    const std::int64_t lanes = lanes_for(pool, d.heads);
+    Tensor w_uk = workspace.tensor(lanes, d.nope * d.kv_lora);  // a lane's W_UK[h]: [nope, kv_lora]
+    parallel_lanes(pool, d.heads, lanes, [&](std::int64_t lane, std::int64_t h) {
+      dequantize_rows(kv_b_proj, h * kv_dim, h * kv_dim + d.nope, w_uk.row(lane));
+      matmul(q_nope.row(h * rows), w_uk.row(lane), q_latent.data + h * d.width(),
+             {.m = rows, .n = d.kv_lora, .k = d.nope, .lda = d.nope, .ldb = d.kv_lora, .ldc = q_latent.stride});
     });
   }
 
@@ -249,23 +249,26 @@ class CpuBackend final : public Backend {
     for (std::int64_t r = 0; r < rows; ++r)
       first_task[r + 1] = first_task[r] + std::clamp<std::int64_t>(queries[r].keys / kMinKeysPerTask, 1, wanted_splits);
     const std::int64_t tasks = first_task[rows];
-    std::span<std::int64_t> task_row = workspace.array<std::int64_t>(tasks);
+    // Scratch for the most tasks these rows can have, whatever their keys, so that a step's
+    // workspace does not grow as its sequences do.
+    const std::int64_t most_tasks = rows * wanted_splits;
+    std::span<std::int64_t> task_row = workspace.array<std::int64_t>(most_tasks);
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t t = first_task[r]; t < first_task[r + 1]; ++t) task_row[t] = r;
     const std::int64_t partial_size = d.heads * (2 + d.kv_lora);
-    Tensor storage = workspace.tensor(tasks, partial_size);
-    std::span<LatentPartial> partials = workspace.array<LatentPartial>(tasks);
+    Tensor storage = workspace.tensor(most_tasks, partial_size);
+    std::span<LatentPartial> partials = workspace.array<LatentPartial>(most_tasks);
     for (std::int64_t t = 0; t < tasks; ++t) {
       float* base = storage.row(t);
       partials[t] = {base, base + d.heads, base + 2 * d.heads};
     }
-    pool.parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
-      for (std::int64_t task = first; task < last; ++task) {
-        const std::int64_t r = task_row[task], part = task - first_task[r], splits = first_task[r + 1] - first_task[r];
-        const std::int64_t keys = queries[r].keys;
-        kernels::attention_latent(q_latent.row(r), d.heads, *queries[r].pages, keys * part / splits,
-                                  keys * (part + 1) / splits, d.kv_lora, scale, partials[task]);
-      }
+    const std::int64_t lanes = lanes_for(pool, most_tasks);
+    Tensor scratch = workspace.tensor(lanes, attention_latent_scratch(d.heads, d.width()));
+    parallel_lanes(pool, tasks, lanes, [&](std::int64_t lane, std::int64_t task) {
+      const std::int64_t r = task_row[task], part = task - first_task[r], splits = first_task[r + 1] - first_task[r];
+      const std::int64_t keys = queries[r].keys;
+      kernels::attention_latent(q_latent.row(r), d.heads, *queries[r].pages, keys * part / splits,
+                                keys * (part + 1) / splits, d.kv_lora, scale, partials[task], scratch.row(lane));
     });
     for (std::int64_t r = 0; r < rows; ++r)
       merge_latent_partials(partials.subspan(first_task[r], first_task[r + 1] - first_task[r]), d.heads, d.kv_lora,
@@ -335,8 +338,11 @@ class CpuBackend final : public Backend {
           group_scores[g] = best + second;
         }
         for (std::int64_t g = 0; g < p.n_group; ++g) order[g] = static_cast<std::int32_t>(g);
-        std::stable_sort(order.begin(), order.begin() + p.n_group,
-                         [&](std::int32_t a, std::int32_t b) { return group_scores[a] > group_scores[b]; });
+        // Best first, ties to the lower group (the order a stable sort gives; std::sort with the
+        // tie broken by index needs no temporary buffer).
+        std::sort(order.begin(), order.begin() + p.n_group, [&](std::int32_t a, std::int32_t b) {
+          return group_scores[a] > group_scores[b] || (!(group_scores[b] > group_scores[a]) && a < b);
+        });
         for (std::int64_t rank = p.topk_group; rank < p.n_group; ++rank)  // masked with -inf, as DeepSeek does
           std::fill_n(choice.begin() + order[rank] * group_size, group_size, -std::numeric_limits<float>::infinity());
       }

@@ -1,5 +1,7 @@
 #pragma once
 // Shared by the CPU kernel files; not part of the op interface.
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -7,14 +9,42 @@
 
 #include "core/error.h"
 #include "core/matrix.h"
+#include "core/thread_pool.h"
 
 namespace dsv3::kernels {
 
 // OpenBLAS is used single-threaded: the kernels parallelise over their own tasks.
 void use_single_threaded_blas();
 
-// A per-thread scratch buffer of at least `size` floats, reused across calls.
+// A per-thread scratch buffer of at least `size` floats, reused across calls. A thread allocates it
+// the first time it runs a task that needs it, which is whenever it happens to join such a loop:
+// the kernels a decode step runs use stack or Workspace scratch instead (below).
 std::vector<float>& thread_buffer(std::size_t size);
+
+// Floats of scratch a weight kernel keeps on its stack (256 KiB): the FP8 kernels' scaled
+// activations (as many rows at a time as fit: 8 of DeepSeek-V3's 7168, 3 of its widest, 18432) and
+// the scalar kernel's dequantised row.
+constexpr std::int64_t kStackScratchFloats = 65536;
+
+// Calls task(lane, t) for every t in [0, tasks), handed out one at a time to the threads that join,
+// each of which works under a lane of its own in [0, lanes): scratch taken per lane (from the op's
+// Workspace, before the loop) is private to whichever thread runs it, so the loop needs no
+// per-thread buffer that a thread would allocate the first time it happens to join. With the
+// pool busy (a nested loop) lane 0 runs every task inline.
+template <typename Task>
+void parallel_lanes(ThreadPool& pool, std::int64_t tasks, std::int64_t lanes, Task&& task) {
+  std::atomic<std::int64_t> next{0};
+  pool.parallel_for(std::min(lanes, tasks), 1, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t lane = first; lane < last; ++lane)
+      for (std::int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+           t = next.fetch_add(1, std::memory_order_relaxed))
+        task(lane, t);
+  });
+}
+// The lanes worth having for `tasks` tasks: one per thread of the pool, at most one per task.
+inline std::int64_t lanes_for(const ThreadPool& pool, std::int64_t tasks) {
+  return std::max<std::int64_t>(1, std::min<std::int64_t>(tasks, pool.size()));
+}
 
 // One instruction set's weight-streaming kernels (linear_scalar.cpp, linear_avx2.cpp,
 // linear_avx512.cpp). Each lives in its own file so that its template instantiations, compiled

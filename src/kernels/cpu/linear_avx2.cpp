@@ -138,15 +138,29 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
     const std::int64_t cols = w.cols;
-    std::vector<float>& scaled = thread_buffer(static_cast<std::size_t>(rows * cols));
+    // The scaled activations of `group` rows at a time, on the stack, so that no thread allocates
+    // for its first task; each output is the same sum whichever rows share a group. Only rows
+    // wider than the stack buffer take the thread's buffer (no DeepSeek-V3 weight has them).
+    alignas(64) float stack[kStackScratchFloats];
+    float* scaled = stack;
+    std::int64_t group = kStackScratchFloats / cols;
+    if (group == 0) {
+      scaled = thread_buffer(static_cast<std::size_t>(rows * cols)).data();
+      group = rows;
+    } else if (group >= kActivationRows) {
+      group -= group % kActivationRows;
+    }
     for (std::int64_t n = n_begin; n < n_end;) {
       const std::int64_t band = n / w.block_rows;
       const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
       const float* scale_row = w.scales->data() + band * w.scale_cols();
-      for (std::int64_t m = 0; m < rows; ++m)
-        for (std::int64_t c = 0; c < cols; ++c)
-          scaled[m * cols + c] = x[m * cols + c] * (scale_row[c / w.block_cols] * kFp8ScaleFold);
-      rows_range<D>(scaled.data(), rows, w, n, band_end, y);
+      for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
+        const std::int64_t count = std::min(group, rows - m0);
+        for (std::int64_t m = 0; m < count; ++m)
+          for (std::int64_t c = 0; c < cols; ++c)
+            scaled[m * cols + c] = x[(m0 + m) * cols + c] * (scale_row[c / w.block_cols] * kFp8ScaleFold);
+        rows_range<D>(scaled, count, w, n, band_end, y + m0 * w.rows);
+      }
       n = band_end;
     }
   }

@@ -138,26 +138,40 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
     const std::int64_t cols = w.cols;
-    std::vector<float>& scaled = thread_buffer(static_cast<std::size_t>(rows * cols));
+    // The scaled activations of `group` rows at a time, on the stack, so that no thread allocates
+    // for its first task; each output is the same sum whichever rows share a group. Only rows
+    // wider than the stack buffer take the thread's buffer (no DeepSeek-V3 weight has them).
+    alignas(64) float stack[kStackScratchFloats];
+    float* scaled = stack;
+    std::int64_t group = kStackScratchFloats / cols;
+    if (group == 0) {
+      scaled = thread_buffer(static_cast<std::size_t>(rows * cols)).data();
+      group = rows;
+    } else if (group >= kActivationRows) {
+      group -= group % kActivationRows;
+    }
     for (std::int64_t n = n_begin; n < n_end;) {
       const std::int64_t band = n / w.block_rows;
       const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
       const float* scale_row = w.scales->data() + band * w.scale_cols();
-      for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += w.block_cols, ++b) {
-        const std::int64_t c1 = std::min(cols, c0 + w.block_cols);
-        const __m512 scale = _mm512_set1_ps(scale_row[b] * kFp8ScaleFold);
-        for (std::int64_t m = 0; m < rows; ++m) {
-          const float* in = x + m * cols;
-          float* out = scaled.data() + m * cols;
-          std::int64_t c = c0;
-          for (; c + kLanes <= c1; c += kLanes) _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_loadu_ps(in + c), scale));
-          if (c < c1) {
-            const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
-            _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, in + c), scale));
+      for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
+        const std::int64_t count = std::min(group, rows - m0);
+        for (std::int64_t c0 = 0, b = 0; c0 < cols; c0 += w.block_cols, ++b) {
+          const std::int64_t c1 = std::min(cols, c0 + w.block_cols);
+          const __m512 scale = _mm512_set1_ps(scale_row[b] * kFp8ScaleFold);
+          for (std::int64_t m = 0; m < count; ++m) {
+            const float* in = x + (m0 + m) * cols;
+            float* out = scaled + m * cols;
+            std::int64_t c = c0;
+            for (; c + kLanes <= c1; c += kLanes) _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_loadu_ps(in + c), scale));
+            if (c < c1) {
+              const auto mask = static_cast<__mmask16>((1u << (c1 - c)) - 1);
+              _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, in + c), scale));
+            }
           }
         }
+        rows_range<D>(scaled, count, w, n, band_end, y + m0 * w.rows);
       }
-      rows_range<D>(scaled.data(), rows, w, n, band_end, y);
       n = band_end;
     }
   }

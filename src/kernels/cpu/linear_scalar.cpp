@@ -62,9 +62,11 @@ void dequantize(const Matrix& weight, std::int64_t begin, std::int64_t end, floa
 void gemv(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
           float* y) {
   const std::int64_t cols = weight.cols;
-  std::vector<float>& row = thread_buffer(static_cast<std::size_t>(cols));
+  // The dequantised weight row, on the stack where it fits (every DeepSeek-V3 weight's does).
+  float stack[kStackScratchFloats];
+  float* row = cols <= kStackScratchFloats ? stack : thread_buffer(static_cast<std::size_t>(cols)).data();
   for (std::int64_t n = n_begin; n < n_end; ++n) {
-    dequantize(weight, n, n + 1, row.data());
+    dequantize(weight, n, n + 1, row);
     for (std::int64_t m = 0; m < rows; ++m) {
       const float* xm = x + m * cols;
       float sum = 0.0f;

@@ -69,6 +69,12 @@ struct LatentPartial {
 };
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
                       std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial);
+// The same with the caller's scratch of attention_latent_scratch(heads, pages.width) floats (the
+// one above uses a buffer of the calling thread's).
+std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width);
+void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
+                      std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial,
+                      float* scratch);
 
 // out[heads, value_dim] = softmax(scale * q · k) · v over the union of the partials' key ranges.
 void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t heads, std::int64_t value_dim,
