@@ -30,8 +30,13 @@ const ordered_json& context() {
   return value;
 }
 
+// What these tests check is that a limit stops the work (the message names it); the clock only
+// guards against a hang. A bound of 30 s holds on a loaded host and under the sanitizers, while what
+// it guards against (an unbounded loop, a quadratic copy of 20000 messages) takes far longer.
+constexpr double kHangSeconds = 30.0;
+
 // Renders `source`; expects a dsv3::Error starting with `where` ("chat template line L, column C")
-// and containing `what`, within a second.
+// and containing `what`, without hanging.
 void expect_refused(const std::string& source, const std::string& where, const std::string& what) {
   const auto started = std::chrono::steady_clock::now();
   std::string message = "<rendered without error>";
@@ -43,7 +48,7 @@ void expect_refused(const std::string& source, const std::string& where, const s
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   EXPECT_EQ(message.rfind(where + ": ", 0), 0u) << message;
   EXPECT_NE(message.find(what), std::string::npos) << message;
-  EXPECT_LT(seconds, 1.0) << source.substr(0, 80);
+  EXPECT_LT(seconds, kHangSeconds) << source.substr(0, 80);
 }
 
 std::string rendered(const std::string& source) { return ChatTemplate(source).render(context()); }
@@ -134,7 +139,7 @@ TEST(ChatTemplateHostile, LongComputationsStopAtTheStepLimit) {
 
 TEST(ChatTemplateHostile, ReadingALongConversationInALoopStaysLinear) {
   // Values are shared, not copied, when a template reads them (as Python references them): a
-  // Qwen-style loop that looks at `messages` on every turn of 20000 messages is fast.
+  // Qwen-style loop that looks at `messages` on every turn of 20000 messages stays linear.
   ordered_json messages = ordered_json::array();
   for (int i = 0; i < 20000; ++i) messages.push_back({{"role", i % 2 ? "assistant" : "user"}, {"content", std::string(200, 'x')}});
   const auto started = std::chrono::steady_clock::now();
@@ -143,7 +148,7 @@ TEST(ChatTemplateHostile, ReadingALongConversationInALoopStaysLinear) {
       "{{ messages | length }}{% endif %}{% endfor %}").render({{"messages", messages}});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   EXPECT_EQ(text.size(), 19999u * 5);
-  EXPECT_LT(seconds, 1.0);
+  EXPECT_LT(seconds, kHangSeconds);
 }
 
 TEST(ChatTemplateHostile, LimitsLeaveRoomForLongConversationsInThePackagedTemplates) {
@@ -161,7 +166,7 @@ TEST(ChatTemplateHostile, LimitsLeaveRoomForLongConversationsInThePackagedTempla
                                  .render(chat_template_context(config, messages, true));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     EXPECT_GT(text.size(), 16000u * 11) << package;
-    EXPECT_LT(seconds, 1.0) << package;
+    EXPECT_LT(seconds, kHangSeconds) << package;
   }
 }
 

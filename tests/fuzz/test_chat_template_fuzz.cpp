@@ -44,13 +44,15 @@ std::string printable(const std::string& bytes) {
 }
 
 // Runs one input; false (after reporting) when anything but dsv3::Error escaped. An input that
-// takes over a second is a finding too: hostile input must be refused quickly.
+// runs for 30 s is a finding too: hostile input must be refused, never hang. (The bound is a hang
+// guard that holds on a loaded host and under the sanitizers; the libFuzzer targets' -timeout is
+// where slow inputs are hunted.)
 bool run_one(const Body& body, const std::string& input, const std::string& label, bool* accepted) {
   try {
     const auto started = std::chrono::steady_clock::now();
     *accepted = body(reinterpret_cast<const std::uint8_t*>(input.data()), input.size());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    if (seconds > 1.0) ADD_FAILURE() << label << ": took " << seconds << " s\ninput: " << printable(input);
+    if (seconds > 30.0) ADD_FAILURE() << label << ": took " << seconds << " s\ninput: " << printable(input);
     return true;
   } catch (const std::exception& e) {
     ADD_FAILURE() << label << ": escaped with " << e.what() << "\ninput: " << printable(input);
