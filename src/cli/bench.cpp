@@ -14,6 +14,8 @@
 #include "core/machine.h"
 #include "core/progress.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace dsv3::cli {
 namespace {
@@ -122,9 +124,17 @@ int bench(const BenchOptions& options) {
 
   auto prefill_rate = [&](const Measurement& r) { return static_cast<double>(options.batch * options.prompt_len) / r.prefill_seconds; };
   auto decode_rate = [&](const Measurement& r) { return static_cast<double>(r.decode_tokens) / r.decode_seconds; };
+  const std::string arithmetic =
+      kernels::exact_arithmetic()
+          ? std::string("exact (FP32 activations throughout)")
+          : fmt::format("fast: oneDNN {} GEMM from {} rows ({} at {} x {} x {})",
+                        kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32", kernels::min_gemm_rows(),
+                        kernels::gemm_implementation(options.prompt_len, c.intermediate_size, c.hidden_size),
+                        options.prompt_len, c.hidden_size, c.intermediate_size);
   nlohmann::json report = {
       {"machine", {{"cpu", cpu_model()}, {"features", cpu_features()}, {"threads", ThreadPool::global().size()}}},
       {"model", options.model},
+      {"arithmetic", arithmetic},
       {"weights_dtype", dtype_name(model.weights().layers.back().attention.o_proj.dtype)},
       {"prompt_len", options.prompt_len},
       {"gen_len", options.gen_len},
@@ -152,6 +162,7 @@ int bench(const BenchOptions& options) {
   fmt::print("machine        {} ({}), {} threads\n", cpu_model(), cpu_features(), ThreadPool::global().size());
   fmt::print("model          {} ({} weights), loaded in {:.2f} s\n", options.model,
              report["weights_dtype"].get<std::string>(), load_seconds);
+  fmt::print("arithmetic     {}\n", arithmetic);
   fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache\n", options.batch,
              options.prompt_len, options.gen_len, options.cache_dtype);
   fmt::print("roofline       {:.1f} GB/s read bandwidth / {:.1f} MB of weights per decode step = {:.1f} tokens/s\n",
@@ -188,6 +199,7 @@ const bool registered = register_command(
            ->check(CLI::IsMember({"bf16", "f32"}))->capture_default_str();
        add_number(app, "--seed", options->seed, "Seed of the random prompts")->capture_default_str();
        app.add_flag("--json", options->json, "Print the figures as JSON");
+       add_exact_flag(app);
        return [options] { return bench(*options); };
      }});
 

@@ -70,6 +70,10 @@ void for_weight_dtype(const Matrix& weight, Body&& body) {
   }
 }
 
+// Many-row linears through oneDNN matmul (linear_dnnl.cpp), BF16 x BF16 -> FP32 or FP32; weights
+// converted panel by panel, never stored wide.
+void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float* y, const WeightKernels& kernels);
+
 const WeightKernels& scalar_weight_kernels();
 const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
 const WeightKernels* avx512_weight_kernels();  // nullptr when the build is not for x86-64
