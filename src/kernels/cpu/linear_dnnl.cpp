@@ -169,6 +169,13 @@ void run(const Primitive& p, const void* src, const void* weights, float* dst) {
 
 }  // namespace
 
+void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+           std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
+  thread_state();  // oneDNN single-threaded on this thread
+  const dnnl::status status = dnnl::sgemm('N', b_transposed ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (status != dnnl::status::success) fail("oneDNN sgemm [{}, {}] x [{}, {}]: status {}", m, k, k, n, static_cast<int>(status));
+}
+
 bool gemm_uses_bf16() { return gemm_bf16_setting().load(std::memory_order_relaxed) != 0; }
 
 bool gemm_bf16_supported() { return cpu_has_bf16(); }
