@@ -101,9 +101,12 @@ void report(benchmark::State& state, const Weights& w, double read_bandwidth_bef
   state.counters["of_read_bw"] = benchmark::Counter(streamed / read_bandwidth, benchmark::Counter::kIsRate);
 }
 
-// args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8.
+// args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8, 1 = exact arithmetic
+// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on.
 void BM_Linear(benchmark::State& state) {
   const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
+  const bool exact = state.range(4) != 0;
+  kernels::set_exact_arithmetic(exact);
   const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
   std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
   const double read_bandwidth = measure_read_bandwidth(2);
@@ -114,7 +117,10 @@ void BM_Linear(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   report(state, w, read_bandwidth);
-  state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * n * k) * static_cast<double>(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
+                 (exact || rows < kernels::min_gemm_rows() ? " exact" : " onednn"));
 }
 
 // The implementation before the GEMV kernels, as the baseline: dequantise 64-row panels, then sgemm.
@@ -150,17 +156,26 @@ void BM_LinearPanelSgemm(benchmark::State& state) {
 void decode_shapes(benchmark::internal::Benchmark* b) {
   const std::int64_t shapes[][2] = {{384, 1024}, {2816, 1024}, {1024, 2816}, {2048, 7168}, {7168, 2048}, {129280, 1024}};
   for (std::int64_t dtype : {0, 1})
-    for (const auto& s : shapes) b->Args({1, s[0], s[1], dtype});
+    for (const auto& s : shapes) b->Args({1, s[0], s[1], dtype, 1});
 }
 
 void row_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
-    for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64, 128, 512}) b->Args({rows, 2816, 1024, dtype});
+    for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64, 128, 512}) b->Args({rows, 2816, 1024, dtype, 1});
 }
 
-BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8"})->Apply(decode_shapes)->UseRealTime();
-BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8"})->Apply(row_sweep)->UseRealTime();
-BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8"})->Apply(row_sweep)->UseRealTime();
+// Exact GEMV against oneDNN around the threshold, on bench-1b's dense MLP and expert shapes.
+void gemm_sweep(benchmark::internal::Benchmark* b) {
+  for (std::int64_t dtype : {0, 1})
+    for (std::int64_t n : {2816, 384})
+      for (std::int64_t rows : {4, 8, 12, 16, 24, 32, 48, 64, 128, 512})
+        for (std::int64_t exact : {1, 0}) b->Args({rows, n, 1024, dtype, exact});
+}
+
+BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(decode_shapes)->UseRealTime();
+BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
+BENCHMARK(BM_Linear)->Name("GemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(gemm_sweep)->UseRealTime();
+BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 
 }  // namespace
 }  // namespace dsv3

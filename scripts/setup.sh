@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 packages=(build-essential cmake ninja-build ccache pkg-config git
-  nlohmann-json3-dev libpcre2-dev libopenblas-dev libfmt-dev libcli11-dev
+  nlohmann-json3-dev libpcre2-dev libopenblas-dev libdnnl-dev libfmt-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jinja2)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

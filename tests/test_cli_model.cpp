@@ -117,6 +117,19 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
     EXPECT_GT(report.at(key).get<double>(), 0.0) << key;
   EXPECT_EQ(report.at("batch").get<int>(), 2);
   EXPECT_EQ(report.at("mtp").at("acceptance_by_position").size(), 1u);
+  EXPECT_GT(report.at("gemm_gflop_s").at("f32").get<double>(), 0.0);
+  EXPECT_GT(report.at("prefill_vs_gemm_rate").get<double>(), 0.0);
+  for (const auto& pass : report.at("read_bandwidth_before_after_gb_s")) EXPECT_GT(pass.get<double>(), 0.0);
+  ASSERT_EQ(report.at("batches").size(), 1u);
+  EXPECT_EQ(report.at("batches").at(0).at("batch").get<int>(), 2);
+  // A list of batch sizes runs each one: aggregate decode speed per batch size.
+  const auto listed = run("bench --model " + test::tiny_model_dir().string() +
+                          " --prompt-len 8 --gen-len 4 --batch 1,3 --json 2>/dev/null");
+  ASSERT_EQ(listed.exit_code, 0) << listed.output;
+  const auto batches = nlohmann::json::parse(listed.output).at("batches");
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(batches.at(1).at("batch").get<int>(), 3);
+  EXPECT_GT(batches.at(1).at("decode_tokens_s").get<double>(), 0.0);
   EXPECT_FALSE(report.at("machine").at("cpu").get<std::string>().empty());
   const auto too_long = run("bench --model " + test::tiny_model_dir().string() + " --prompt-len 2000");
   EXPECT_EQ(too_long.exit_code, 1);

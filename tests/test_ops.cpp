@@ -41,6 +41,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/reference/reference.h"
+#include "fast_arithmetic.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -326,6 +327,37 @@ TEST_P(OpHarness, LinearMatchesForEveryDtypeRowCountAndPartialFp8Block) {
       // `in` products summed, plus the FP8 scale and a rescaled activation.
       expect_within(y_device.values(), want, magnitude, (c.in + 4) * kUnit, c.out, what);
     }
+}
+
+// Fast mode: from min_gemm_rows() rows on, linear goes through oneDNN's GEMM (the FP8 panels
+// dequantised by this target's kernels). FP32 inputs hold exact mode's bound (any order of the
+// sums); BF16 inputs add up to 2^-8 relative to each of x and w: (2 * 2^-8 + 2^-16) more.
+TEST_P(OpHarness, LinearThroughTheGemmMatchesInFastMode) {
+  const std::int64_t threshold = kernels::min_gemm_rows();
+  struct Case {
+    std::int64_t rows, out, in;
+  };
+  const Case cases[] = {{threshold, 200, 300}, {threshold + 97, 37, 19}, {1000, 300, 130}, {threshold, 600, 64}};
+  for (const bool bf16 : {false, true}) {
+    if (bf16 && !kernels::gemm_bf16_supported()) continue;
+    test::FastArithmetic fast(bf16, threshold);
+    for (DType dtype : kWeightDtypes)
+      for (const Case& c : cases) {
+        const std::string what = describe(std::string("fast linear ") + (bf16 ? "bf16 gemm " : "f32 gemm ") +
+                                              std::string(dtype_name(dtype)),
+                                          {{"rows", c.rows}, {"out", c.out}, {"in", c.in}});
+        const HostWeight w = random_weight(dtype, c.out, c.in, static_cast<std::uint64_t>(c.rows + c.out));
+        const std::vector<float> x = random_values(static_cast<std::size_t>(c.rows * c.in), 7 + c.rows);
+        DeviceTensor x_device(device(), x, c.rows, c.in), y_device(device(), c.rows, c.out);
+        device().linear(x_device.view, w.on(device()), y_device.view);
+        DeviceTensor x_reference(reference(), x, c.rows, c.in), y_reference(reference(), c.rows, c.out);
+        reference().linear(x_reference.view, w.on(reference()), y_reference.view);
+        DeviceTensor x_absolute(reference(), absolute(x), c.rows, c.in), magnitude(reference(), c.rows, c.out);
+        reference().linear(x_absolute.view, w.absolute().on(reference()), magnitude.view);
+        const double tolerance = (c.in + 4) * kUnit + (bf16 ? 0x1p-7 + 0x1p-16 : 0.0);
+        expect_within(y_device.values(), y_reference.values(), magnitude.values(), tolerance, c.out, what);
+      }
+  }
 }
 
 TEST_P(OpHarness, LinearUnderTheFp8RecipeRoundsItsInputIn1x128Tiles) {

@@ -6,14 +6,19 @@
 #include <chrono>
 #include <iostream>
 #include <random>
+#include <cstring>
+#include <vector>
 
 #include "cli/command.h"
 #include "cli/generation_options.h"
 #include "cli/numeric_option.h"
 #include "core/error.h"
 #include "core/machine.h"
+#include "core/numeric.h"
 #include "core/progress.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace dsv3::cli {
 namespace {
@@ -22,7 +27,8 @@ struct BenchOptions {
   std::string model;
   std::int64_t prompt_len = 512;
   std::int64_t gen_len = 128;
-  std::int64_t batch = 1;
+  std::int64_t batch = 1;                  // of one run
+  std::vector<std::int64_t> batches = {1};  // --batch 1,4,16: one run each
   std::int64_t mtp = 0;
   std::string cache_dtype = "bf16";
   std::uint64_t seed = 0;
@@ -100,6 +106,48 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
   return run;
 }
 
+// Read bandwidth, robustly on a shared host: the best of several passes over a buffer far larger
+// than the last-level cache (4x it, at least 1 GiB, at most an eighth of the memory).
+double read_bandwidth() {
+  std::int64_t bytes = std::max<std::int64_t>(std::int64_t{1} << 30, 4 * last_level_cache_bytes());
+  if (const std::int64_t memory = physical_memory_bytes(); memory > 0) bytes = std::min(bytes, memory / 8);
+  return measure_read_bandwidth(bytes, 5);
+}
+
+// FLOP/s of the GEMM many-row linears run on (oneDNN through kernels::linear, over the thread pool
+// as prefill runs it) at one representative shape: [rows, in] x [in, out] with a BF16 weight, best
+// of several runs after a warm-up.
+double gemm_rate(std::int64_t rows, std::int64_t out, std::int64_t in, bool bf16) {
+  const bool was_exact = kernels::exact_arithmetic(), was_bf16 = kernels::gemm_uses_bf16();
+  kernels::set_exact_arithmetic(false);
+  kernels::set_gemm_bf16(bf16);
+  std::vector<std::byte> storage(static_cast<std::size_t>(out * in) * 2);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  for (std::size_t i = 0; i < storage.size(); i += 2) {
+    const std::uint16_t bits = float_to_bf16(normal(rng));
+    std::memcpy(storage.data() + i, &bits, 2);
+  }
+  Matrix weight;
+  weight.name = "bench.gemm";
+  weight.dtype = DType::BF16;
+  weight.rows = out;
+  weight.cols = in;
+  weight.data = storage.data();
+  std::vector<float> x(static_cast<std::size_t>(rows * in)), y(static_cast<std::size_t>(rows * out));
+  for (float& v : x) v = normal(rng);
+  double best = 0.0;
+  for (int pass = 0; pass < 6; ++pass) {
+    const auto start = Clock::now();
+    kernels::linear(x.data(), rows, weight, y.data());
+    const double seconds = since(start);
+    if (pass > 0) best = std::max(best, 2.0 * static_cast<double>(rows * out * in) / seconds);
+  }
+  kernels::set_gemm_bf16(was_bf16);
+  kernels::set_exact_arithmetic(was_exact);
+  return best;
+}
+
 int bench(const BenchOptions& options) {
   const auto load_start = Clock::now();
   const Model model = load_model(options.model, true);  // page faults are not what is measured
@@ -111,34 +159,76 @@ int bench(const BenchOptions& options) {
   if (options.mtp > 0 && model.weights().mtp.empty())
     fail("--mtp {} needs an MTP module, and {} has none", options.mtp, options.model);
 
-  const Measurement plain = run_once(model, options, 0, "decode");
-  const Measurement speculative =
-      options.mtp > 0 ? run_once(model, options, options.mtp, "decode with MTP") : Measurement{};
+  const double bandwidth_before = read_bandwidth();
+  // The GEMM rate at prefill's largest linear shape (the dense MLP), the prompt's rows (512 when
+  // the prompt is too short for the GEMM path).
+  const std::int64_t gemm_rows = std::max(options.prompt_len, kernels::min_gemm_rows());
+  const double gemm_f32 = gemm_rate(gemm_rows, c.intermediate_size, c.hidden_size, false);
+  const double gemm_bf16 =
+      kernels::gemm_bf16_supported() ? gemm_rate(gemm_rows, c.intermediate_size, c.hidden_size, true) : 0.0;
+  std::vector<Measurement> runs;
+  for (const std::int64_t batch : options.batches) {
+    BenchOptions one = options;
+    one.batch = batch;
+    runs.push_back(run_once(model, one, 0, fmt::format("decode, batch {}", batch).c_str()));
+  }
+  BenchOptions first = options;
+  first.batch = options.batches.front();
+  const Measurement speculative = options.mtp > 0 ? run_once(model, first, options.mtp, "decode with MTP") : Measurement{};
   const std::int64_t peak_memory = peak_memory_bytes();  // before the bandwidth probe's buffer
-  const double bandwidth = measure_read_bandwidth(std::int64_t{512} << 20);
+  const double bandwidth_after = read_bandwidth();
+  const double bandwidth = std::max(bandwidth_before, bandwidth_after);
   const double bytes_per_token = bytes_per_decoded_token(model.weights());
-  // At batch B one decode step streams the weights once for B tokens.
-  const double roofline = bandwidth / bytes_per_token * static_cast<double>(options.batch);
+  // Prefill's linear work per prompt token (the output head runs on the last row only; attention
+  // is not counted).
+  const ParameterCount params = count_parameters(c);
+  const double prefill_flop_per_token =
+      2.0 * static_cast<double>(params.read_per_token - c.vocab_size * c.hidden_size);
+  const double gemm_in_use = kernels::exact_arithmetic() || !kernels::gemm_uses_bf16() ? gemm_f32 : gemm_bf16;
 
-  auto prefill_rate = [&](const Measurement& r) { return static_cast<double>(options.batch * options.prompt_len) / r.prefill_seconds; };
+  const Measurement& plain = runs.front();
+  const std::int64_t batch = options.batches.front();
+  // At batch B one decode step streams the weights once for B tokens.
+  const double roofline = bandwidth / bytes_per_token * static_cast<double>(batch);
+  auto prefill_rate = [&](const Measurement& r, std::int64_t b) {
+    return static_cast<double>(b * options.prompt_len) / r.prefill_seconds;
+  };
   auto decode_rate = [&](const Measurement& r) { return static_cast<double>(r.decode_tokens) / r.decode_seconds; };
+  const std::string arithmetic =
+      kernels::exact_arithmetic()
+          ? std::string("exact (FP32 activations throughout)")
+          : fmt::format("fast: oneDNN {} GEMM from {} rows ({})", kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32",
+                        kernels::min_gemm_rows(),
+                        kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size));
   nlohmann::json report = {
       {"machine", {{"cpu", cpu_model()}, {"features", cpu_features()}, {"threads", ThreadPool::global().size()}}},
       {"model", options.model},
+      {"arithmetic", arithmetic},
       {"weights_dtype", dtype_name(model.weights().layers.back().attention.o_proj.dtype)},
       {"prompt_len", options.prompt_len},
       {"gen_len", options.gen_len},
-      {"batch", options.batch},
+      {"batch", batch},
       {"load_seconds", load_seconds},
       {"read_bandwidth_gb_s", bandwidth / 1e9},
+      {"read_bandwidth_before_after_gb_s", {bandwidth_before / 1e9, bandwidth_after / 1e9}},
+      {"gemm_gflop_s", {{"shape", {gemm_rows, c.hidden_size, c.intermediate_size}}, {"f32", gemm_f32 / 1e9},
+                        {"bf16", gemm_bf16 / 1e9}}},
       {"weight_bytes_per_token", bytes_per_token},
       {"decode_roofline_tokens_s", roofline},
-      {"prefill_tokens_s", prefill_rate(plain)},
+      {"prefill_tokens_s", prefill_rate(plain, batch)},
+      {"prefill_vs_gemm_rate", prefill_rate(plain, batch) * prefill_flop_per_token / gemm_in_use},
       {"time_to_first_token_s", plain.first_token_seconds},
       {"decode_tokens_s", decode_rate(plain)},
       {"decode_vs_roofline", decode_rate(plain) / roofline},
       {"peak_memory_bytes", peak_memory},
   };
+  nlohmann::json batches = nlohmann::json::array();
+  for (std::size_t i = 0; i < runs.size(); ++i)
+    batches.push_back({{"batch", options.batches[i]},
+                       {"prefill_tokens_s", prefill_rate(runs[i], options.batches[i])},
+                       {"decode_tokens_s", decode_rate(runs[i])},
+                       {"decode_vs_first", decode_rate(runs[i]) / decode_rate(plain)}});
+  report["batches"] = batches;
   if (options.mtp > 0) {
     report["mtp"] = {{"drafts", options.mtp},
                      {"decode_tokens_s", decode_rate(speculative)},
@@ -152,13 +242,27 @@ int bench(const BenchOptions& options) {
   fmt::print("machine        {} ({}), {} threads\n", cpu_model(), cpu_features(), ThreadPool::global().size());
   fmt::print("model          {} ({} weights), loaded in {:.2f} s\n", options.model,
              report["weights_dtype"].get<std::string>(), load_seconds);
-  fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache\n", options.batch,
+  fmt::print("arithmetic     {}\n", arithmetic);
+  fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache\n", batch,
              options.prompt_len, options.gen_len, options.cache_dtype);
-  fmt::print("roofline       {:.1f} GB/s read bandwidth / {:.1f} MB of weights per decode step = {:.1f} tokens/s\n",
-             bandwidth / 1e9, bytes_per_token / 1e6, roofline);
-  fmt::print("prefill        {:.1f} tokens/s, time to first token {:.3f} s\n", prefill_rate(plain),
+  fmt::print("bandwidth      {:.1f} GB/s read (best pass over {:.0f} MiB; before {:.1f}, after {:.1f})\n", bandwidth / 1e9,
+             static_cast<double>(std::max<std::int64_t>(std::int64_t{1} << 30, 4 * last_level_cache_bytes())) / 1048576.0,
+             bandwidth_before / 1e9, bandwidth_after / 1e9);
+  fmt::print("gemm rate      {:.0f} GFLOP/s FP32{} at {} x {} x {}\n", gemm_f32 / 1e9,
+             gemm_bf16 > 0 ? fmt::format(", {:.0f} GFLOP/s BF16", gemm_bf16 / 1e9) : std::string(), gemm_rows,
+             c.hidden_size, c.intermediate_size);
+  fmt::print("roofline       {:.1f} GB/s / {:.1f} MB of weights per decode step = {:.1f} tokens/s\n", bandwidth / 1e9,
+             bytes_per_token / 1e6, roofline);
+  fmt::print("prefill        {:.1f} tokens/s = {:.2f} of the {} GEMM rate ({:.0f} GFLOP/s of linears), time to first "
+             "token {:.3f} s\n",
+             prefill_rate(plain, batch), prefill_rate(plain, batch) * prefill_flop_per_token / gemm_in_use,
+             gemm_in_use == gemm_f32 ? "FP32" : "BF16", prefill_rate(plain, batch) * prefill_flop_per_token / 1e9,
              plain.first_token_seconds);
   fmt::print("decode         {:.1f} tokens/s = {:.2f} of the roofline\n", decode_rate(plain), decode_rate(plain) / roofline);
+  for (std::size_t i = 1; i < runs.size(); ++i)
+    fmt::print("decode batch {:<2} {:.1f} tokens/s aggregate = {:.2f}x batch {} (prefill {:.1f} tokens/s)\n",
+               options.batches[i], decode_rate(runs[i]), decode_rate(runs[i]) / decode_rate(plain), batch,
+               prefill_rate(runs[i], options.batches[i]));
   if (options.mtp > 0) {
     std::string acceptance;
     for (std::size_t i = 0; i < speculative.acceptance.size(); ++i)
@@ -180,7 +284,11 @@ const bool registered = register_command(
            ->capture_default_str();
        add_number(app, "--gen-len", options->gen_len, "Tokens generated per sequence", 1, most_int)
            ->capture_default_str();
-       add_number(app, "--batch", options->batch, "Sequences decoded together", 1, most_int)->capture_default_str();
+       add_number<std::vector<std::int64_t>, std::int64_t>(
+           app, "--batch", options->batches, "Sequences decoded together; a list (1,4,16) runs each and compares", 1,
+           most_int)
+           ->delimiter(',')
+           ->capture_default_str();
        add_number(app, "--mtp", options->mtp, "Also run with this many MTP drafts per step, for the ratio", 0,
                   kMostDrafts)
            ->capture_default_str();
@@ -188,6 +296,7 @@ const bool registered = register_command(
            ->check(CLI::IsMember({"bf16", "f32"}))->capture_default_str();
        add_number(app, "--seed", options->seed, "Seed of the random prompts")->capture_default_str();
        app.add_flag("--json", options->json, "Print the figures as JSON");
+       add_exact_flag(app);
        return [options] { return bench(*options); };
      }});
 

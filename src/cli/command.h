@@ -20,4 +20,8 @@ struct Command {
 
 bool register_command(Command command);
 
+// --exact, for the commands that run the model: FP32 activations throughout (parity work), where
+// the default multiplies many-row linears through a GEMM library (kernels/ops.h).
+void add_exact_flag(CLI::App& app);
+
 }  // namespace dsv3::cli

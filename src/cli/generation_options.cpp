@@ -1,5 +1,7 @@
 #include "cli/generation_options.h"
 
+#include "cli/command.h"
+
 #include <filesystem>
 #include <limits>
 
@@ -13,6 +15,7 @@ void GenerationOptions::add_to(CLI::App& app, float default_temperature) {
   sampling.temperature = default_temperature;
   app.add_option("--model", model, "Model directory (config.json + safetensors)")->required();
   app.add_option("--tokenizer", tokenizer, "Tokenizer directory (default: the model directory)");
+  add_exact_flag(app);
   constexpr std::int32_t most_int = std::numeric_limits<std::int32_t>::max();
   constexpr float most_float = std::numeric_limits<float>::max();
   add_number(app, "--max-tokens", max_tokens, "Most tokens to generate", 1, most_int)->capture_default_str();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "kernels/ops.h"
 #include "core/error.h"
 
 namespace dsv3::cli {
@@ -19,6 +20,11 @@ std::vector<Command>& commands() {
 bool register_command(Command command) {
   commands().push_back(std::move(command));
   return true;
+}
+
+void add_exact_flag(CLI::App& app) {
+  app.add_flag_callback("--exact", [] { dsv3::kernels::set_exact_arithmetic(true); },
+                        "Exact arithmetic: FP32 activations throughout, no GEMM library (as DSV3_EXACT=1)");
 }
 
 }  // namespace dsv3::cli

@@ -80,6 +80,7 @@ const bool registered = register_command(
     {"train", "Train a DeepSeek-V3-shaped model on a text corpus (AdamW, MTP, balancing, FP8 recipe, checkpoints)",
      [](CLI::App& app) -> Run {
        auto config = std::make_shared<std::string>();
+       add_exact_flag(app);
        app.add_option("--config", *config, "TRAIN.json: model_config, tokenizer, corpus, and hyper-parameters")
            ->required();
        return [config] { return run_train(*config); };

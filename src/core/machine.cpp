@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 #include <fstream>
 #include <vector>
 
@@ -70,6 +71,24 @@ double measure_read_bandwidth(std::int64_t bytes, int repeats) {
   volatile std::uint64_t sink = 0;
   for (std::uint64_t s : sums) sink = sink ^ s;
   return best;
+}
+
+std::int64_t last_level_cache_bytes() {
+  std::int64_t largest = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    std::string text;
+    if (!(file >> text) || text.empty()) continue;
+    std::int64_t value = 0;
+    std::size_t i = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') value = value * 10 + (text[i++] - '0');
+    const char unit = i < text.size() ? text[i] : ' ';
+    if (unit == 'K') value <<= 10;
+    if (unit == 'M') value <<= 20;
+    if (unit == 'G') value <<= 30;
+    largest = std::max(largest, value);
+  }
+  return largest;
 }
 
 std::int64_t peak_memory_bytes() {

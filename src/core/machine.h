@@ -13,6 +13,9 @@ std::string cpu_features();  // the SIMD features dsv3's kernels can use: "avx51
 // caches), best of `repeats` passes.
 double measure_read_bandwidth(std::int64_t bytes = std::int64_t{1} << 30, int repeats = 3);
 
+// The largest CPU cache (the last level) in bytes, from sysfs; 0 when the system does not say.
+std::int64_t last_level_cache_bytes();
+
 // The machine's physical memory in bytes; 0 when the system does not say.
 std::int64_t physical_memory_bytes();
 

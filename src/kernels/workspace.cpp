@@ -1,11 +1,33 @@
 // Tensor views and the Workspace arena: the device-neutral part of the op interface.
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
 #include <new>
 
 #include "core/error.h"
 #include "kernels/ops.h"
 
 namespace dsv3::kernels {
+namespace {
+
+std::atomic<bool>& exact_setting() {
+  static std::atomic<bool> exact = [] {
+    const char* value = std::getenv("DSV3_EXACT");
+    if (value == nullptr || *value == '\0') return false;
+    const std::string_view text(value);
+    if (text == "1") return true;
+    if (text == "0") return false;
+    fail("DSV3_EXACT={}: expected 1 (exact FP32 arithmetic) or 0 (fast)", text);
+  }();
+  return exact;
+}
+
+}  // namespace
+
+bool exact_arithmetic() { return exact_setting().load(std::memory_order_relaxed); }
+void set_exact_arithmetic(bool exact) { exact_setting().store(exact, std::memory_order_relaxed); }
+
 
 Tensor Tensor::row_range(std::int64_t begin, std::int64_t end) const {
   if (begin < 0 || end > rows || begin > end) fail("tensor rows [{}, {}) outside [0, {})", begin, end, rows);

@@ -30,10 +30,8 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
       const std::int64_t q_rows = std::min(kQueryBlock, tokens - q_begin);
       const std::int64_t keys = shape.query_offset + q_begin + q_rows;  // causal: later keys are never needed
       // scores[i, j] = scale * q_i · k_j
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(q_rows), static_cast<int>(keys),
-                  static_cast<int>(shape.qk_dim), scale, q + q_begin * shape.q_stride + head * shape.q_head_stride,
-                  static_cast<int>(shape.q_stride), k + head * shape.k_head_stride, static_cast<int>(shape.k_stride), 0.0f,
-                  scores.data(), static_cast<int>(keys));
+      sgemm(true, q_rows, keys, shape.qk_dim, scale, q + q_begin * shape.q_stride + head * shape.q_head_stride,
+            shape.q_stride, k + head * shape.k_head_stride, shape.k_stride, 0.0f, scores.data(), keys);
       for (std::int64_t i = 0; i < q_rows; ++i) {
         float* row = scores.data() + i * keys;
         const std::int64_t visible = shape.query_offset + q_begin + i + 1;
@@ -48,10 +46,8 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
         std::fill(row + visible, row + keys, 0.0f);
       }
       const std::int64_t out_stride = shape.heads * shape.v_dim;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(q_rows), static_cast<int>(shape.v_dim),
-                  static_cast<int>(keys), 1.0f, scores.data(), static_cast<int>(keys), v + head * shape.v_head_stride,
-                  static_cast<int>(shape.v_stride), 0.0f, out + q_begin * out_stride + head * shape.v_dim,
-                  static_cast<int>(out_stride));
+      sgemm(false, q_rows, shape.v_dim, keys, 1.0f, scores.data(), keys, v + head * shape.v_head_stride,
+            shape.v_stride, 0.0f, out + q_begin * out_stride + head * shape.v_dim, out_stride);
     }
   });
 }

@@ -70,6 +70,17 @@ void for_weight_dtype(const Matrix& weight, Body&& body) {
   }
 }
 
+// Many-row linears through oneDNN matmul (linear_dnnl.cpp), BF16 x BF16 -> FP32 or FP32; weights
+// converted panel by panel, never stored wide.
+void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float* y, const WeightKernels& kernels);
+
+// c[m, n] = alpha · a[m, k] · b (b [k, n], or [n, k] with b_transposed) + beta · c, row-major, on the
+// calling thread, through oneDNN's FP32 GEMM. Prefill's attention uses it: OpenBLAS 0.3.21 does not
+// know newer Intel cores and falls back to its SSE3 (Prescott) kernels there. It may allocate, so
+// decode's kernels keep OpenBLAS.
+void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
+           std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
 const WeightKernels& scalar_weight_kernels();
 const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
 const WeightKernels* avx512_weight_kernels();  // nullptr when the build is not for x86-64

@@ -27,6 +27,13 @@ namespace {
 // rows and keep sgemm there.
 constexpr std::int64_t kMaxGemvRows = 64;
 
+// From this many activation rows on, oneDNN's GEMM beats the GEMV kernels (fast mode).
+// bench_kernels GemmRows (FP32 oneDNN against AVX-512 GEMV, BF16 weights, 2 threads, Xeon model
+// 207, a shared host): dense 2816 x 1024 at 24 rows 1.06 vs 1.02 ms, 32 rows 1.22 vs 1.29, 48 rows
+// 1.47 vs 1.82, 512 rows 10.5 vs 20.8; expert 384 x 1024 at 24 rows 0.152 vs 0.139, 32 rows 0.190
+// vs 0.190, 48 rows 0.226 vs 0.260.
+constexpr std::int64_t kMinGemmRows = 32;
+
 std::int64_t max_gemv_rows() {
   return active_isa() == Isa::avx512 ? std::numeric_limits<std::int64_t>::max() : kMaxGemvRows;
 }
@@ -98,6 +105,15 @@ void check_weight(const Matrix& weight) {
 
 }  // namespace
 
+std::atomic<std::int64_t> g_min_gemm_rows{kMinGemmRows};
+
+std::int64_t min_gemm_rows() { return g_min_gemm_rows.load(std::memory_order_relaxed); }
+
+void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows) {
+  if (rows && *rows < 1) fail("min_gemm_rows: {} rows", *rows);
+  g_min_gemm_rows.store(rows.value_or(kMinGemmRows), std::memory_order_relaxed);
+}
+
 std::string_view isa_name(Isa isa) {
   switch (isa) {
     case Isa::avx512:
@@ -150,6 +166,7 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
     return;
   }
   const WeightKernels& kernels = weight_kernels();
+  if (rows >= min_gemm_rows() && !exact_arithmetic()) return linear_gemm(x, rows, weight, y, kernels);
   if (rows <= max_gemv_rows()) {
     const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
     const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);

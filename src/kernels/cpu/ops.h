@@ -5,6 +5,7 @@
 #include <optional>
 #include <span>
 #include <vector>
+#include <string>
 #include <string_view>
 
 #include "core/matrix.h"
@@ -17,6 +18,19 @@ namespace dsv3::kernels {
 // dequantise panels of the weight and multiply them with OpenBLAS.
 // FP8 E4M3 NaN codes (0x7f, 0xff) are not preserved by the SIMD paths; checkpoints hold none.
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
+
+// From this many rows on, linear multiplies through oneDNN unless exact_arithmetic() is set.
+// Tests lower it (to 1: every linear through the GEMM, the most rounding fast mode can add);
+// nullopt restores the measured threshold.
+std::int64_t min_gemm_rows();
+void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
+// Whether that GEMM takes BF16 inputs (else FP32): by default only with AMX (linear_dnnl.cpp says
+// why); DSV3_GEMM=bf16|f32 or set_gemm_bf16 choose. And oneDNN's name for the implementation it
+// picks for a [rows, in] x [in, out] product ("brg:avx512_core_bf16").
+bool gemm_uses_bf16();
+bool gemm_bf16_supported();  // AVX512-BF16 or AMX
+void set_gemm_bf16(bool bf16);
+std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);
 
 // The instruction set the weight kernels use, chosen once from the CPU's features.
 enum class Isa { scalar, avx2, avx512 };
