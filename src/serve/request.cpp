@@ -243,6 +243,7 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
   if (!messages->is_array()) throw bad("messages", "'messages' must be a list of messages");
   if (messages->empty()) throw bad("messages", "'messages' must not be empty");
   Json rendered_messages = Json::array();
+  std::optional<std::string> prefix;
   for (std::size_t i = 0; i < messages->size(); ++i) {
     const Json& message = (*messages)[i];
     const std::string where = fmt::format("messages[{}]", i);
@@ -268,7 +269,31 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
     if (tool_calls) {
       if (role != "assistant" || !tool_calls->is_array())
         throw bad(where + ".tool_calls", fmt::format("'{}.tool_calls' must be a list, on an assistant message", where));
-      out["tool_calls"] = *tool_calls;
+      Json calls = Json::array();
+      for (std::size_t k = 0; k < tool_calls->size(); ++k) {
+        const Json& call = (*tool_calls)[k];
+        const std::string at = fmt::format("{}.tool_calls[{}]", where, k);
+        const Json* function = call.is_object() ? field(call, "function") : nullptr;
+        if (!function || !function->is_object())
+          throw bad(at + ".function", fmt::format("'{}.function' must be an object", at));
+        const Json* name = field(*function, "name");
+        if (!name || !name->is_string()) throw bad(at + ".function.name", fmt::format("'{}.function.name' must be a string", at));
+        const Json* arguments = field(*function, "arguments");
+        if (arguments && !arguments->is_string() && !arguments->is_object())
+          throw bad(at + ".function.arguments", fmt::format("'{}.function.arguments' must be a JSON string", at));
+        const Json* type = field(call, "type");
+        if (type && !type->is_string()) throw bad(at + ".type", fmt::format("'{}.type' must be a string", at));
+        Json rendered = {{"type", type ? type->get<std::string>() : "function"},
+                         {"function",
+                          {{"name", *name},
+                           {"arguments", !arguments ? "{}" : arguments->is_string() ? arguments->get<std::string>()
+                                                                                     : arguments->dump()}}}};
+        if (const Json* id = field(call, "id"); id && id->is_string()) rendered["id"] = *id;
+        calls.push_back(std::move(rendered));
+      }
+      // The template writes an assistant turn as tool calls only when its content is null.
+      if (out["content"].is_string() && out["content"].get<std::string>().empty()) out["content"] = nullptr;
+      out["tool_calls"] = std::move(calls);
     }
     if (const Json* id = field(message, "tool_call_id")) {
       if (!id->is_string()) throw bad(where + ".tool_call_id", fmt::format("'{}.tool_call_id' must be a string", where));
@@ -277,10 +302,18 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
     if (const Json* name = field(message, "name")) {
       if (!name->is_string()) throw bad(where + ".name", fmt::format("'{}.name' must be a string", where));
     }
-    if (boolean(message, "prefix", false))
-      throw bad(where + ".prefix", "chat prefix completion (\"prefix\": true) is not supported yet");
+    if (boolean(message, "prefix", false)) {
+      // DeepSeek's chat prefix completion: the last assistant message is continued, not answered.
+      if (role != "assistant" || i + 1 != messages->size())
+        throw bad(where + ".prefix", "only the last message, an assistant one, may be a prefix (\"prefix\": true)");
+      if (!out["content"].is_string())
+        throw bad(where + ".content", fmt::format("'{}.content' must be the text to continue", where));
+      prefix = out["content"].get<std::string>();
+      continue;
+    }
     rendered_messages.push_back(std::move(out));
   }
+  if (rendered_messages.empty()) throw bad("messages", "'messages' needs a message before the assistant prefix");
   Json tools = nullptr;
   if (const Json* given = field(body, "tools")) {
     if (!given->is_array()) throw bad("tools", "'tools' must be a list of tools");
@@ -288,6 +321,18 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
       if (!(*given)[i].is_object()) throw bad(fmt::format("tools[{}]", i), "every tool must be an object");
     if (!given->empty()) tools = *given;
   }
+  bool tool_choice_none = false;
+  if (const Json* choice = field(body, "tool_choice")) {
+    if (choice->is_string()) {
+      const std::string value = choice->get<std::string>();
+      if (value != "none" && value != "auto" && value != "required")
+        throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
+      tool_choice_none = value == "none";
+    } else if (!choice->is_object()) {
+      throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
+    }
+  }
+  request.parse_tool_calls = !tools.is_null() && !tool_choice_none;
   parse_sampling(body, limits, request);
   request.logprobs = boolean(body, "logprobs", false);
   const auto top = integer(body, "top_logprobs", 0, kMostTopLogprobs);
@@ -305,6 +350,7 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
   } catch (const Error& e) {
     throw bad("messages", fmt::format("the chat template cannot render these messages: {}", e.what()));
   }
+  if (prefix) rendered += *prefix;
   request.prompts.push_back(encode_text(*limits.tokenizer, rendered, false, "messages"));
   request.starts_thinking.push_back(prompt_opens_thinking(rendered));
   resolve_max_tokens(body, limits, request);
@@ -319,7 +365,24 @@ GenerationRequest parse_completion_request(const Json& body, const ModelLimits& 
   const Tokenizer& tokenizer = *limits.tokenizer;
   const bool add_bos = tokenizer.add_bos_token();
   const char* shape = "'prompt' must be a string, a list of token ids, or a list of either";
-  if (prompt->is_string()) {
+  if (const Json* suffix = field(body, "suffix")) {
+    // Fill in the middle, DeepSeek's way: <｜fim▁begin｜>PREFIX<｜fim▁hole｜>SUFFIX<｜fim▁end｜>, then the middle.
+    if (!suffix->is_string()) throw bad("suffix", "'suffix' must be a string");
+    if (!prompt->is_string()) throw bad("prompt", "fill-in-the-middle ('suffix') needs 'prompt' as one string");
+    const auto begin = tokenizer.token_to_id("<｜fim▁begin｜>");
+    const auto hole = tokenizer.token_to_id("<｜fim▁hole｜>");
+    const auto end = tokenizer.token_to_id("<｜fim▁end｜>");
+    if (!begin || !hole || !end)
+      throw bad("suffix", "this tokenizer has no fill-in-the-middle tokens (<｜fim▁begin｜>, <｜fim▁hole｜>, <｜fim▁end｜>)");
+    std::vector<std::int32_t> ids;
+    if (add_bos) ids.push_back(tokenizer.bos_id());
+    ids.push_back(*begin);
+    for (const std::int32_t id : encode_text(tokenizer, prompt->get<std::string>(), false, "prompt")) ids.push_back(id);
+    ids.push_back(*hole);
+    for (const std::int32_t id : encode_text(tokenizer, suffix->get<std::string>(), false, "suffix")) ids.push_back(id);
+    ids.push_back(*end);
+    request.prompts.push_back(std::move(ids));
+  } else if (prompt->is_string()) {
     request.prompts.push_back(encode_text(tokenizer, prompt->get<std::string>(), add_bos, "prompt"));
   } else if (prompt->is_array()) {
     if (prompt->empty()) throw bad("prompt", "'prompt' must not be empty");
@@ -347,7 +410,6 @@ GenerationRequest parse_completion_request(const Json& body, const ModelLimits& 
   for (const auto& ids : request.prompts)
     if (ids.empty()) throw bad("prompt", "'prompt' is empty (and the tokenizer adds no BOS token)");
   request.starts_thinking.assign(request.prompts.size(), false);
-  if (field(body, "suffix")) throw bad("suffix", "fill-in-the-middle ('suffix') is not supported yet");
   if (boolean(body, "echo", false)) throw bad("echo", "'echo' is not supported");
   parse_sampling(body, limits, request);
   if (const auto best_of = integer(body, "best_of", 1, limits.most_choices); best_of && *best_of != request.n)

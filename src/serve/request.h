@@ -54,6 +54,7 @@ struct GenerationRequest {
   bool stream = false;
   bool include_usage = false;
   bool logprobs = false;          // report log-probabilities (params.logprobs is the top-N)
+  bool parse_tool_calls = false;  // tools were given (and tool_choice is not "none")
   std::vector<std::int32_t> max_tokens;  // per prompt: what was asked, or the room left
 
   std::size_t choices() const { return prompts.size() * static_cast<std::size_t>(n); }

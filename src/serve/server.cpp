@@ -17,6 +17,7 @@
 #include "engine/thinking.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
+#include "serve/tool_calls.h"
 
 namespace dsv3::serve {
 namespace {
@@ -60,14 +61,17 @@ class RequestCounts {
 // a chat) the thinking splitter, so that streamed and whole replies come from the same code.
 struct ChoiceState {
   ChoiceState(const Tokenizer& tokenizer, const SamplingParams& params, const std::vector<std::int32_t>& eos,
-              bool chat, bool starts_thinking)
+              bool chat, bool starts_thinking, bool tool_calls)
       : decoder(tokenizer, true), stops(params, eos) {
     if (chat) splitter.emplace(starts_thinking);
+    if (tool_calls) tools.emplace();
   }
   Tokenizer::StreamDecoder decoder;
   StopChecker stops;
   std::optional<ThinkingSplitter> splitter;
+  std::optional<ToolCallParser> tools;
   std::string content, reasoning;
+  Json tool_calls = Json::array();
   std::int64_t tokens = 0, reasoning_tokens = 0;
   std::size_t text_offset = 0;  // completions' logprobs
   bool done = false;
@@ -81,6 +85,7 @@ struct ChoiceState {
 struct Delta {
   std::string content, reasoning;
   Json logprobs = Json::array();
+  Json tool_calls = Json::array();  // streamed form: with "index"
   bool finished = false;
 };
 
@@ -122,6 +127,7 @@ class Server {
   std::string model_name_;
   std::int64_t created_ = 0;
   std::atomic<std::uint64_t> request_counter_{0};
+  std::atomic<std::uint64_t> tool_call_counter_{0};
   std::atomic<bool> stopping_{false};
   RequestCounts counts_;
   httplib::Server http_;
@@ -160,17 +166,45 @@ Json Server::chunk(const std::string& id, const GenerationRequest& request, Json
 Delta Server::add_token(ChoiceState& state, const JobItem& item, const GenerationRequest& request, Job& job) {
   Delta delta;
   if (state.done) return delta;
-  auto append = [&](const std::string& text) {
+  auto take = [&](const ToolCallUpdate& update) {
+    state.content += update.content;
+    delta.content += update.content;
+    for (const ToolCall& call : update.calls) {
+      Json entry = {{"id", fmt::format("call_{:016x}", ++tool_call_counter_ * 0x9e3779b97f4a7c15ull)},
+                    {"type", "function"},
+                    {"function", {{"name", call.name}, {"arguments", call.arguments}}}};
+      Json streamed = {{"index", state.tool_calls.size()}};
+      streamed.update(entry);
+      state.tool_calls.push_back(std::move(entry));
+      delta.tool_calls.push_back(std::move(streamed));
+    }
+  };
+  // Answer text goes through the tool-call parser when the request gave tools.
+  auto answer = [&](const std::string& text) {
     if (text.empty()) return;
-    if (!state.splitter) {
+    if (state.tools) {
+      take(state.tools->add(text));
+    } else {
       state.content += text;
       delta.content += text;
-      return;
     }
-    for (const ReplySpan& span : state.splitter->add(text)) {
-      (span.thinking ? state.reasoning : state.content) += span.text;
-      (span.thinking ? delta.reasoning : delta.content) += span.text;
+  };
+  auto spans = [&](const std::vector<ReplySpan>& spans) {
+    for (const ReplySpan& span : spans) {
+      if (span.thinking) {
+        state.reasoning += span.text;
+        delta.reasoning += span.text;
+      } else {
+        answer(span.text);
+      }
     }
+  };
+  auto append = [&](const std::string& text) {
+    if (text.empty()) return;
+    if (state.splitter)
+      spans(state.splitter->add(text));
+    else
+      answer(text);
   };
   const std::int32_t token = item.sampled.token;
   const bool cancelled = item.reason == FinishReason::external;
@@ -225,14 +259,12 @@ Delta Server::add_token(ChoiceState& state, const JobItem& item, const Generatio
   const bool by_string = state.stops.reason() == FinishReason::stop_string;
   append(state.stops.finish());
   if (!by_string) append(state.decoder.finish());
-  if (state.splitter)
-    for (const ReplySpan& span : state.splitter->finish()) {
-      (span.thinking ? state.reasoning : state.content) += span.text;
-      (span.thinking ? delta.reasoning : delta.content) += span.text;
-    }
+  if (state.splitter) spans(state.splitter->finish());
+  if (state.tools) take(state.tools->finish());
   if (cancelled && reason == FinishReason::none) reason = FinishReason::external;
   state.done = true;
   state.finish_reason = finish_reason_name(reason);
+  if (!state.tool_calls.empty() && reason == FinishReason::stop_token) state.finish_reason = "tool_calls";
   delta.finished = true;
   return delta;
 }
@@ -268,7 +300,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
   std::vector<ChoiceState> states;
   for (std::size_t c = 0; c < request.choices(); ++c)
     states.emplace_back(tokenizer_, params[c], options_.end_of_sequence_ids, endpoint == Endpoint::chat,
-                        request.starts_thinking[c / static_cast<std::size_t>(request.n)]);
+                        request.starts_thinking[c / static_cast<std::size_t>(request.n)], request.parse_tool_calls);
   // The first items decide between an error answer and a reply.
   std::vector<JobItem> first;
   while (!job->wait(first, kPollMilliseconds)) {
@@ -303,6 +335,10 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
       if (chat) {
         Json message = {{"role", "assistant"}, {"content", s.content}};
         if (!s.reasoning.empty() || request.starts_thinking[c / request.n]) message["reasoning_content"] = s.reasoning;
+        if (!s.tool_calls.empty()) {
+          if (s.content.empty()) message["content"] = nullptr;
+          message["tool_calls"] = s.tool_calls;
+        }
         choices.push_back({{"index", c},
                            {"message", std::move(message)},
                            {"logprobs", request.logprobs ? Json{{"content", s.logprobs}} : Json(nullptr)},
@@ -384,12 +420,13 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
                 }
               }
             }
-            if (!delta.content.empty() || !delta.reasoning.empty() || !logprobs.is_null()) {
+            if (!delta.content.empty() || !delta.reasoning.empty() || !logprobs.is_null() || !delta.tool_calls.empty()) {
               Json choice;
               if (chat) {
                 Json d = Json::object();
                 if (!delta.reasoning.empty()) d["reasoning_content"] = delta.reasoning;
                 if (!delta.content.empty()) d["content"] = delta.content;
+                if (!delta.tool_calls.empty()) d["tool_calls"] = delta.tool_calls;
                 choice = {{"index", c}, {"delta", std::move(d)}, {"logprobs", std::move(logprobs)}, {"finish_reason", nullptr}};
               } else {
                 choice = {{"index", c}, {"text", delta.content}, {"logprobs", std::move(logprobs)}, {"finish_reason", nullptr}};

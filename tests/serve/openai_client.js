@@ -178,6 +178,48 @@ async function main() {
   assert.ok(['stop', 'length', 'tool_calls'].includes(withTools.choices[0].finish_reason));
   ok('tool definitions are accepted');
 
+  // An earlier tool call and its result go back through the template.
+  const history = await client.chat.completions.create({ ...chatBody, tools, messages: [
+    { role: 'user', content: 'Weather in Paris?' },
+    { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function',
+      function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+    { role: 'tool', tool_call_id: 'call_1', content: '{"celsius": 21}' },
+  ] });
+  const historyPrompt = (await tokenize({ messages: [
+    { role: 'user', content: 'Weather in Paris?' },
+    { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function',
+      function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] },
+    { role: 'tool', tool_call_id: 'call_1', content: '{"celsius": 21}' }] })).tokens;
+  assert.equal(history.usage.prompt_tokens, historyPrompt.length);
+  const toolTokens = (await tokenize({ prompt: '<｜tool▁calls▁begin｜><｜tool▁outputs▁begin｜>', add_special_tokens: false })).tokens;
+  assert.equal(toolTokens.length, 2);
+  for (const id of toolTokens) assert.ok(historyPrompt.includes(id), 'the tool call and its output are in the prompt');
+  ok('tool calls and tool results in the history are rendered by the template');
+
+  // Chat prefix completion: the last assistant message is continued; the same as completing the
+  // rendered prompt (prefix included) as token ids.
+  const prefixMessages = [{ role: 'user', content: 'Tell a story.' }, { role: 'assistant', content: 'Once upon a', prefix: true }];
+  const prefixed = await client.chat.completions.create({ ...chatBody, messages: prefixMessages, max_tokens: 10 });
+  const prefixIds = (await tokenize({ messages: prefixMessages })).tokens;
+  const answerIds = (await tokenize({ messages: prefixMessages.slice(0, 1) })).tokens;
+  const prefixText = (await tokenize({ prompt: 'Once upon a', add_special_tokens: false })).tokens;
+  assert.deepEqual(prefixIds, answerIds.concat(prefixText));
+  const asCompletion = await client.completions.create({ model, prompt: prefixIds, max_tokens: 10, temperature: 0 });
+  assert.equal(prefixed.choices[0].message.content, asCompletion.choices[0].text);
+  assert.equal(prefixed.usage.prompt_tokens, prefixIds.length);
+  ok('chat prefix completion continues the assistant message');
+
+  // Fill in the middle: <｜fim▁begin｜>prefix<｜fim▁hole｜>suffix<｜fim▁end｜> after BOS.
+  const fim = await client.completions.create({ model, prompt: 'def add(a, b):\n', suffix: '\n    return c\n', max_tokens: 8, temperature: 0 });
+  const marker = async (text) => (await tokenize({ prompt: text, add_special_tokens: false })).tokens;
+  const fimIds = [...(await tokenize({ prompt: '' })).tokens, ...(await marker('<｜fim▁begin｜>')),
+    ...(await marker('def add(a, b):\n')), ...(await marker('<｜fim▁hole｜>')), ...(await marker('\n    return c\n')),
+    ...(await marker('<｜fim▁end｜>'))];
+  const fimByIds = await client.completions.create({ model, prompt: fimIds, max_tokens: 8, temperature: 0 });
+  assert.equal(fim.choices[0].text, fimByIds.choices[0].text);
+  assert.equal(fim.usage.prompt_tokens, fimIds.length);
+  ok('FIM builds the prompt from the fim tokens');
+
   // Errors come back as the client's typed errors, naming the parameter.
   try {
     await client.chat.completions.create({ ...chatBody, temperature: 7 });

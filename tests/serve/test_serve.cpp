@@ -212,6 +212,7 @@ TEST(Serve, OpenAiClientEndToEnd) {
                                              expected.string(),
                                          &code);
   fs::remove(expected);
+  std::printf("%s", output.c_str());
   EXPECT_EQ(code, 0) << output << "\nserver log:\n" << server.log();
   EXPECT_NE(output.find("checks passed"), std::string::npos) << output;
   EXPECT_EQ(server.stop(), 0) << server.log();
@@ -296,6 +297,18 @@ std::vector<BadRequest> bad_requests() {
       chat("frequency_penalty a string", R"("frequency_penalty":"a")", "frequency_penalty"),
       chat("user a number", R"("user":5)", "user"),
       chat("tools not a list", R"("tools":{"type":"function"})", "tools"),
+      chat("unknown tool_choice", R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"always")",
+           "tool_choice"),
+      {"tool call without a function", "POST", "/v1/chat/completions",
+       R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"a"}]}]})",
+       "Bearer " + kApiKey, "messages[1].tool_calls[0].function"},
+      {"tool calls on a user message", "POST", "/v1/chat/completions",
+       R"({"messages":[{"role":"user","content":"x","tool_calls":[]}]})", "Bearer " + kApiKey, "messages[0].tool_calls"},
+      {"prefix not on the last message", "POST", "/v1/chat/completions",
+       R"({"messages":[{"role":"assistant","content":"x","prefix":true},{"role":"user","content":"y"}]})",
+       "Bearer " + kApiKey, "messages[0].prefix"},
+      {"prefix on a user message", "POST", "/v1/chat/completions",
+       R"({"messages":[{"role":"user","content":"y","prefix":true}]})", "Bearer " + kApiKey, "messages[0].prefix"},
       completion("no prompt", R"("max_tokens":3)", "prompt"),
       completion("empty prompt list", R"("prompt":[])", "prompt"),
       completion("negative token id", R"("prompt":[1,-1])", "prompt"),
@@ -307,7 +320,8 @@ std::vector<BadRequest> bad_requests() {
       completion("prompt a boolean", R"("prompt":true)", "prompt"),
       completion("prompt beyond the context", "\"prompt\":" + long_prompt, "prompt"),
       completion("too many logprobs", R"("prompt":"hi","logprobs":100)", "logprobs"),
-      completion("suffix (FIM) not supported yet", R"("prompt":"hi","suffix":"x")", "suffix"),
+      completion("suffix a number", R"("prompt":"hi","suffix":5)", "suffix"),
+      completion("suffix with token ids", R"("prompt":[1,2],"suffix":"x")", "prompt"),
       {"tokenize without a prompt", "POST", "/tokenize", "{}", "Bearer " + kApiKey, "prompt"},
       {"detokenize a negative id", "POST", "/detokenize", R"({"tokens":[-1]})", "Bearer " + kApiKey, "tokens"},
       {"detokenize a string", "POST", "/detokenize", R"({"tokens":"abc"})", "Bearer " + kApiKey, "tokens"},
