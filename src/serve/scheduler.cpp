@@ -208,6 +208,7 @@ void Scheduler::loop() {
         running_.erase(it);
       }
     }
+    batch_rows_.observe(static_cast<double>(batch));
     std::lock_guard lock(mutex_);
     ++stats_.steps;
     if (batch > 1) ++stats_.batched_steps;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "serve/metrics.h"
 
 namespace dsv3::serve {
 
@@ -87,6 +88,8 @@ class Scheduler {
   void stop();
 
   SchedulerStats stats() const;
+  // Sequences per engine step.
+  const Histogram& batch_rows() const { return batch_rows_; }
 
  private:
   struct Running {
@@ -110,6 +113,7 @@ class Scheduler {
   std::map<SequenceId, Running> running_;
   std::int64_t reserved_tokens_ = 0;
   SchedulerStats stats_;  // guarded by mutex_
+  Histogram batch_rows_{{1, 2, 4, 8, 16, 32, 64, 128}};
   std::thread thread_;
 };
 

@@ -74,6 +74,7 @@ struct ChoiceState {
   Json tool_calls = Json::array();
   std::int64_t tokens = 0, reasoning_tokens = 0;
   std::size_t text_offset = 0;  // completions' logprobs
+  std::chrono::steady_clock::time_point submitted, last_token;
   bool done = false;
   const char* finish_reason = nullptr;
   Json logprobs = Json::array();  // chat: content entries; completions: built at the end
@@ -130,6 +131,9 @@ class Server {
   std::atomic<std::uint64_t> tool_call_counter_{0};
   std::atomic<bool> stopping_{false};
   RequestCounts counts_;
+  std::atomic<std::int64_t> prompt_tokens_{0}, completion_tokens_{0};
+  Histogram time_to_first_token_{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
+  Histogram inter_token_latency_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
   httplib::Server http_;
   Scheduler scheduler_;  // last: stopped first, while the rest still stands
 };
@@ -209,6 +213,13 @@ Delta Server::add_token(ChoiceState& state, const JobItem& item, const Generatio
   const std::int32_t token = item.sampled.token;
   const bool cancelled = item.reason == FinishReason::external;
   if (!cancelled) {
+    const auto now = std::chrono::steady_clock::now();
+    if (state.tokens == 0)
+      time_to_first_token_.observe(std::chrono::duration<double>(now - state.submitted).count());
+    else
+      inter_token_latency_.observe(std::chrono::duration<double>(now - state.last_token).count());
+    state.last_token = now;
+    ++completion_tokens_;
     ++state.tokens;
     const bool thinking_before = state.splitter && state.splitter->thinking();
     const StopUpdate update = state.stops.add(token, state.decoder.push(token));
@@ -297,10 +308,14 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
     case Scheduler::Submitted::accepted:
       break;
   }
+  const auto submitted = std::chrono::steady_clock::now();
+  for (const auto& ids : request.prompts) prompt_tokens_ += static_cast<std::int64_t>(ids.size());
   std::vector<ChoiceState> states;
-  for (std::size_t c = 0; c < request.choices(); ++c)
+  for (std::size_t c = 0; c < request.choices(); ++c) {
     states.emplace_back(tokenizer_, params[c], options_.end_of_sequence_ids, endpoint == Endpoint::chat,
                         request.starts_thinking[c / static_cast<std::size_t>(request.n)], request.parse_tool_calls);
+    states.back().submitted = submitted;
+  }
   // The first items decide between an error answer and a reply.
   std::vector<JobItem> first;
   while (!job->wait(first, kPollMilliseconds)) {
@@ -481,6 +496,15 @@ std::string Server::metrics() const {
   metric("dsv3_queued_requests", "gauge", "Requests waiting to join the batch.", s.queued);
   metric("dsv3_kv_cache_free_tokens", "gauge", "Free KV cache tokens.", s.cache_free_tokens);
   metric("dsv3_kv_cache_capacity_tokens", "gauge", "KV cache capacity in tokens.", scheduler_.capacity_tokens());
+  metric("dsv3_kv_cache_used_tokens", "gauge", "KV cache tokens held by sequences.",
+         scheduler_.capacity_tokens() - s.cache_free_tokens);
+  metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
+  metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
+  // No prefix cache yet: no prompt token is a hit.
+  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", 0);
+  out += scheduler_.batch_rows().text("dsv3_batch_rows", "Sequences per engine step.");
+  out += time_to_first_token_.text("dsv3_time_to_first_token_seconds", "From request to its first token.");
+  out += inter_token_latency_.text("dsv3_inter_token_latency_seconds", "Between consecutive tokens of a choice.");
   return out;
 }
 

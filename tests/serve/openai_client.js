@@ -40,20 +40,21 @@ function checkUsage(usage, promptTokens, maxTokens) {
 
 async function streamChat(body) {
   const stream = await client.chat.completions.create({ ...body, stream: true, stream_options: { include_usage: true } });
-  const texts = [], reasons = [], logprobs = [];
+  const texts = [], reasons = [], logprobs = [], reasoning = [];
   let usage = null, roleSeen = false;
   for await (const chunk of stream) {
     if (chunk.usage) usage = chunk.usage;
     for (const choice of chunk.choices) {
       const i = choice.index;
       texts[i] = (texts[i] || '') + (choice.delta.content || '');
+      reasoning[i] = (reasoning[i] || '') + (choice.delta.reasoning_content || '');
       if (choice.delta.role === 'assistant') roleSeen = true;
       if (choice.finish_reason) reasons[i] = choice.finish_reason;
       if (choice.logprobs && choice.logprobs.content) logprobs[i] = (logprobs[i] || []).concat(choice.logprobs.content);
     }
   }
   assert.ok(roleSeen, 'the first chunk carries the role');
-  return { texts, reasons, usage, logprobs };
+  return { texts, reasons, usage, logprobs, reasoning };
 }
 
 async function streamCompletion(body) {
@@ -208,6 +209,20 @@ async function main() {
   assert.equal(prefixed.choices[0].message.content, asCompletion.choices[0].text);
   assert.equal(prefixed.usage.prompt_tokens, prefixIds.length);
   ok('chat prefix completion continues the assistant message');
+
+  // R1-style thinking: a reply that starts inside <think> (here the prefix opens it) goes to
+  // reasoning_content, counted as reasoning tokens, streamed as delta.reasoning_content.
+  const thinkingBody = { ...chatBody, max_tokens: 6, messages: [{ role: 'user', content: 'Think first.' },
+    { role: 'assistant', content: '<think>\n', prefix: true }] };
+  const thought = await client.chat.completions.create(thinkingBody);
+  const reasoningText = thought.choices[0].message.reasoning_content;
+  assert.ok(typeof reasoningText === 'string' && reasoningText.length > 0, JSON.stringify(thought.choices[0].message));
+  assert.equal(thought.choices[0].message.content, '');
+  assert.equal(thought.usage.completion_tokens_details.reasoning_tokens, thought.usage.completion_tokens);
+  const thoughtStream = await streamChat(thinkingBody);
+  assert.equal(thoughtStream.reasoning[0], reasoningText);
+  assert.equal(thoughtStream.texts[0], '');
+  ok('thinking goes to reasoning_content, streamed too, counted as reasoning tokens');
 
   // Fill in the middle: <｜fim▁begin｜>prefix<｜fim▁hole｜>suffix<｜fim▁end｜> after BOS.
   const fim = await client.completions.create({ model, prompt: 'def add(a, b):\n', suffix: '\n    return c\n', max_tokens: 8, temperature: 0 });

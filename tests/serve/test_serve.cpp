@@ -18,6 +18,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -512,6 +513,26 @@ TEST(Serve, ConcurrentRequestsGiveTheirSingleRequestResults) {
   }
   EXPECT_GT(metric(server, "dsv3_engine_batched_steps_total"), batched_before);
   EXPECT_GT(metric(server, "dsv3_engine_most_batch"), 1);
+  // /metrics is Prometheus text: comments, or a name, optional labels and a number.
+  auto client = server.client();
+  auto response = client.Get("/metrics");
+  ASSERT_TRUE(response);
+  const std::regex sample(R"(^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$)");
+  std::istringstream lines(response->body);
+  std::string line;
+  int samples = 0;
+  while (std::getline(lines, line)) {
+    if (line.starts_with("# HELP ") || line.starts_with("# TYPE ")) continue;
+    EXPECT_TRUE(std::regex_match(line, sample)) << line;
+    ++samples;
+  }
+  EXPECT_GT(samples, 30);
+  // Every one of the 64 requests had a first token; steps with one sequence are fewer than all.
+  EXPECT_EQ(metric(response->body, "dsv3_time_to_first_token_seconds_count"), 64);
+  EXPECT_LT(metric(response->body, "dsv3_batch_rows_bucket\\{le=\"1\"\\}"),
+            metric(response->body, "dsv3_batch_rows_count"));
+  EXPECT_GT(metric(response->body, "dsv3_prompt_tokens_total"), 64);
+  EXPECT_GT(metric(response->body, "dsv3_completion_tokens_total"), 64 * 4 - 1);
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
