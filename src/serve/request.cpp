@@ -101,9 +101,12 @@ void parse_sampling(const Json& body, const ModelLimits& limits, GenerationReque
   p.presence_penalty = static_cast<float>(number(body, "presence_penalty", -2.0, 2.0, 0.0));
   p.frequency_penalty = static_cast<float>(number(body, "frequency_penalty", -2.0, 2.0, 0.0));
   p.repetition_penalty = static_cast<float>(number(body, "repetition_penalty", 0.01, 100.0, 1.0));
-  if (const auto seed = integer(body, "seed", std::numeric_limits<std::int64_t>::min(),
-                                std::numeric_limits<std::int64_t>::max()))
-    p.seed = static_cast<std::uint64_t>(*seed);
+  // Any 64-bit integer, signed or not, is a seed.
+  if (const Json* seed = field(body, "seed"); seed && seed->is_number_unsigned())
+    p.seed = seed->get<std::uint64_t>();
+  else if (const auto value = integer(body, "seed", std::numeric_limits<std::int64_t>::min(),
+                                      std::numeric_limits<std::int64_t>::max()))
+    p.seed = static_cast<std::uint64_t>(*value);
   p.stop = stop_strings(body);
   p.logit_bias = limits.logit_bias;
   if (const Json* bias = field(body, "logit_bias")) {
