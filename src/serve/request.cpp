@@ -124,6 +124,9 @@ void parse_sampling(const Json& body, const ModelLimits& limits, GenerationReque
       if (slot > -1e29f) slot = value.get<float>();  // the padding rows stay excluded
     }
   }
+  // vLLM's extension for benchmarks: end-of-sequence is never sampled, so replies run to max_tokens.
+  if (boolean(body, "ignore_eos", false))
+    for (const std::int32_t id : limits.end_of_sequence_ids) p.logit_bias[id] = -1e30f;
   const auto n = integer(body, "n", 1, limits.most_choices);
   request.n = static_cast<std::int32_t>(n.value_or(1));
   request.stream = boolean(body, "stream", false);

@@ -41,6 +41,7 @@ struct ModelLimits {
   std::int64_t context = 0;                      // most tokens of prompt + completion
   std::int64_t most_choices = 64;                // n times the number of prompts
   std::map<std::int32_t, float> logit_bias;      // always applied (the model's padding rows)
+  std::vector<std::int32_t> end_of_sequence_ids; // what "ignore_eos" keeps from being sampled
 };
 
 enum class Endpoint { chat, completion };

@@ -101,6 +101,7 @@ class Server {
     limits_.context = std::min(model.config().max_position_embeddings, scheduler_.capacity_tokens());
     limits_.most_choices = std::max<std::int64_t>(1, std::min<std::int64_t>(options.max_batch, 64));
     limits_.logit_bias = options.logit_bias;
+    limits_.end_of_sequence_ids = options.end_of_sequence_ids;
     model_name_ = options.served_model_name;
     created_ = static_cast<std::int64_t>(std::time(nullptr));
   }

@@ -536,5 +536,32 @@ TEST(Serve, ConcurrentRequestsGiveTheirSingleRequestResults) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
+TEST(Serve, MtpSpeculationInTheBatchKeepsTheGreedyText) {
+  ServerProcess server("--mtp 2 --max-batch 4");
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::vector<std::string> prompts = {"Alpha beta", "One two three four", "The sea", "Numbers: 1, 2, 3"};
+  std::vector<std::future<std::pair<int, Json>>> replies;
+  for (const std::string& prompt : prompts)
+    replies.push_back(std::async(std::launch::async, [&server, prompt] {
+      auto client = server.client();
+      int status = 0;
+      Json body = post(client, "/v1/completions", {{"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}}, &status);
+      return std::pair(status, body);
+    }));
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(replies[i].wait_for(60s), std::future_status::ready);
+    const auto [status, body] = replies[i].get();
+    ASSERT_EQ(status, 200) << body.dump();
+    int code = -1;
+    std::string alone = run_capture(std::string(DSV3_BINARY) + " generate --model " + model_dir().string() +
+                                        " --prompt '" + prompts[i] + "' --max-tokens 12 2>/dev/null",
+                                    &code);
+    ASSERT_EQ(code, 0);
+    alone.pop_back();
+    EXPECT_EQ(body["choices"][0]["text"], alone) << prompts[i];
+  }
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
 }  // namespace
 }  // namespace dsv3
