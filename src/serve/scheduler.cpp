@@ -216,6 +216,7 @@ void Scheduler::loop() {
     stats_.generated_tokens += static_cast<std::int64_t>(events.size());
     stats_.running = static_cast<std::int64_t>(running_.size());
     stats_.cache_free_tokens = engine_.cache().free_tokens();
+    stats_.speculation = engine_.speculation();
   }
 }
 

@@ -66,6 +66,7 @@ struct SchedulerStats {
   std::int64_t queued = 0;         // jobs waiting for admission
   std::int64_t cache_free_tokens = 0;
   std::int64_t generated_tokens = 0;
+  SpeculationStats speculation;    // MTP drafts tried and accepted, by draft position
 };
 
 class Scheduler {

@@ -503,6 +503,16 @@ std::string Server::metrics() const {
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
   // No prefix cache yet: no prompt token is a hit.
   metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", 0);
+  if (!s.speculation.drafted.empty()) {
+    out += "# HELP dsv3_mtp_drafted_tokens_total MTP draft tokens tried, by draft position.\n"
+           "# TYPE dsv3_mtp_drafted_tokens_total counter\n";
+    for (std::size_t i = 0; i < s.speculation.drafted.size(); ++i)
+      out += fmt::format("dsv3_mtp_drafted_tokens_total{{position=\"{}\"}} {}\n", i + 1, s.speculation.drafted[i]);
+    out += "# HELP dsv3_mtp_accepted_tokens_total MTP draft tokens accepted, by draft position.\n"
+           "# TYPE dsv3_mtp_accepted_tokens_total counter\n";
+    for (std::size_t i = 0; i < s.speculation.accepted.size(); ++i)
+      out += fmt::format("dsv3_mtp_accepted_tokens_total{{position=\"{}\"}} {}\n", i + 1, s.speculation.accepted[i]);
+  }
   out += scheduler_.batch_rows().text("dsv3_batch_rows", "Sequences per engine step.");
   out += time_to_first_token_.text("dsv3_time_to_first_token_seconds", "From request to its first token.");
   out += inter_token_latency_.text("dsv3_inter_token_latency_seconds", "Between consecutive tokens of a choice.");

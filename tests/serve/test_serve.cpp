@@ -560,6 +560,11 @@ TEST(Serve, MtpSpeculationInTheBatchKeepsTheGreedyText) {
     alone.pop_back();
     EXPECT_EQ(body["choices"][0]["text"], alone) << prompts[i];
   }
+  auto client = server.client();
+  auto response = client.Get("/metrics");
+  ASSERT_TRUE(response);
+  EXPECT_GT(metric(response->body, "dsv3_mtp_drafted_tokens_total\\{position=\"2\"\\}"), 0) << response->body;
+  EXPECT_GE(metric(response->body, "dsv3_mtp_accepted_tokens_total\\{position=\"1\"\\}"), 0) << response->body;
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
