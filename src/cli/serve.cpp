@@ -53,7 +53,7 @@ const bool registered = register_command(
        app.add_option("--api-key", s.api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
        app.add_option("--served-model-name", s.served_model_name, "The model's name in the API (default: the folder's)");
        add_number(app, "--max-batch", s.max_batch, "Most sequences stepped together", 1, 4096)->capture_default_str();
-       add_number(app, "--max-queue", s.max_queue, "Most requests waiting to join the batch (more get 429)", 0,
+       add_number(app, "--max-queue", s.max_queue, "Most requests waiting to join the batch (more get 429)", 1,
                   1000000)
            ->capture_default_str();
        add_number(app, "--grace-period", s.grace_seconds,

@@ -594,6 +594,12 @@ int Server::run() {
   http_.set_read_timeout(30, 0);
   http_.set_write_timeout(30, 0);
   http_.set_keep_alive_timeout(5);
+  // SO_REUSEADDR only: httplib's default also sets SO_REUSEPORT, which would let a second server
+  // share the port silently instead of failing to listen.
+  http_.set_socket_options([](socket_t socket) {
+    int yes = 1;
+    setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   if (!http_.bind_to_port(options_.host, options_.port))
     fail("cannot listen on {}:{} (in use, or not an address of this machine)", options_.host, options_.port);
   std::signal(SIGPIPE, SIG_IGN);

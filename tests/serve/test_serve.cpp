@@ -336,6 +336,18 @@ std::vector<BadRequest> bad_requests() {
   return cases;
 }
 
+TEST(Serve, APortInUseIsAnError) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  int code = -1;
+  const std::string output = run_capture("timeout 30 " + std::string(DSV3_BINARY) + " serve --model " +
+                                             model_dir().string() + " --port " + std::to_string(server.port()),
+                                         &code);
+  EXPECT_EQ(code, 1) << output;
+  EXPECT_NE(output.find("cannot listen on 127.0.0.1:" + std::to_string(server.port())), std::string::npos) << output;
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
 TEST(Serve, MalformedRequestsGet4xxJsonErrorsAndTheServerKeepsServing) {
   ServerProcess server;
   ASSERT_TRUE(server.ready()) << server.log();
@@ -399,6 +411,29 @@ TEST(Serve, SigtermFinishesTheRequestInFlightAndExitsZero) {
   EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(server.wait_exit(20), 0) << server.log();
   EXPECT_NE(server.log().find("finishing those in flight"), std::string::npos) << server.log();
+}
+
+TEST(Serve, AfterTheGracePeriodRequestsInFlightAreCutShortAndTheServerExitsZero) {
+  ServerProcess server("--grace-period 0.3");
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto reply = std::async(std::launch::async, [&] {
+    auto client = server.client();
+    int status = 0;
+    Json body = post(client, "/v1/completions", {{"prompt", "On and on:"}, {"max_tokens", 1900}, {"temperature", 0}}, &status);
+    return std::pair(status, body);
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (metric(server, "dsv3_running_sequences") < 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(metric(server, "dsv3_running_sequences"), 1);
+  ::kill(server.pid(), SIGTERM);
+  ASSERT_EQ(reply.wait_for(60s), std::future_status::ready);
+  const auto [status, body] = reply.get();
+  EXPECT_EQ(status, 200) << body.dump();
+  EXPECT_LT(body["usage"]["completion_tokens"].get<int>(), 1900) << body.dump();
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(server.wait_exit(20), 0) << server.log();
+  EXPECT_NE(server.log().find("the grace period is over"), std::string::npos) << server.log();
 }
 
 TEST(Serve, AFullQueueAnswers429) {
