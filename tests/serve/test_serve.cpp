@@ -192,6 +192,8 @@ std::int64_t metric(ServerProcess& server, const std::string& name) {
 }
 
 TEST(Serve, OpenAiClientEndToEnd) {
+  ASSERT_TRUE(fs::exists(fs::path(DSV3_DATA_DIR) / "npm" / "node_modules" / "openai" / "package.json"))
+      << "the openai npm package is missing from " << DSV3_DATA_DIR << "/npm: run scripts/setup.sh";
   ServerProcess server;
   ASSERT_TRUE(server.ready()) << server.log();
   // The reference: `dsv3 generate`'s greedy continuation of the same prompt.
