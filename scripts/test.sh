@@ -23,7 +23,7 @@ case "$sanitizers" in
 esac
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_SANITIZE="$sanitizers" -DDSV3_BENCH=OFF >/dev/null
 # Instrumented builds are slow and the machine may be shared: only what the suite runs, niced.
-nice -n 10 cmake --build "$dir" -j"$(nproc)" --target dsv3 dsv3_tests dsv3_alloc_tests
+nice -n 10 cmake --build "$dir" -j"$(nproc)" --target dsv3 dsv3_tests dsv3_alloc_tests dsv3_serve_tests
 
 # A finding ends the process that made it, with a non-zero exit, so ctest reports it as a failure;
 # the child dsv3 processes of the CLI tests inherit these settings.

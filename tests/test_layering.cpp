@@ -29,6 +29,7 @@ const std::map<std::string, std::set<std::string>> kAllowed = {
     {"model", {"core", "io", "kernels"}},
     {"engine", {"core", "io", "kernels", "model", "tokenizer"}},
     {"train", {"core", "io", "kernels", "model", "tokenizer"}},
+    {"serve", {"core", "io", "kernels", "model", "tokenizer", "engine"}},
 };
 
 TEST(Layering, EachFolderIncludesOnlyTheFoldersBelowIt) {

@@ -155,6 +155,9 @@ TEST(Fuzz, ChatMessagesThroughDeepSeekTemplateSeedCorpusAndMutations) {
 }
 
 TEST(Fuzz, TokenizerEncoderAndStreamDecoderSeedCorpusAndMutations) {
+  // Loads the tokenizer (half a second, more on a busy machine) before the per-input clock runs.
+  const std::string warm_up = "warm up";
+  fuzz::tokenizer_one_input(reinterpret_cast<const std::uint8_t*>(warm_up.data()), warm_up.size());
   const auto started = std::chrono::steady_clock::now();
   const std::vector<std::string> dictionary = {"<｜User｜>", "<｜begin▁of▁sentence｜>", "\xe4\xbd", "\xa0", "\xf0\x9f",
                                                "\xc3", " ", "\n\n", "'s", "123", "\xff\xff\xff\x7f", "\0\0\0\0"};
