@@ -391,23 +391,31 @@ TEST(Serve, MalformedRequestsGet4xxJsonErrorsAndTheServerKeepsServing) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
-TEST(Serve, SigtermFinishesTheRequestInFlightAndExitsZero) {
-  ServerProcess server;
-  ASSERT_TRUE(server.ready()) << server.log();
+// Sends a greedy completion of `max_tokens` and, once it is being generated, SIGTERM to the
+// server; returns the completion's status and body (a failure is recorded as a test failure).
+std::pair<int, Json> complete_through_sigterm(ServerProcess& server, const std::string& prompt, int max_tokens) {
   auto reply = std::async(std::launch::async, [&] {
     auto client = server.client();
     int status = 0;
-    Json body = post(client, "/v1/completions", {{"prompt", "Count with me:"}, {"max_tokens", 400}, {"temperature", 0}}, &status);
+    Json body = post(client, "/v1/completions", {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}}, &status);
     return std::pair(status, body);
   });
-  // Wait until it is being generated, then ask the server to stop.
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   while (metric(server, "dsv3_running_sequences") < 1 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(5ms);
-  ASSERT_EQ(metric(server, "dsv3_running_sequences"), 1);
+  EXPECT_EQ(metric(server, "dsv3_running_sequences"), 1);
   ::kill(server.pid(), SIGTERM);
-  ASSERT_EQ(reply.wait_for(60s), std::future_status::ready);
-  const auto [status, body] = reply.get();
+  if (reply.wait_for(60s) != std::future_status::ready) {
+    ADD_FAILURE() << "the completion did not finish within 60 s of SIGTERM";
+    return {0, Json()};
+  }
+  return reply.get();
+}
+
+TEST(Serve, SigtermFinishesTheRequestInFlightAndExitsZero) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  const auto [status, body] = complete_through_sigterm(server, "Count with me:", 400);
   EXPECT_EQ(status, 200) << body.dump();
   EXPECT_EQ(body["usage"]["completion_tokens"], 400);
   EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
@@ -418,19 +426,7 @@ TEST(Serve, SigtermFinishesTheRequestInFlightAndExitsZero) {
 TEST(Serve, AfterTheGracePeriodRequestsInFlightAreCutShortAndTheServerExitsZero) {
   ServerProcess server("--grace-period 0.3");
   ASSERT_TRUE(server.ready()) << server.log();
-  auto reply = std::async(std::launch::async, [&] {
-    auto client = server.client();
-    int status = 0;
-    Json body = post(client, "/v1/completions", {{"prompt", "On and on:"}, {"max_tokens", 1900}, {"temperature", 0}}, &status);
-    return std::pair(status, body);
-  });
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (metric(server, "dsv3_running_sequences") < 1 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(5ms);
-  ASSERT_EQ(metric(server, "dsv3_running_sequences"), 1);
-  ::kill(server.pid(), SIGTERM);
-  ASSERT_EQ(reply.wait_for(60s), std::future_status::ready);
-  const auto [status, body] = reply.get();
+  const auto [status, body] = complete_through_sigterm(server, "On and on:", 1900);
   EXPECT_EQ(status, 200) << body.dump();
   EXPECT_LT(body["usage"]["completion_tokens"].get<int>(), 1900) << body.dump();
   EXPECT_EQ(body["choices"][0]["finish_reason"], "length");

@@ -26,6 +26,22 @@ std::vector<float>& thread_buffer(std::size_t size);
 // the scalar kernel's dequantised row.
 constexpr std::int64_t kStackScratchFloats = 65536;
 
+// How many rows of scaled activations (`cols` floats each) the weight kernels widen at a time
+// into `stack` (kStackScratchFloats floats), a multiple of the kernel's `unit` rows where more
+// than one unit fits, so that no thread allocates for its first task; each output is the same sum
+// whichever rows share a group. Rows wider than the stack take the thread's buffer, all `rows` at
+// once (no DeepSeek-V3 weight has them). Returns the group and points `scaled` at its memory.
+inline std::int64_t activation_group(float* stack, std::int64_t rows, std::int64_t cols, std::int64_t unit,
+                                     float*& scaled) {
+  std::int64_t group = kStackScratchFloats / cols;
+  scaled = stack;
+  if (group == 0) {
+    scaled = thread_buffer(static_cast<std::size_t>(rows * cols)).data();
+    return rows;
+  }
+  return group >= unit ? group - group % unit : group;
+}
+
 // Calls task(lane, t) for every t in [0, tasks), handed out one at a time to the threads that join,
 // each of which works under a lane of its own in [0, lanes): scratch taken per lane (from the op's
 // Workspace, before the loop) is private to whichever thread runs it, so the loop needs no

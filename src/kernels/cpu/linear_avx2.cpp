@@ -138,18 +138,9 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
     const std::int64_t cols = w.cols;
-    // The scaled activations of `group` rows at a time, on the stack, so that no thread allocates
-    // for its first task; each output is the same sum whichever rows share a group. Only rows
-    // wider than the stack buffer take the thread's buffer (no DeepSeek-V3 weight has them).
-    alignas(64) float stack[kStackScratchFloats];
-    float* scaled = stack;
-    std::int64_t group = kStackScratchFloats / cols;
-    if (group == 0) {
-      scaled = thread_buffer(static_cast<std::size_t>(rows * cols)).data();
-      group = rows;
-    } else if (group >= kActivationRows) {
-      group -= group % kActivationRows;
-    }
+    alignas(64) float stack[kStackScratchFloats];  // the scaled activations of `group` rows at a time
+    float* scaled = nullptr;
+    const std::int64_t group = activation_group(stack, rows, cols, kActivationRows, scaled);
     for (std::int64_t n = n_begin; n < n_end;) {
       const std::int64_t band = n / w.block_rows;
       const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
