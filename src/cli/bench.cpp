@@ -19,6 +19,7 @@
 #include "core/thread_pool.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
+#include "kernels/profiling.h"
 
 namespace dsv3::cli {
 namespace {
@@ -33,6 +34,14 @@ struct BenchOptions {
   std::string cache_dtype = "bf16";
   std::uint64_t seed = 0;
   bool json = false;
+  bool profile = false;
+};
+
+// Where one phase's step time went, from the profiling backend.
+struct PhaseProfile {
+  std::int64_t steps = 0;
+  double step_seconds = 0.0;  // wall time of the engine's steps
+  std::vector<kernels::OpProfile> ops;
 };
 
 struct Measurement {
@@ -41,6 +50,7 @@ struct Measurement {
   double decode_seconds = 0.0;
   std::int64_t decode_tokens = 0;
   std::vector<double> acceptance;
+  PhaseProfile prefill_profile, decode_profile;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -57,7 +67,9 @@ double bytes_per_decoded_token(const Weights& w) {
          head * static_cast<double>(dtype_size(w.lm_head.dtype));
 }
 
-Measurement run_once(const Model& model, const BenchOptions& options, std::int64_t mtp, const char* label) {
+// With `profiler` (the backend `model` computes on), each phase's op times are kept.
+Measurement run_once(const Model& model, const BenchOptions& options, std::int64_t mtp, const char* label,
+                     kernels::ProfilingBackend* profiler = nullptr) {
   const ModelConfig& c = model.config();
   EngineOptions engine_options;
   engine_options.cache_tokens = options.batch * (options.prompt_len + options.gen_len + mtp + 16);
@@ -83,22 +95,32 @@ Measurement run_once(const Model& model, const BenchOptions& options, std::int64
   const std::int64_t total = options.batch * options.gen_len;
   ProgressBar bar(label, total);
   std::int64_t produced = 0, first_tokens = 0;
+  if (profiler) profiler->reset();
   const auto start = Clock::now();
   Clock::time_point decode_start;
   while (engine.has_work()) {
+    const auto step_start = Clock::now();
     for (const TokenEvent& event : engine.step()) {
       (void)event;
       if (produced++ == 0) run.first_token_seconds = since(start);
     }
+    PhaseProfile& phase = first_tokens < options.batch ? run.prefill_profile : run.decode_profile;
+    phase.steps += 1;
+    phase.step_seconds += since(step_start);
     if (first_tokens < options.batch) {  // prefill is done once every sequence has its first token
       first_tokens = std::min(produced, options.batch);
       if (first_tokens == options.batch) {
         run.prefill_seconds = since(start);
+        if (profiler) {
+          run.prefill_profile.ops = profiler->entries();
+          profiler->reset();
+        }
         decode_start = Clock::now();
       }
     }
     bar.set(produced);
   }
+  if (profiler) run.decode_profile.ops = profiler->entries();
   run.decode_seconds = since(decode_start);
   run.decode_tokens = produced - options.batch;
   for (std::size_t i = 0; i < engine.speculation().drafted.size(); ++i)
@@ -148,9 +170,41 @@ double gemm_rate(std::int64_t rows, std::int64_t out, std::int64_t in, bool bf16
   return best;
 }
 
+// One phase's table: per step, each op's time and share, the rows it was given, and for ops that
+// read weights the rate they streamed them at; then the time outside every op (the engine's own
+// work: scheduling, sampling, host loops).
+void print_profile(const char* phase, const PhaseProfile& profile, double bandwidth) {
+  if (profile.steps == 0) return;
+  const double steps = static_cast<double>(profile.steps);
+  double in_ops = 0.0;
+  for (const kernels::OpProfile& op : profile.ops) in_ops += op.seconds;
+  fmt::print("\nprofile, {}: {} steps, {:.2f} ms per step; {:.1f}% in ops, {:.2f} ms per step outside them\n", phase,
+             profile.steps, 1e3 * profile.step_seconds / steps, 100.0 * in_ops / profile.step_seconds,
+             1e3 * (profile.step_seconds - in_ops) / steps);
+  fmt::print("  {:<40} {:>9} {:>7} {:>8} {:>9} {:>13}\n", "op", "ms/step", "share", "calls", "rows/call",
+             "weights GB/s");
+  for (const kernels::OpProfile& op : profile.ops) {
+    const double share = op.seconds / profile.step_seconds;
+    if (share < 0.001) continue;
+    const std::string rate = op.weight_bytes > 0.0
+                                 ? fmt::format("{:.1f} ({:.2f})", op.weight_bytes / op.seconds / 1e9,
+                                               op.weight_bytes / op.seconds / bandwidth)
+                                 : std::string();
+    fmt::print("  {:<40} {:>9.3f} {:>6.1f}% {:>8.1f} {:>9.1f} {:>13}\n", op.op, 1e3 * op.seconds / steps,
+               100.0 * share, static_cast<double>(op.calls) / steps,
+               static_cast<double>(op.rows) / static_cast<double>(op.calls), rate);
+  }
+  fmt::print("  {:<40} {:>9.3f} {:>6.1f}%\n", "(outside the ops)", 1e3 * (profile.step_seconds - in_ops) / steps,
+             100.0 * (profile.step_seconds - in_ops) / profile.step_seconds);
+}
+
 int bench(const BenchOptions& options) {
   const auto load_start = Clock::now();
-  const Model model = load_model(options.model, true);  // page faults are not what is measured
+  // --profile: the model computes on a backend that times every op of the first batch size's run.
+  kernels::ProfilingBackend profiler(kernels::default_backend());
+  const Model model = load_model(options.model, true,  // page faults are not what is measured
+                                 options.profile ? static_cast<const kernels::Backend&>(profiler)
+                                                 : kernels::default_backend());
   const double load_seconds = since(load_start);
   const ModelConfig& c = model.config();
   if (options.prompt_len + options.gen_len + options.mtp > c.max_position_embeddings)
@@ -170,7 +224,8 @@ int bench(const BenchOptions& options) {
   for (const std::int64_t batch : options.batches) {
     BenchOptions one = options;
     one.batch = batch;
-    runs.push_back(run_once(model, one, 0, fmt::format("decode, batch {}", batch).c_str()));
+    runs.push_back(run_once(model, one, 0, fmt::format("decode, batch {}", batch).c_str(),
+                            options.profile && runs.empty() ? &profiler : nullptr));
   }
   BenchOptions first = options;
   first.batch = options.batches.front();
@@ -271,6 +326,12 @@ int bench(const BenchOptions& options) {
                decode_rate(speculative), decode_rate(speculative) / decode_rate(plain), options.mtp, acceptance);
   }
   fmt::print("peak memory    {:.2f} GB\n", static_cast<double>(peak_memory) / 1e9);
+  if (options.profile) {
+    print_profile(fmt::format("prefill, batch {}", batch).c_str(), plain.prefill_profile, bandwidth);
+    print_profile(fmt::format("decode, batch {}", batch).c_str(), plain.decode_profile, bandwidth);
+    fmt::print("(weights GB/s: the weight bytes an op read per second, and in brackets that rate over the read "
+               "bandwidth; timing every op adds a little to each step)\n");
+  }
   return 0;
 }
 
@@ -296,6 +357,8 @@ const bool registered = register_command(
            ->check(CLI::IsMember({"bf16", "f32"}))->capture_default_str();
        add_number(app, "--seed", options->seed, "Seed of the random prompts")->capture_default_str();
        app.add_flag("--json", options->json, "Print the figures as JSON");
+       app.add_flag("--profile", options->profile,
+                    "Time every op of the first batch size's run and print where prefill and decode steps go");
        add_exact_flag(app);
        return [options] { return bench(*options); };
      }});

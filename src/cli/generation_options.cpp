@@ -96,13 +96,13 @@ std::string GenerationOptions::tokenizer_dir() const {
   return fs::exists(fs::path(model) / "tokenizer.json") ? model : std::string();
 }
 
-Model load_model(const std::string& dir, bool read_in) {
+Model load_model(const std::string& dir, bool read_in, const kernels::Backend& backend) {
   Weights weights = Weights::load(dir);
   ProgressBar bar("loading " + dir, static_cast<std::int64_t>(weights.store.total_bytes()), ProgressBar::Unit::bytes);
   // On a terminal the weights are read in now, with progress, rather than on first use.
   if (read_in || bar.visible())
     weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
-  return Model(std::move(weights));
+  return Model(std::move(weights), backend);
 }
 
 }  // namespace dsv3::cli

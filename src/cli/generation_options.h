@@ -42,7 +42,8 @@ struct GenerationOptions {
 };
 
 // Loads weights. With `read_in`, or on a terminal (with a progress bar; quiet when piped), every
-// page is read now instead of on first use.
-Model load_model(const std::string& dir, bool read_in = false);
+// page is read now instead of on first use. The model computes on `backend`.
+Model load_model(const std::string& dir, bool read_in = false,
+                 const kernels::Backend& backend = kernels::default_backend());
 
 }  // namespace dsv3::cli
