@@ -1,8 +1,18 @@
 #include "allocation_counter.h"
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <new>
+
+// glibc's own allocator entry points: the malloc family below replaces the C library's for the
+// whole process, so allocations made by C libraries (oneDNN, OpenBLAS) are counted too.
+extern "C" {
+void* __libc_malloc(std::size_t size);
+void* __libc_calloc(std::size_t count, std::size_t size);
+void* __libc_realloc(void* p, std::size_t size);
+void* __libc_memalign(std::size_t alignment, std::size_t size);
+}
 
 namespace {
 std::atomic<std::int64_t> g_allocations{0};
@@ -15,15 +25,13 @@ void count() {
 
 void* allocate(std::size_t size) {
   count();
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  if (void* p = __libc_malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 
 void* allocate_aligned(std::size_t size, std::align_val_t alignment) {
   count();
-  const auto align = static_cast<std::size_t>(alignment);
-  const std::size_t rounded = (size + align - 1) / align * align;
-  if (void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded)) return p;
+  if (void* p = __libc_memalign(static_cast<std::size_t>(alignment), size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 }  // namespace
@@ -62,3 +70,33 @@ void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::fre
 void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
 void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+
+extern "C" {
+void* malloc(std::size_t size) {
+  count();
+  return __libc_malloc(size);
+}
+void* calloc(std::size_t n, std::size_t size) {
+  count();
+  return __libc_calloc(n, size);
+}
+void* realloc(void* p, std::size_t size) {
+  count();
+  return __libc_realloc(p, size);
+}
+void* aligned_alloc(std::size_t alignment, std::size_t size) {
+  count();
+  return __libc_memalign(alignment, size);
+}
+void* memalign(std::size_t alignment, std::size_t size) {
+  count();
+  return __libc_memalign(alignment, size);
+}
+int posix_memalign(void** out, std::size_t alignment, std::size_t size) {
+  count();
+  void* p = __libc_memalign(alignment, size);
+  if (p == nullptr && size != 0) return ENOMEM;
+  *out = p;
+  return 0;
+}
+}

@@ -1,12 +1,13 @@
 #pragma once
-// Counts heap allocations: allocation_counter.cpp replaces every global operator new of the test
-// executable it is linked into (dsv3_alloc_tests, apart from the main suite so that the main
+// Counts heap allocations: allocation_counter.cpp replaces every global operator new, and the C
+// library's malloc family (so C libraries' allocations count too), of the test executable it is
+// linked into (dsv3_alloc_tests, apart from the main suite so that the main
 // suite keeps the sanitizers' own operator new checks).
 #include <cstdint>
 
 namespace dsv3::test {
 
-// Calls of any global operator new in the whole process since it started.
+// Calls of any global operator new or malloc-family function in the whole process since it started.
 std::int64_t heap_allocations();
 
 // While watching is on, every counted allocation calls watched_allocation(), an empty function to
