@@ -6,13 +6,33 @@
 #include <new>
 
 // glibc's own allocator entry points: the malloc family below replaces the C library's for the
-// whole process, so allocations made by C libraries (oneDNN, OpenBLAS) are counted too.
+// whole process, so allocations made by C libraries (oneDNN, OpenBLAS) are counted too. Under a
+// sanitizer, which brings its own malloc, only operator new is counted.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DSV3_COUNT_MALLOC 0
+#else
+#define DSV3_COUNT_MALLOC 1
+#endif
+
+#if DSV3_COUNT_MALLOC
 extern "C" {
 void* __libc_malloc(std::size_t size);
 void* __libc_calloc(std::size_t count, std::size_t size);
 void* __libc_realloc(void* p, std::size_t size);
 void* __libc_memalign(std::size_t alignment, std::size_t size);
 }
+namespace {
+void* raw_malloc(std::size_t size) { return __libc_malloc(size); }
+void* raw_memalign(std::size_t alignment, std::size_t size) { return __libc_memalign(alignment, size); }
+}  // namespace
+#else
+namespace {
+void* raw_malloc(std::size_t size) { return std::malloc(size); }
+void* raw_memalign(std::size_t alignment, std::size_t size) {
+  return std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+}
+}  // namespace
+#endif
 
 namespace {
 std::atomic<std::int64_t> g_allocations{0};
@@ -25,13 +45,13 @@ void count() {
 
 void* allocate(std::size_t size) {
   count();
-  if (void* p = __libc_malloc(size == 0 ? 1 : size)) return p;
+  if (void* p = raw_malloc(size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 
 void* allocate_aligned(std::size_t size, std::align_val_t alignment) {
   count();
-  if (void* p = __libc_memalign(static_cast<std::size_t>(alignment), size == 0 ? 1 : size)) return p;
+  if (void* p = raw_memalign(static_cast<std::size_t>(alignment), size == 0 ? 1 : size)) return p;
   throw std::bad_alloc();
 }
 }  // namespace
@@ -71,6 +91,7 @@ void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::f
 void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
+#if DSV3_COUNT_MALLOC
 extern "C" {
 void* malloc(std::size_t size) {
   count();
@@ -100,3 +121,4 @@ int posix_memalign(void** out, std::size_t alignment, std::size_t size) {
   return 0;
 }
 }
+#endif
