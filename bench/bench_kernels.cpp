@@ -177,6 +177,68 @@ BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8", "ex
 BENCHMARK(BM_Linear)->Name("GemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(gemm_sweep)->UseRealTime();
 BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 
+// Prefill attention of bench-1b's shape (16 heads, q/k 96 = 64 nope + 32 rope, v 64) over a
+// `tokens`-token prompt, causal; FLOP/s counts the unmasked half of QKᵀ and PV. With DSV3_ISA=scalar
+// the softmax's exponentials take the scalar path (the products are oneDNN's either way).
+void BM_AttentionCausal(benchmark::State& state) {
+  const std::int64_t tokens = state.range(0), heads = 16, qk = 96, vd = 64;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> q(static_cast<std::size_t>(tokens * heads * qk)), k(q.size()),
+      v(static_cast<std::size_t>(tokens * heads * vd)), out(v.size());
+  for (auto* buffer : {&q, &k, &v})
+    for (float& x : *buffer) x = normal(rng);
+  kernels::AttentionShape shape;
+  shape.tokens = tokens;
+  shape.heads = heads;
+  shape.qk_dim = qk;
+  shape.v_dim = vd;
+  shape.q_stride = shape.k_stride = heads * qk;
+  shape.q_head_stride = shape.k_head_stride = qk;
+  shape.v_stride = heads * vd;
+  shape.v_head_stride = vd;
+  for (auto _ : state) {
+    kernels::attention_causal(q.data(), k.data(), v.data(), shape, 0.1f, out.data());
+    benchmark::DoNotOptimize(out.data());
+  }
+  const double flop = static_cast<double>(tokens * tokens) * static_cast<double>(heads * (qk + vd));
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionCausal)->ArgName("tokens")->Arg(512)->Arg(2048)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// Decode attention over the latent cache, one layer of bench-1b (16 heads, width 256 + 32, BF16
+// pages of 16 tokens), `keys` cached tokens, on the calling thread.
+void BM_AttentionLatent(benchmark::State& state) {
+  const std::int64_t keys = state.range(0), heads = 16, kv = 256, width = kv + 32, block = 16;
+  std::mt19937 rng(8);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::int64_t blocks = (keys + block - 1) / block;
+  std::vector<std::uint16_t> storage(static_cast<std::size_t>(blocks * block * width));
+  for (auto& x : storage) x = float_to_bf16(normal(rng));
+  std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+  for (std::int64_t b = 0; b < blocks; ++b) table[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(blocks - 1 - b);
+  kernels::LatentPages pages;
+  pages.storage = reinterpret_cast<std::byte*>(storage.data());
+  pages.dtype = DType::BF16;
+  pages.width = width;
+  pages.block_tokens = block;
+  pages.block_stride_rows = block;
+  pages.blocks = table;
+  std::vector<float> q(static_cast<std::size_t>(heads * width)), max(heads), sum(heads),
+      acc(static_cast<std::size_t>(heads * kv));
+  for (float& x : q) x = normal(rng);
+  kernels::LatentPartial partial{max.data(), sum.data(), acc.data()};
+  for (auto _ : state) {
+    kernels::attention_latent(q.data(), heads, pages, 0, keys, kv, 0.1f, partial);
+    benchmark::DoNotOptimize(acc.data());
+  }
+  const double flop = 2.0 * static_cast<double>(keys * heads * (width + kv));
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionLatent)->ArgName("keys")->Arg(512)->Arg(4096)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 }  // namespace dsv3
 

@@ -166,6 +166,33 @@ TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
   }
 }
 
+TEST(Kernels, SoftmaxExponentialsMatchStdExpOnEveryIsa) {
+  // Shifted scores from 0 down past float's underflow, in ragged lengths so lanes meet their ends.
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> score(-30.0f, 12.0f);
+  EachIsa each;
+  for (auto isa : each.isas) {
+    SCOPED_TRACE(kernels::isa_name(isa));
+    kernels::set_isa_for_testing(isa);
+    for (const std::int64_t count : {1, 7, 16, 17, 40, 513}) {
+      std::vector<float> values(static_cast<std::size_t>(count));
+      for (float& v : values) v = score(rng);
+      values[0] = 12.0f;  // the maximum: exp(0) = 1
+      if (count > 2) values[1] = -80.0f, values[2] = -120.0f;  // deep in the tail, and below underflow
+      std::vector<float> got = values;
+      const float sum = kernels::exp_sum(got.data(), count, 12.0f);
+      double expected_sum = 0.0;
+      for (std::int64_t i = 0; i < count; ++i) {
+        const double expected = std::exp(static_cast<double>(values[i] - 12.0f));  // the shift is in float
+        expected_sum += expected;
+        EXPECT_NEAR(got[i], expected, 3e-7 * expected + 1e-37) << "exp(" << values[i] - 12.0f << ")";
+      }
+      EXPECT_EQ(got[0], 1.0f);
+      EXPECT_NEAR(sum, expected_sum, 1e-6 * expected_sum) << count;
+    }
+  }
+}
+
 TEST(Kernels, ForcingAnIsaTheCpuLacksIsAnError) {
   if (kernels::isa_supported(kernels::Isa::avx512)) GTEST_SKIP() << "this CPU has every instruction set";
   EXPECT_THROW(kernels::set_isa_for_testing(kernels::Isa::avx512), Error);

@@ -36,12 +36,8 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
         float* row = scores.data() + i * keys;
         const std::int64_t visible = shape.query_offset + q_begin + i + 1;
         const float max_score = *std::max_element(row, row + visible);
-        double total = 0.0;
-        for (std::int64_t j = 0; j < visible; ++j) {
-          row[j] = std::exp(row[j] - max_score);
-          total += row[j];
-        }
-        const auto inverse = static_cast<float>(1.0 / total);
+        const float total = exp_sum(row, visible, max_score);
+        const float inverse = 1.0f / total;
         for (std::int64_t j = 0; j < visible; ++j) row[j] *= inverse;
         std::fill(row + visible, row + keys, 0.0f);
       }
@@ -113,8 +109,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       const float chunk_max = *std::max_element(row, row + count);
       const float new_max = std::max(partial.max[h], chunk_max);
       const float rescale = std::exp(partial.max[h] - new_max);  // 0 on the first chunk
-      float sum = 0.0f;
-      for (std::int64_t j = 0; j < count; ++j) sum += (row[j] = std::exp(row[j] - new_max));
+      const float sum = exp_sum(row, count, new_max);
       partial.sum[h] = partial.sum[h] * rescale + sum;
       partial.max[h] = new_max;
       if (rescale != 1.0f)

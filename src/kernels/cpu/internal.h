@@ -72,6 +72,10 @@ struct WeightKernels {
                float* y);
   // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
   void (*dequantize)(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
+  // A softmax's exponentials: values[i] = exp(values[i] - shift) (shift >= every value), returning
+  // their sum. The SIMD paths evaluate exp as 2^n · p(r) with a degree-6 polynomial on
+  // |r| <= ln2 / 2 (about 1 ulp); the attention ops call it for every score row.
+  float (*exp_sum)(float* values, std::int64_t count, float shift);
 };
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.

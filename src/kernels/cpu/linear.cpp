@@ -142,6 +142,8 @@ void set_isa_for_testing(std::optional<Isa> isa) {
   g_forced_isa.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
 }
 
+float exp_sum(float* values, std::int64_t count, float shift) { return weight_kernels().exp_sum(values, count, shift); }
+
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out) {
   check_weight(weight);
   weight_kernels().dequantize(weight, begin, end, out);

@@ -199,12 +199,54 @@ void dequantize(const Matrix& w, std::int64_t begin, std::int64_t end, float* ou
   for_weight_dtype(w, [&](auto dtype) { dequantize_typed<decltype(dtype)::value>(w, begin, end, out); });
 }
 
+// exp(x) for x <= 0 as 2^n · p(r), as in linear_avx512.cpp; 2^n is built in the exponent bits
+// (n >= -126 after the clamp).
+DSV3_INLINE __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860682030941723e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+float exp_and_sum(float* values, std::int64_t count, float shift) {
+  const __m256 offset = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  std::int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(values + i), offset));
+    _mm256_storeu_ps(values + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  alignas(32) float lanes[kLanes];
+  _mm256_store_ps(lanes, sum);
+  float total = 0.0f;
+  for (const float lane : lanes) total += lane;
+  if (i < count) {  // the ragged end through a padded buffer, as the weight kernels do
+    alignas(32) float tail[kLanes];
+    std::fill_n(tail, kLanes, shift);
+    std::memcpy(tail, values + i, static_cast<std::size_t>(count - i) * sizeof(float));
+    _mm256_store_ps(tail, exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(tail), offset)));
+    for (std::int64_t j = 0; j < count - i; ++j) total += (values[i + j] = tail[j]);
+  }
+  return total;
+}
+
 #undef DSV3_INLINE
 
 }  // namespace
 
 const WeightKernels* avx2_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize};
+  static const WeightKernels kernels{gemv, dequantize, exp_and_sum};
   return &kernels;
 }
 

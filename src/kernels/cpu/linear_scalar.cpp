@@ -1,6 +1,7 @@
 // The portable weight kernels: plain loops, used where the CPU has neither AVX2 nor AVX-512
 // and as the twin the SIMD paths are tested against.
 #include <array>
+#include <cmath>
 #include <cstring>
 
 #include "core/error.h"
@@ -76,10 +77,16 @@ void gemv(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t 
   }
 }
 
+float exp_and_sum(float* values, std::int64_t count, float shift) {
+  float sum = 0.0f;
+  for (std::int64_t i = 0; i < count; ++i) sum += (values[i] = std::exp(values[i] - shift));
+  return sum;
+}
+
 }  // namespace
 
 const WeightKernels& scalar_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize};
+  static const WeightKernels kernels{gemv, dequantize, exp_and_sum};
   return kernels;
 }
 

@@ -47,6 +47,10 @@ void set_isa_for_testing(std::optional<Isa> isa);
 void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
                  float* y);
 
+// A softmax row's exponentials on the active instruction set: values[i] = exp(values[i] - shift),
+// shift >= every value; returns their sum. The SIMD paths are within ~2 ulp of std::exp.
+float exp_sum(float* values, std::int64_t count, float shift);
+
 // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
 
