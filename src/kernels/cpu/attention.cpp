@@ -70,7 +70,8 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
                       std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial,
                       float* scratch) {
-  use_single_threaded_blas();
+  const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
+  if (!simd) use_single_threaded_blas();
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
   // Gathered key rows [kLatentChunk, width], then the scores [heads, kLatentChunk].
   const std::span<float> rows(scratch, static_cast<std::size_t>(kLatentChunk * width));
@@ -101,9 +102,13 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       position += run;
     }
     // scores[h, j] = scale * q[h] · row_j for this chunk's rows
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
-                static_cast<int>(width), scale, q, static_cast<int>(width), rows.data(), static_cast<int>(width), 0.0f,
-                scores.data(), static_cast<int>(count));
+    if (simd) {
+      simd->scores(q, heads, rows.data(), count, width, scale, scores.data());
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
+                  static_cast<int>(width), scale, q, static_cast<int>(width), rows.data(), static_cast<int>(width),
+                  0.0f, scores.data(), static_cast<int>(count));
+    }
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
       const float chunk_max = *std::max_element(row, row + count);
@@ -116,9 +121,13 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
         for (std::int64_t d = 0; d < value_dim; ++d) partial.acc[h * value_dim + d] *= rescale;
     }
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
-                static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), rows.data(),
-                static_cast<int>(width), 1.0f, partial.acc, static_cast<int>(value_dim));
+    if (simd) {
+      simd->accumulate(scores.data(), heads, count, rows.data(), width, value_dim, partial.acc);
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
+                  static_cast<int>(count), 1.0f, scores.data(), static_cast<int>(count), rows.data(),
+                  static_cast<int>(width), 1.0f, partial.acc, static_cast<int>(value_dim));
+    }
   }
 }
 

@@ -101,6 +101,17 @@ void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float*
 void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
            std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
 
+// Decode's latent attention products on a chunk of `count` gathered float32 key rows of `width`
+// (attention.cpp): scores[h, j] = scale · q[h] · keys[j]; acc[h, d] += Σ_j p[h, j] · keys[j, d] for
+// d < value_dim. AVX-512 only (attention_avx512.cpp); the other paths multiply with OpenBLAS.
+struct LatentKernels {
+  void (*scores)(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
+                 float scale, float* scores);
+  void (*accumulate)(const float* p, std::int64_t heads, std::int64_t count, const float* keys, std::int64_t width,
+                     std::int64_t value_dim, float* acc);
+};
+const LatentKernels* avx512_latent_kernels();  // nullptr when the build is not for x86-64
+
 const WeightKernels& scalar_weight_kernels();
 const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
 const WeightKernels* avx512_weight_kernels();  // nullptr when the build is not for x86-64

@@ -1,0 +1,115 @@
+// The two small products of decode's latent attention for AVX-512 (attention.cpp calls them on a
+// chunk of gathered float32 key rows): the scores of every head against every key, and the
+// probability-weighted sum of the keys' c_kv. Register-blocked 4 heads at a time, they replace a
+// BLAS call that, for these shapes (16 heads x 256 keys x 288), spends more time choosing and
+// packing than multiplying, and that allocates. Compiled for that target here only.
+#include "kernels/cpu/internal.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#endif
+
+namespace dsv3::kernels {
+namespace {
+
+constexpr std::int64_t kLanes = 16;
+
+__mmask16 tail_mask(std::int64_t remaining) {
+  return remaining >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << remaining) - 1);
+}
+
+// scores[h, j] = scale · q[h] · keys[j] for H heads from `h0` and K keys from `j0`.
+template <int H, int K>
+void scores_block(const float* q, const float* keys, std::int64_t width, std::int64_t count, float scale,
+                  std::int64_t h0, std::int64_t j0, float* scores) {
+  __m512 acc[H][K];
+  for (int h = 0; h < H; ++h)
+    for (int k = 0; k < K; ++k) acc[h][k] = _mm512_setzero_ps();
+  for (std::int64_t c = 0; c < width; c += kLanes) {
+    const __mmask16 mask = tail_mask(width - c);
+    __m512 key[K];
+    for (int k = 0; k < K; ++k) key[k] = _mm512_maskz_loadu_ps(mask, keys + (j0 + k) * width + c);
+    for (int h = 0; h < H; ++h) {
+      const __m512 query = _mm512_maskz_loadu_ps(mask, q + (h0 + h) * width + c);
+      for (int k = 0; k < K; ++k) acc[h][k] = _mm512_fmadd_ps(query, key[k], acc[h][k]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * _mm512_reduce_add_ps(acc[h][k]);
+}
+
+void latent_scores(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
+                   float scale, float* scores) {
+  std::int64_t h = 0;
+  for (; h + 4 <= heads; h += 4) {
+    std::int64_t j = 0;
+    for (; j + 4 <= count; j += 4) scores_block<4, 4>(q, keys, width, count, scale, h, j, scores);
+    for (; j < count; ++j) scores_block<4, 1>(q, keys, width, count, scale, h, j, scores);
+  }
+  for (; h < heads; ++h)
+    for (std::int64_t j = 0; j < count; ++j) scores_block<1, 1>(q, keys, width, count, scale, h, j, scores);
+}
+
+// acc[h, d] += Σ_j p[h, j] · keys[j, d] for H heads from `h0` and the 16 · V values from `d0`.
+template <int H, int V>
+void accumulate_block(const float* p, std::int64_t count, const float* keys, std::int64_t width,
+                      std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
+  __mmask16 mask[V];
+  for (int v = 0; v < V; ++v) mask[v] = tail_mask(value_dim - d0 - v * kLanes);
+  __m512 sum[H][V];
+  for (int h = 0; h < H; ++h)
+    for (int v = 0; v < V; ++v) sum[h][v] = _mm512_maskz_loadu_ps(mask[v], acc + (h0 + h) * value_dim + d0 + v * kLanes);
+  for (std::int64_t j = 0; j < count; ++j) {
+    __m512 key[V];
+    for (int v = 0; v < V; ++v) key[v] = _mm512_maskz_loadu_ps(mask[v], keys + j * width + d0 + v * kLanes);
+    for (int h = 0; h < H; ++h) {
+      const __m512 weight = _mm512_set1_ps(p[(h0 + h) * count + j]);
+      for (int v = 0; v < V; ++v) sum[h][v] = _mm512_fmadd_ps(weight, key[v], sum[h][v]);
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + (h0 + h) * value_dim + d0 + v * kLanes, mask[v], sum[h][v]);
+}
+
+void latent_accumulate(const float* p, std::int64_t heads, std::int64_t count, const float* keys, std::int64_t width,
+                       std::int64_t value_dim, float* acc) {
+  std::int64_t h = 0;
+  for (; h + 4 <= heads; h += 4) {
+    std::int64_t d = 0;
+    for (; d + 4 * kLanes <= value_dim; d += 4 * kLanes)
+      accumulate_block<4, 4>(p, count, keys, width, value_dim, h, d, acc);
+    for (; d < value_dim; d += kLanes) accumulate_block<4, 1>(p, count, keys, width, value_dim, h, d, acc);
+  }
+  for (; h < heads; ++h)
+    for (std::int64_t d = 0; d < value_dim; d += kLanes)
+      accumulate_block<1, 1>(p, count, keys, width, value_dim, h, d, acc);
+}
+
+}  // namespace
+
+const LatentKernels* avx512_latent_kernels() {
+  static const LatentKernels kernels{latent_scores, latent_accumulate};
+  return &kernels;
+}
+
+}  // namespace dsv3::kernels
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+
+namespace dsv3::kernels {
+const LatentKernels* avx512_latent_kernels() { return nullptr; }
+}  // namespace dsv3::kernels
+
+#endif
