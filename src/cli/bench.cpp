@@ -343,7 +343,8 @@ const bool registered = register_command(
        constexpr std::int64_t most_int = std::numeric_limits<std::int32_t>::max();
        add_number(app, "--prompt-len", options->prompt_len, "Prompt tokens per sequence", 1, most_int)
            ->capture_default_str();
-       add_number(app, "--gen-len", options->gen_len, "Tokens generated per sequence", 1, most_int)
+       add_number(app, "--gen-len", options->gen_len,
+                  "Tokens generated per sequence (at least 2: prefill gives the first, decode the rest)", 2, most_int)
            ->capture_default_str();
        add_number<std::vector<std::int64_t>, std::int64_t>(
            app, "--batch", options->batches, "Sequences decoded together; a list (1,4,16) runs each and compares", 1,
