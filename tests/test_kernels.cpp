@@ -109,6 +109,30 @@ TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
   }
 }
 
+// A server meets a new row count with almost every prompt: the GEMM path keeps a bounded number of
+// primitives, and a shape evicted and made again still multiplies correctly.
+TEST(Kernels, GemmPrimitiveCacheStaysBoundedOverManyRowCounts) {
+  const bool was_exact = kernels::exact_arithmetic();
+  kernels::set_exact_arithmetic(false);
+  kernels::set_min_gemm_rows_for_testing(1);
+  const std::int64_t out = 24, in = 40;
+  const StoredWeight w = store_weight(test::random_values(static_cast<std::size_t>(out * in), 9, 0.05f), out, in,
+                                      DType::BF16);
+  for (const std::int64_t rows : {1, 2, 3}) {  // made first, evicted by the 300 shapes below, then made again
+    for (std::int64_t pass = 0; pass < (rows == 1 ? 300 : 1); ++pass) {
+      const std::int64_t r = rows == 1 ? pass + 4 : rows;
+      const auto x = test::random_values(static_cast<std::size_t>(r * in), static_cast<std::uint64_t>(r));
+      std::vector<float> y(static_cast<std::size_t>(r * out), NAN);
+      kernels::linear(x.data(), r, w.matrix, y.data());
+      const auto expected = linear_reference(x, r, w.values, out, in);
+      ASSERT_LE(test::relative_l2(y.data(), expected.data(), r * out), 2e-6) << r << " rows";
+    }
+  }
+  EXPECT_LE(kernels::gemm_primitives_cached(), 256u);
+  kernels::set_min_gemm_rows_for_testing(std::nullopt);
+  kernels::set_exact_arithmetic(was_exact);
+}
+
 TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {
   EachIsa each;
   for (auto isa : each.isas) {

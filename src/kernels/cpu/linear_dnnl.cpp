@@ -114,16 +114,36 @@ const dnnl::engine& engine() {
   return cpu;
 }
 
-// Created once per shape for the whole process, behind a lock; execution needs none (each call
-// brings its own scratchpad).
-const Primitive& primitive(const Shape& shape) {
-  static std::mutex mutex;
-  static std::map<Shape, std::unique_ptr<Primitive>> cache;
-  std::lock_guard lock(mutex);
-  auto& slot = cache[shape];
-  if (!slot) {
+// Created once per shape, behind a lock; execution needs none (each call brings its own
+// scratchpad). A server sees a new row count with almost every prompt length, so the cache keeps
+// the kMaxPrimitives shapes used most recently; a caller holds its primitive by shared_ptr, so
+// evicting one that another thread is running is safe.
+constexpr std::size_t kMaxPrimitives = 256;
+
+struct PrimitiveCache {
+  struct Entry {
+    std::shared_ptr<const Primitive> primitive;
+    std::uint64_t last_use = 0;
+  };
+  std::mutex mutex;
+  std::map<Shape, Entry> entries;
+  std::uint64_t clock = 0;
+};
+PrimitiveCache& primitive_cache() {
+  static PrimitiveCache cache;
+  return cache;
+}
+
+std::shared_ptr<const Primitive> primitive(const Shape& shape) {
+  PrimitiveCache& state = primitive_cache();
+  std::lock_guard lock(state.mutex);
+  auto& cache = state.entries;
+  auto& clock = state.clock;
+  PrimitiveCache::Entry& slot = cache[shape];
+  slot.last_use = ++clock;
+  if (!slot.primitive) {
     const auto type = shape.bf16 ? memory::data_type::bf16 : memory::data_type::f32;
-    auto made = std::make_unique<Primitive>();
+    auto made = std::make_shared<Primitive>();
     made->src = memory::desc({shape.m, shape.k}, type, memory::dims{shape.k, 1});
     made->weights = memory::desc({shape.k, shape.n}, type, memory::dims{1, shape.k});
     made->dst = memory::desc({shape.m, shape.n}, memory::data_type::f32, memory::dims{shape.ldc, 1});
@@ -134,9 +154,15 @@ const Primitive& primitive(const Shape& shape) {
     made->scratchpad = pd.scratchpad_desc();
     made->scratchpad_bytes = made->scratchpad.get_size();
     made->matmul = dnnl::matmul(pd);
-    slot = std::move(made);
+    slot.primitive = std::move(made);
+    if (cache.size() > kMaxPrimitives) {
+      auto oldest = cache.begin();
+      for (auto it = cache.begin(); it != cache.end(); ++it)
+        if (it->second.last_use < oldest->second.last_use) oldest = it;
+      cache.erase(oldest);  // never the new one: it was used last
+    }
   }
-  return *slot;
+  return cache.at(shape).primitive;
 }
 
 // What a thread keeps between calls: oneDNN's single-threaded setting, its stream and its buffers.
@@ -176,6 +202,12 @@ void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, fl
   if (status != dnnl::status::success) fail("oneDNN sgemm [{}, {}] x [{}, {}]: status {}", m, k, k, n, static_cast<int>(status));
 }
 
+std::size_t gemm_primitives_cached() {
+  PrimitiveCache& state = primitive_cache();
+  std::lock_guard lock(state.mutex);
+  return state.entries.size();
+}
+
 bool gemm_uses_bf16() { return gemm_bf16_setting().load(std::memory_order_relaxed) != 0; }
 
 bool gemm_bf16_supported() { return cpu_has_bf16(); }
@@ -188,7 +220,7 @@ void set_gemm_bf16(bool bf16) {
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features) {
   const std::int64_t n = std::min(out_features, kPanelRows);
   const Shape shape{rows, n, in_features, n, gemm_uses_bf16()};
-  return primitive(shape).implementation;
+  return primitive(shape)->implementation;
 }
 
 void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float* y, const WeightKernels& kernels) {
@@ -211,7 +243,8 @@ void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float*
       // oneDNN's fast kernels (brg:*) want a dense destination: a panel narrower than y goes
       // through a per-thread buffer.
       const bool direct = end - begin == out_features;
-      const Primitive& prim = primitive({rows, end - begin, in_features, end - begin, bf16});
+      const std::shared_ptr<const Primitive> held = primitive({rows, end - begin, in_features, end - begin, bf16});
+      const Primitive& prim = *held;
       const void* panel = nullptr;
       if (in_place) {
         panel = static_cast<const std::byte*>(weight.data) + begin * in_features * dtype_size(weight.dtype);

@@ -31,6 +31,8 @@ bool gemm_uses_bf16();
 bool gemm_bf16_supported();  // AVX512-BF16 or AMX
 void set_gemm_bf16(bool bf16);
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);
+// The GEMM primitives kept now: one per shape (rows, panel), the most recently used 256 at most.
+std::size_t gemm_primitives_cached();
 
 // The instruction set the weight kernels use, chosen once from the CPU's features.
 enum class Isa { scalar, avx2, avx512 };
