@@ -196,6 +196,8 @@ TEST(Serve, OpenAiClientEndToEnd) {
       << "the openai npm package is missing from " << DSV3_DATA_DIR << "/npm: run scripts/setup.sh";
   ServerProcess server;
   ASSERT_TRUE(server.ready()) << server.log();
+  ServerProcess speculating("--mtp 2");  // for usage.speculation
+  ASSERT_TRUE(speculating.ready()) << speculating.log();
   // The reference: `dsv3 generate`'s greedy continuation of the same prompt.
   const std::string prompt = "The quick brown fox";
   const int max_tokens = 16;
@@ -208,7 +210,12 @@ TEST(Serve, OpenAiClientEndToEnd) {
   ASSERT_TRUE(generated.ends_with("\n"));
   generated.pop_back();
   const fs::path expected = fs::temp_directory_path() / ("dsv3-test-serve-expected-" + std::to_string(::getpid()) + ".json");
-  std::ofstream(expected) << Json{{"prompt", prompt}, {"max_tokens", max_tokens}, {"greedy_text", generated}}.dump();
+  std::ofstream(expected) << Json{{"prompt", prompt},
+                                  {"max_tokens", max_tokens},
+                                  {"greedy_text", generated},
+                                  {"mtp_url", speculating.url() + "/v1"},
+                                  {"mtp_drafts", 2}}
+                                 .dump();
   const std::string output = run_capture("DSV3_API_KEY=" + kApiKey + " DSV3_NPM_DIR=" + DSV3_DATA_DIR +
                                              "/npm timeout 120 node " + DSV3_SOURCE_DIR +
                                              "/tests/serve/openai_client.js " + server.url() + "/v1 small-dsv3 " +
@@ -219,6 +226,7 @@ TEST(Serve, OpenAiClientEndToEnd) {
   EXPECT_EQ(code, 0) << output << "\nserver log:\n" << server.log();
   EXPECT_NE(output.find("checks passed"), std::string::npos) << output;
   EXPECT_EQ(server.stop(), 0) << server.log();
+  EXPECT_EQ(speculating.stop(), 0) << speculating.log();
 }
 
 struct BadRequest {
