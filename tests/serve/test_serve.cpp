@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace dsv3 {
@@ -500,8 +501,35 @@ TEST(Serve, AClientThatDisconnectsMidStreamFreesItsCachePages) {
     std::this_thread::sleep_for(10ms);
   EXPECT_EQ(metric(server, "dsv3_running_sequences"), 0);
   EXPECT_EQ(metric(server, "dsv3_kv_cache_free_tokens"), capacity);
-  // Cancelled long before its 1800 tokens.
+  // Cancelled long before its 1800 tokens, and counted so.
   EXPECT_LT(metric(server, "dsv3_generated_tokens_total"), 1000);
+  EXPECT_EQ(metric(server, "dsv3_requests_cancelled_total"), 1);
+  EXPECT_EQ(metric(server, "dsv3_sequences_cancelled_total"), 1);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// The chat page's files need no API key (the page asks for it); the API and other paths still do.
+TEST(Serve, TheChatPageIsServedWithoutTheKey) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  httplib::Client client = server.client(false);
+  for (const auto& [path, type, text] : {std::tuple{"/", "text/html; charset=utf-8", "<script src=\"/chat.js\">"},
+                                         std::tuple{"/chat.js", "text/javascript; charset=utf-8", "/v1/chat/completions"},
+                                         std::tuple{"/chat.css", "text/css; charset=utf-8", ":focus-visible"}}) {
+    auto response = client.Get(path);
+    ASSERT_TRUE(response) << path;
+    EXPECT_EQ(response->status, 200) << path;
+    EXPECT_EQ(response->get_header_value("Content-Type"), type) << path;
+    EXPECT_NE(response->body.find(text), std::string::npos) << path;
+  }
+  for (const char* path : {"/v1/models", "/missing.js", "/metrics"}) {
+    auto response = client.Get(path);
+    ASSERT_TRUE(response) << path;
+    EXPECT_EQ(response->status, 401) << path;
+  }
+  auto missing = server.client().Get("/missing.js");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
