@@ -162,6 +162,17 @@ async function checkReplyAndStop(browser, url) {
   ok(`Stop cuts the reply off after ${Array.from(stopped.content).length} characters; /metrics counts the request ` +
      'and its sequence cancelled');
 
+  // Esc stops too, from the keyboard.
+  await page.locator('#prompt').fill('Another long one.');
+  await page.locator('#prompt').press('Enter');
+  await streaming.filter({ hasText: /\S/ }).waitFor({ timeout: 30000 });
+  await page.keyboard.press('Escape');
+  assert.equal((await lastReply(page)).state, 'stopped');
+  for (const deadline = Date.now() + 10000; Date.now() < deadline; await page.waitForTimeout(100))
+    if ((cancelled = await metric(url, 'dsv3_requests_cancelled_total')) > cancelledBefore + 1) break;
+  assert.equal(cancelled, cancelledBefore + 2);
+  ok('Esc stops a reply as well');
+
   // A narrow window: nothing scrolls sideways, the controls stay on screen.
   await page.setViewportSize({ width: 360, height: 740 });
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
