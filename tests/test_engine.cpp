@@ -175,6 +175,67 @@ TEST(Engine, SpeculativeSamplingKeepsTheDistributionOfSampledTokens) {
   }
 }
 
+// Each event carries its sequence's MTP drafts so far: a verification step drafts k tokens and
+// yields accepted + 1 of them (fewer only when the sequence ends in it); the first token comes from
+// the prompt, before any draft. Summed over sequences, the counts are the engine's own totals.
+TEST(Engine, EventsCarryTheirSequencesDraftsAndAcceptances) {
+  const std::int64_t k = 2;
+  Engine engine(tiny_model(), {.cache_tokens = 1024, .cache_dtype = DType::F32, .prefill_chunk = 8, .mtp_drafts = k});
+  for (int i = 0; i < 8; ++i) {
+    SamplingParams params;
+    params.temperature = 3.0f;  // flat enough that most drafts are accepted (see above)
+    params.max_tokens = 20;
+    params.seed = 50 + i;
+    engine.add({255, 624, 590, 983, 591, 173, 380, 286, static_cast<std::int32_t>(300 + i)}, params);
+  }
+  struct Seen {
+    std::int64_t drafted = 0, accepted = 0, tokens = 0;
+  };
+  std::map<SequenceId, Seen> seen;
+  while (engine.has_work()) {
+    std::map<SequenceId, std::vector<TokenEvent>> by_sequence;
+    for (const TokenEvent& event : engine.step()) by_sequence[event.sequence].push_back(event);
+    for (const auto& [id, events] : by_sequence) {
+      Seen& before = seen[id];
+      const TokenEvent& last = events.back();
+      for (const TokenEvent& event : events) {
+        EXPECT_EQ(event.drafted, last.drafted);  // one verification per step
+        EXPECT_EQ(event.accepted, last.accepted);
+      }
+      if (before.tokens == 0) {
+        EXPECT_EQ(events.size(), 1u);
+        EXPECT_EQ(last.drafted, 0);
+        EXPECT_EQ(last.accepted, 0);
+      } else {
+        EXPECT_EQ(last.drafted - before.drafted, k);
+        const std::int64_t accepted = last.accepted - before.accepted;
+        EXPECT_GE(accepted, 0);
+        EXPECT_LE(accepted, k);
+        if (!last.finished) {
+          EXPECT_EQ(static_cast<std::int64_t>(events.size()), accepted + 1);
+        } else {
+          EXPECT_LE(static_cast<std::int64_t>(events.size()), accepted + 1);
+        }
+      }
+      before = {last.drafted, last.accepted, before.tokens + static_cast<std::int64_t>(events.size())};
+    }
+  }
+  std::int64_t drafted = 0, accepted = 0, engine_drafted = 0, engine_accepted = 0;
+  for (const auto& [id, s] : seen) {
+    EXPECT_EQ(s.tokens, 20);
+    drafted += s.drafted;
+    accepted += s.accepted;
+  }
+  for (std::size_t i = 0; i < static_cast<std::size_t>(k); ++i) {
+    engine_drafted += engine.speculation().drafted[i];
+    engine_accepted += engine.speculation().accepted[i];
+  }
+  EXPECT_EQ(seen.size(), 8u);
+  EXPECT_EQ(drafted, engine_drafted);
+  EXPECT_EQ(accepted, engine_accepted);
+  EXPECT_GT(accepted, 0);
+}
+
 TEST(Engine, RejectsBadPromptsAndOptions) {
   Engine engine(tiny_model(), {.cache_tokens = 64});
   SamplingParams params;

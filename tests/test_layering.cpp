@@ -30,6 +30,7 @@ const std::map<std::string, std::set<std::string>> kAllowed = {
     {"engine", {"core", "io", "kernels", "model", "tokenizer"}},
     {"train", {"core", "io", "kernels", "model", "tokenizer"}},
     {"serve", {"core", "io", "kernels", "model", "tokenizer", "engine"}},
+    {"serve/page", {}},  // the chat page: HTML, CSS and JavaScript
 };
 
 TEST(Layering, EachFolderIncludesOnlyTheFoldersBelowIt) {

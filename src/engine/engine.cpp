@@ -17,6 +17,7 @@ struct Engine::Sequence {
   std::int64_t main_cached = 0;   // positions whose latents the main layers have cached
   std::int64_t mtp_cached = 0;    // MTP rows cached (row p: h[p] with token p + 1)
   std::vector<float> mtp_hidden;  // main final hidden states at positions [mtp_cached, main_cached)
+  std::int64_t drafted = 0, accepted = 0;  // MTP drafts verified and accepted, reported with each event
   bool finished = false;
 
   std::int64_t length() const { return static_cast<std::int64_t>(prompt.size() + output.size()); }
@@ -116,6 +117,8 @@ void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_
   if (sequence.penalized) sequence.penalties.add(token);
   TokenEvent& event = events_.at(event_count_++);  // a slot step() made room for
   event.sequence = sequence.id;
+  event.drafted = sequence.drafted;
+  event.accepted = sequence.accepted;
   event.sampled.token = token;
   event.sampled.logprob = token_logprob(logits, token);
   if (sequence.params.logprobs > 0) {
@@ -287,6 +290,8 @@ std::span<const TokenEvent> Engine::step() {
       if (i < verification_.accepted_drafts) speculation_.accepted[i] += 1;
     }
     const std::int64_t accepted = verification_.accepted_drafts;
+    seq.drafted += k;
+    seq.accepted += accepted;
     seq.mtp_hidden.assign(hidden_rows, hidden_rows + (accepted + 1) * hidden);  // positions N-1 .. N-1+accepted
     seq.main_cached += accepted + 1;
     for (std::size_t i = 0; i < verification_.tokens.size(); ++i)

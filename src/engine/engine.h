@@ -43,6 +43,8 @@ struct TokenEvent {
   SampledToken sampled;
   bool finished = false;
   FinishReason reason = FinishReason::none;
+  // The sequence's MTP drafts so far, tried and accepted (0 without MTP), for per-request figures.
+  std::int64_t drafted = 0, accepted = 0;
 };
 
 class Engine {

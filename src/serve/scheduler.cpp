@@ -14,12 +14,14 @@ JobItem error_item(std::string message, int status, std::size_t choice = 0) {
   return item;
 }
 
-JobItem token_item(std::size_t choice, const SampledToken& sampled, bool finished, FinishReason reason) {
+JobItem token_item(std::size_t choice, const TokenEvent& event) {
   JobItem item;
   item.choice = static_cast<std::int32_t>(choice);
-  item.sampled = sampled;
-  item.finished = finished;
-  item.reason = reason;
+  item.sampled = event.sampled;
+  item.finished = event.finished;
+  item.reason = event.reason;
+  item.drafted = event.drafted;
+  item.accepted = event.accepted;
   return item;
 }
 
@@ -175,15 +177,24 @@ void Scheduler::loop() {
       while (!queue_.empty() && admit(queue_.front())) queue_.pop_front();
       stats_.queued = static_cast<std::int64_t>(queue_.size());
     }
+    std::int64_t cancelled = 0;
     for (auto it = running_.begin(); it != running_.end();) {
       if (it->second.job->cancelled(it->second.choice)) {
         engine_.finish(it->first);
         reserved_tokens_ -= it->second.reserved;
-        it->second.job->push(token_item(it->second.choice, {}, true, FinishReason::external));
+        TokenEvent ended;
+        ended.finished = true;
+        ended.reason = FinishReason::external;
+        it->second.job->push(token_item(it->second.choice, ended));
         it = running_.erase(it);
+        ++cancelled;
       } else {
         ++it;
       }
+    }
+    if (cancelled > 0) {
+      std::lock_guard lock(mutex_);
+      stats_.cancelled += cancelled;
     }
     if (running_.empty()) {
       std::lock_guard lock(mutex_);
@@ -202,7 +213,7 @@ void Scheduler::loop() {
     for (const TokenEvent& event : events) {
       const auto it = running_.find(event.sequence);
       if (it == running_.end()) continue;
-      it->second.job->push(token_item(it->second.choice, event.sampled, event.finished, event.reason));
+      it->second.job->push(token_item(it->second.choice, event));
       if (event.finished) {
         reserved_tokens_ -= it->second.reserved;
         running_.erase(it);

@@ -28,6 +28,7 @@ struct JobItem {
   SampledToken sampled;
   bool finished = false;
   FinishReason reason = FinishReason::none;
+  std::int64_t drafted = 0, accepted = 0;  // the choice's MTP drafts so far (TokenEvent's)
   std::string error;  // non-empty: the job failed (the engine refused or failed it)
   int status = 500;   // of an error: 400 when the engine refused the request
 };
@@ -66,6 +67,7 @@ struct SchedulerStats {
   std::int64_t queued = 0;         // jobs waiting for admission
   std::int64_t cache_free_tokens = 0;
   std::int64_t generated_tokens = 0;
+  std::int64_t cancelled = 0;      // sequences ended before they finished (stop strings, clients gone)
   SpeculationStats speculation;    // MTP drafts tried and accepted, by draft position
 };
 

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "engine/stop.h"
 #include "engine/thinking.h"
+#include "serve/page.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
 #include "serve/tool_calls.h"
@@ -73,6 +74,7 @@ struct ChoiceState {
   std::string content, reasoning;
   Json tool_calls = Json::array();
   std::int64_t tokens = 0, reasoning_tokens = 0;
+  std::int64_t drafted = 0, accepted = 0;  // MTP drafts of this choice, as its latest token reported
   std::size_t text_offset = 0;  // completions' logprobs
   std::chrono::steady_clock::time_point submitted, last_token;
   bool done = false;
@@ -93,7 +95,11 @@ struct Delta {
 class Server {
  public:
   Server(const Model& model, const Tokenizer& tokenizer, Engine& engine, const ServeOptions& options)
-      : model_(model), tokenizer_(tokenizer), options_(options), scheduler_(engine, options.max_batch, options.max_queue) {
+      : model_(model),
+        tokenizer_(tokenizer),
+        options_(options),
+        speculating_(engine.options().mtp_drafts > 0),
+        scheduler_(engine, options.max_batch, options.max_queue) {
     if (!tokenizer.chat_template().empty()) chat_template_.emplace(tokenizer.chat_template());
     limits_.tokenizer = &tokenizer_;
     limits_.chat_template = chat_template_ ? &*chat_template_ : nullptr;
@@ -124,6 +130,7 @@ class Server {
   const Model& model_;
   const Tokenizer& tokenizer_;
   const ServeOptions& options_;
+  const bool speculating_;  // MTP is on: usage reports each request's drafts
   std::optional<ChatTemplate> chat_template_;
   ModelLimits limits_;
   std::string model_name_;
@@ -133,6 +140,7 @@ class Server {
   std::atomic<bool> stopping_{false};
   RequestCounts counts_;
   std::atomic<std::int64_t> prompt_tokens_{0}, completion_tokens_{0};
+  std::atomic<std::int64_t> cancelled_requests_{0};
   Histogram time_to_first_token_{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}};
   Histogram inter_token_latency_{{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
   httplib::Server http_;
@@ -140,20 +148,25 @@ class Server {
 };
 
 Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceState>& states) const {
-  std::int64_t prompt = 0, completion = 0, reasoning = 0;
+  std::int64_t prompt = 0, completion = 0, reasoning = 0, drafted = 0, accepted = 0;
   for (const auto& ids : request.prompts) prompt += static_cast<std::int64_t>(ids.size());
   for (const auto& state : states) {
     completion += state.tokens;
     reasoning += state.reasoning_tokens;
+    drafted += state.drafted;
+    accepted += state.accepted;
   }
   // No prefix cache yet: every prompt token is a miss.
-  return {{"prompt_tokens", prompt},
+  Json out = {{"prompt_tokens", prompt},
           {"completion_tokens", completion},
           {"total_tokens", prompt + completion},
           {"prompt_cache_hit_tokens", 0},
           {"prompt_cache_miss_tokens", prompt},
           {"prompt_tokens_details", {{"cached_tokens", 0}}},
           {"completion_tokens_details", {{"reasoning_tokens", reasoning}}}};
+  // An extension: MTP drafts tried and accepted for this request (all its choices).
+  if (speculating_) out["speculation"] = {{"drafted", drafted}, {"accepted", accepted}};
+  return out;
 }
 
 Json Server::chunk(const std::string& id, const GenerationRequest& request, Json choices) const {
@@ -220,6 +233,8 @@ Delta Server::add_token(ChoiceState& state, const JobItem& item, const Generatio
     else
       inter_token_latency_.observe(std::chrono::duration<double>(now - state.last_token).count());
     state.last_token = now;
+    state.drafted = item.drafted;
+    state.accepted = item.accepted;
     ++completion_tokens_;
     ++state.tokens;
     const bool thinking_before = state.splitter && state.splitter->thinking();
@@ -463,7 +478,9 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
           if (!stream->job->wait(items, kPollMilliseconds) && !sink.is_writable()) open = false;
         }
         if (!open) {
-          // The client is gone: its sequences end now and free their pages.
+          // The client is gone (a closed connection, a page's stop button): its sequences end now
+          // and free their pages.
+          ++cancelled_requests_;
           stream->job->cancel_all();
           return false;
         }
@@ -501,6 +518,10 @@ std::string Server::metrics() const {
          scheduler_.capacity_tokens() - s.cache_free_tokens);
   metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
+  metric("dsv3_requests_cancelled_total", "counter", "Streamed requests whose client left before the end.",
+         cancelled_requests_);
+  metric("dsv3_sequences_cancelled_total", "counter",
+         "Sequences ended before they finished (a stop string, a client gone, a shutdown).", s.cancelled);
   // No prefix cache yet: no prompt token is a hit.
   metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", 0);
   if (!s.speculation.drafted.empty()) {
@@ -567,8 +588,19 @@ void Server::routes() {
   http_.Post("/detokenize", wrap("/detokenize", [this](const httplib::Request& q, httplib::Response& r) {
                r.set_content(dump(detokenize(parse_body(q.body), limits_)), "application/json");
              }));
+  // The chat page: static files, served without the API key (the page asks for it on a 401).
+  auto page = [this](const httplib::Request& q, httplib::Response& r) {
+    const std::optional<PageFile> file = page_file(q.path);
+    if (!file) throw ApiError(404, fmt::format("no route GET {}", q.path), "", "not_found");
+    r.set_content(file->content.data(), file->content.size(), file->content_type);
+  };
+  http_.Get("/", wrap("/", page));
+  http_.Get("/index.html", wrap("/", page));
+  http_.Get("/chat.css", wrap("/", page));
+  http_.Get("/chat.js", wrap("/", page));
   http_.set_pre_routing_handler([this](const httplib::Request& request, httplib::Response& response) {
-    if (options_.api_key.empty() || request.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    const bool open = request.path == "/health" || (request.method == "GET" && page_file(request.path));
+    if (options_.api_key.empty() || open) return httplib::Server::HandlerResponse::Unhandled;
     if (request.get_header_value("Authorization") == "Bearer " + options_.api_key)
       return httplib::Server::HandlerResponse::Unhandled;
     reply_error(response, ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'", "",

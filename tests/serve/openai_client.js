@@ -1,6 +1,7 @@
 // Drives a running `dsv3 serve` with the official openai npm package, as a user's program would.
 // Usage: node openai_client.js BASE_URL MODEL EXPECTED_JSON
-//   EXPECTED_JSON: {"prompt": text, "max_tokens": n, "greedy_text": what `dsv3 generate` printed}
+//   EXPECTED_JSON: {"prompt": text, "max_tokens": n, "greedy_text": what `dsv3 generate` printed,
+//                   "mtp_url": the base URL of the same server run with --mtp "mtp_drafts"}
 // Prints one line per check; exits 1 on the first failure (and by itself after 100 s).
 'use strict';
 const fs = require('fs');
@@ -36,6 +37,17 @@ function checkUsage(usage, promptTokens, maxTokens) {
   assert.equal(usage.prompt_cache_miss_tokens, promptTokens);
   assert.equal(usage.prompt_tokens_details.cached_tokens, 0);
   assert.equal(typeof usage.completion_tokens_details.reasoning_tokens, 'number');
+}
+
+// usage.speculation, the request's MTP drafts over its `choices`: every verification step drafts
+// k tokens and yields 1 to 1 + accepted of them, after each choice's first token (from the prompt).
+function checkSpeculation(usage, k, choices) {
+  const { drafted, accepted } = usage.speculation;
+  assert.ok(drafted > 0 && drafted % k === 0, JSON.stringify(usage));
+  assert.ok(accepted >= 0 && accepted <= drafted, JSON.stringify(usage));
+  const steps = drafted / k;
+  assert.ok(usage.completion_tokens >= choices + steps, JSON.stringify(usage));
+  assert.ok(usage.completion_tokens <= choices + steps + accepted, JSON.stringify(usage));
 }
 
 async function streamChat(body) {
@@ -245,6 +257,25 @@ async function main() {
     assert.equal(e.param, 'temperature');
   }
   ok('a bad parameter is a BadRequestError naming it');
+
+  // MTP on: usage.speculation counts the request's drafts (an extension; absent without MTP), and
+  // greedy speculation is lossless.
+  assert.equal(chat.usage.speculation, undefined);
+  const speculating = new OpenAI({ baseURL: expected.mtp_url, apiKey: process.env.DSV3_API_KEY || 'none', maxRetries: 0 });
+  const k = expected.mtp_drafts;
+  const drafted = await speculating.chat.completions.create(chatBody);
+  assert.equal(drafted.choices[0].message.content, chat.choices[0].message.content);
+  checkSpeculation(drafted.usage, k, 1);
+  const streamedDrafts = await (async () => {
+    const stream = await speculating.chat.completions.create({ ...chatBody, stream: true, stream_options: { include_usage: true } });
+    let usage = null;
+    for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
+    return usage;
+  })();
+  assert.deepEqual(streamedDrafts, drafted.usage);
+  const draftedN = await speculating.chat.completions.create({ ...sampled, max_tokens: 30 });
+  checkSpeculation(draftedN.usage, k, 3);
+  ok(`usage.speculation with --mtp ${k}: ${JSON.stringify(drafted.usage.speculation)}, the same streamed; n = 3 summed`);
   console.log(`all ${checks} checks passed`);
 }
 

@@ -21,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace dsv3 {
@@ -196,6 +197,8 @@ TEST(Serve, OpenAiClientEndToEnd) {
       << "the openai npm package is missing from " << DSV3_DATA_DIR << "/npm: run scripts/setup.sh";
   ServerProcess server;
   ASSERT_TRUE(server.ready()) << server.log();
+  ServerProcess speculating("--mtp 2");  // for usage.speculation
+  ASSERT_TRUE(speculating.ready()) << speculating.log();
   // The reference: `dsv3 generate`'s greedy continuation of the same prompt.
   const std::string prompt = "The quick brown fox";
   const int max_tokens = 16;
@@ -208,7 +211,12 @@ TEST(Serve, OpenAiClientEndToEnd) {
   ASSERT_TRUE(generated.ends_with("\n"));
   generated.pop_back();
   const fs::path expected = fs::temp_directory_path() / ("dsv3-test-serve-expected-" + std::to_string(::getpid()) + ".json");
-  std::ofstream(expected) << Json{{"prompt", prompt}, {"max_tokens", max_tokens}, {"greedy_text", generated}}.dump();
+  std::ofstream(expected) << Json{{"prompt", prompt},
+                                  {"max_tokens", max_tokens},
+                                  {"greedy_text", generated},
+                                  {"mtp_url", speculating.url() + "/v1"},
+                                  {"mtp_drafts", 2}}
+                                 .dump();
   const std::string output = run_capture("DSV3_API_KEY=" + kApiKey + " DSV3_NPM_DIR=" + DSV3_DATA_DIR +
                                              "/npm timeout 120 node " + DSV3_SOURCE_DIR +
                                              "/tests/serve/openai_client.js " + server.url() + "/v1 small-dsv3 " +
@@ -219,6 +227,7 @@ TEST(Serve, OpenAiClientEndToEnd) {
   EXPECT_EQ(code, 0) << output << "\nserver log:\n" << server.log();
   EXPECT_NE(output.find("checks passed"), std::string::npos) << output;
   EXPECT_EQ(server.stop(), 0) << server.log();
+  EXPECT_EQ(speculating.stop(), 0) << speculating.log();
 }
 
 struct BadRequest {
@@ -492,8 +501,35 @@ TEST(Serve, AClientThatDisconnectsMidStreamFreesItsCachePages) {
     std::this_thread::sleep_for(10ms);
   EXPECT_EQ(metric(server, "dsv3_running_sequences"), 0);
   EXPECT_EQ(metric(server, "dsv3_kv_cache_free_tokens"), capacity);
-  // Cancelled long before its 1800 tokens.
+  // Cancelled long before its 1800 tokens, and counted so.
   EXPECT_LT(metric(server, "dsv3_generated_tokens_total"), 1000);
+  EXPECT_EQ(metric(server, "dsv3_requests_cancelled_total"), 1);
+  EXPECT_EQ(metric(server, "dsv3_sequences_cancelled_total"), 1);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// The chat page's files need no API key (the page asks for it); the API and other paths still do.
+TEST(Serve, TheChatPageIsServedWithoutTheKey) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  httplib::Client client = server.client(false);
+  for (const auto& [path, type, text] : {std::tuple{"/", "text/html; charset=utf-8", "<script src=\"/chat.js\">"},
+                                         std::tuple{"/chat.js", "text/javascript; charset=utf-8", "/v1/chat/completions"},
+                                         std::tuple{"/chat.css", "text/css; charset=utf-8", ":focus-visible"}}) {
+    auto response = client.Get(path);
+    ASSERT_TRUE(response) << path;
+    EXPECT_EQ(response->status, 200) << path;
+    EXPECT_EQ(response->get_header_value("Content-Type"), type) << path;
+    EXPECT_NE(response->body.find(text), std::string::npos) << path;
+  }
+  for (const char* path : {"/v1/models", "/missing.js", "/metrics"}) {
+    auto response = client.Get(path);
+    ASSERT_TRUE(response) << path;
+    EXPECT_EQ(response->status, 401) << path;
+  }
+  auto missing = server.client().Get("/missing.js");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 404);
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
