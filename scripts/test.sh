@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every dsv3 test (unit, fixture parity, bad-file and fuzz). Expects scripts/setup.sh to have run.
+# Runs every dsv3 test (unit, fixture parity, bad-file, fuzz, the server with the openai client, the
+# chat page in Chromium). Runs scripts/setup.sh first (it skips what is done), so it works on a fresh clone.
 #
 #   scripts/test.sh                               the normal build in build/
 #   scripts/test.sh --sanitize address,undefined  an ASan+UBSan build in build-asan/ (dsv3, the tests)
@@ -8,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+bash scripts/setup.sh
 if [[ "${1:-}" != "--sanitize" ]]; then
   cmake --build build -j"$(nproc)"
   ctest --test-dir build --output-on-failure -j"$(nproc)" --timeout 900 "$@"
