@@ -5,6 +5,20 @@
 #include "core/error.h"
 
 namespace dsv3 {
+namespace {
+
+// Seeds every prefix-cache chain: blocks are only shared within one model and cache layout.
+std::uint64_t model_key(const ModelConfig& c, const EngineOptions& options) {
+  const std::vector<std::int32_t> shape = {
+      static_cast<std::int32_t>(c.vocab_size),        static_cast<std::int32_t>(c.hidden_size),
+      static_cast<std::int32_t>(c.num_hidden_layers), static_cast<std::int32_t>(c.num_nextn_predict_layers),
+      static_cast<std::int32_t>(c.kv_lora_rank),      static_cast<std::int32_t>(c.qk_rope_head_dim),
+      static_cast<std::int32_t>(options.cache_dtype), static_cast<std::int32_t>(options.block_tokens),
+      options.mtp_drafts > 0 ? 1 : 0};
+  return chain_hash(0x64737633ull, shape);
+}
+
+}  // namespace
 
 struct Engine::Sequence {
   SequenceId id = 0;
@@ -14,6 +28,8 @@ struct Engine::Sequence {
   PenaltyCounts penalties;                   // kept only when the params use them (penalized)
   bool penalized = false;
   LatentCache::Table table;
+  BlockManager::Chain chain;
+  std::int64_t cached_prompt = 0;  // prompt tokens matched in the prefix cache at admission
   std::int64_t main_cached = 0;   // positions whose latents the main layers have cached
   std::int64_t mtp_cached = 0;    // MTP rows cached (row p: h[p] with token p + 1)
   std::vector<float> mtp_hidden;  // main final hidden states at positions [mtp_cached, main_cached)
@@ -40,6 +56,7 @@ Engine::Engine(const Model& model, EngineOptions options)
       cache_(model.config(),
              {.capacity_tokens = options.cache_tokens, .dtype = options.cache_dtype, .block_tokens = options.block_tokens},
              model.backend()),
+      blocks_(cache_, model_key(model.config(), options), options.prefix_cache, options.mtp_drafts > 0),
       workspace_(model.backend()) {
   if (options_.prefill_chunk <= 0) fail("prefill chunk must be positive");
   if (options_.mtp_drafts < 0) fail("--mtp must be 0 or more draft tokens");
@@ -92,16 +109,24 @@ SequenceId Engine::add(std::vector<std::int32_t> prompt, const SamplingParams& p
   }
   if (k > 0) sequence->mtp_hidden.reserve(static_cast<std::size_t>((k + 1) * c.hidden_size));
   most_logprobs_ = std::max(most_logprobs_, params.logprobs);
+  // Matched blocks hold the main and the MTP rows of their positions, never written again.
+  sequence->cached_prompt = blocks_.match(prompt, sequence->table, sequence->chain);
+  sequence->main_cached = sequence->mtp_cached = sequence->cached_prompt;
   sequence->prompt = std::move(prompt);
   const SequenceId id = sequence->id;
   sequences_.emplace(id, std::move(sequence));
   return id;
 }
 
+std::int64_t Engine::cached_prompt_tokens(SequenceId id) const {
+  const auto it = sequences_.find(id);
+  return it == sequences_.end() ? 0 : it->second->cached_prompt;
+}
+
 void Engine::finish(SequenceId id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
-  cache_.release(it->second->table);
+  blocks_.release(it->second->table, it->second->chain);
   sequences_.erase(it);
 }
 
@@ -137,6 +162,12 @@ void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_
   }
   event.finished = event.reason != FinishReason::none;
   sequence.finished = event.finished;
+}
+
+void Engine::publish(Sequence& sequence) {
+  const std::int64_t complete =
+      options_.mtp_drafts > 0 ? std::min(sequence.main_cached, sequence.mtp_cached) : sequence.main_cached;
+  blocks_.publish(sequence.table, sequence.chain, complete, sequence.prompt, sequence.output);
 }
 
 // MTP drafting for every decoding sequence: first the rows the MTP module has not yet seen (main
@@ -210,8 +241,8 @@ std::span<const TokenEvent> Engine::step() {
   }
   // Pages first, so a full cache fails the step before anything changes.
   for (Sequence* seq : prefilling_)
-    cache_.reserve(seq->table, std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk));
-  for (Sequence* seq : decoding_) cache_.reserve(seq->table, seq->length() + k);
+    blocks_.reserve(seq->table, std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk));
+  for (Sequence* seq : decoding_) blocks_.reserve(seq->table, seq->length() + k);
 
   // A slot for every token the step can emit, each with room for the most top logprobs asked for.
   const std::size_t most_events = prefilling_.size() + decoding_.size() * static_cast<std::size_t>(1 + k);
@@ -294,10 +325,12 @@ std::span<const TokenEvent> Engine::step() {
   }
   // Return pages nobody needs any more: rejected drafts' rows past the next step's start, and
   // everything of the sequences that ended (their events carry all that is left of them).
-  for (Sequence* seq : decoding_) cache_.truncate(seq->table, seq->length());
+  for (Sequence* seq : decoding_) blocks_.truncate(seq->table, seq->length());
+  for (Sequence* seq : prefilling_) publish(*seq);
+  for (Sequence* seq : decoding_) publish(*seq);
   std::erase_if(sequences_, [this](auto& entry) {
     if (!entry.second->finished) return false;
-    cache_.release(entry.second->table);
+    blocks_.release(entry.second->table, entry.second->chain);
     return true;
   });
   return std::span<const TokenEvent>(events_.data(), event_count_);

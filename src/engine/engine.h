@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "engine/block_manager.h"
 #include "engine/rng.h"
 #include "engine/sampler.h"
 #include "engine/stop.h"
@@ -23,6 +24,7 @@ struct EngineOptions {
   std::int64_t block_tokens = 16;     // cache page size
   std::int64_t prefill_chunk = 512;   // most prompt tokens a sequence feeds per step
   std::int64_t mtp_drafts = 0;        // k tokens drafted per step by the MTP module (0: off)
+  bool prefix_cache = true;           // share and keep full cache blocks by their tokens (block_manager.h)
 };
 
 // Acceptance of MTP drafts by draft position (0 = the first draft of a step).
@@ -52,6 +54,8 @@ class Engine {
 
   // Queues a prompt; throws on an empty or over-long prompt, out-of-vocabulary ids, or bad params.
   SequenceId add(std::vector<std::int32_t> prompt, const SamplingParams& params);
+  // Prompt tokens the sequence took from the prefix cache at add() (it prefills only the rest).
+  std::int64_t cached_prompt_tokens(SequenceId id) const;
   // Ends a sequence early (a stop string seen by the caller, a cancelled request) and frees its
   // pages. Sequences that finish by themselves (their last event has `finished`) are freed at the
   // end of the step that finished them.
@@ -66,6 +70,9 @@ class Engine {
 
   const SpeculationStats& speculation() const { return speculation_; }
   const LatentCache& cache() const { return cache_; }
+  // Cache tokens a new sequence can still get: free blocks and evictable cached ones.
+  std::int64_t free_tokens() const { return blocks_.available_tokens(); }
+  PrefixCacheStats prefix_cache() const { return blocks_.stats(); }
   const EngineOptions& options() const { return options_; }
 
  private:
@@ -73,10 +80,13 @@ class Engine {
   void draft();
   // Appends `token`, drawn from the raw `logits` row, to the sequence and reports it.
   void emit(Sequence& sequence, std::span<const float> logits, std::int32_t token);
+  // Publishes the sequence's full blocks whose rows (and MTP rows, when drafting) are written.
+  void publish(Sequence& sequence);
 
   const Model& model_;
   EngineOptions options_;
   LatentCache cache_;
+  BlockManager blocks_;
   kernels::Workspace workspace_;  // the model's scratch, reused by every step
   std::map<SequenceId, std::unique_ptr<Sequence>> sequences_;
   SequenceId next_id_ = 1;

@@ -58,6 +58,11 @@ void Job::push(JobItem item) {
   ready_.notify_all();
 }
 
+std::int64_t Job::cached_prompt_tokens() {
+  std::lock_guard lock(mutex_);
+  return cached_prompt_tokens_;
+}
+
 bool Job::cancelled(std::size_t choice) {
   if (!any_cancelled_) return false;
   std::lock_guard lock(mutex_);
@@ -66,7 +71,8 @@ bool Job::cancelled(std::size_t choice) {
 
 Scheduler::Scheduler(Engine& engine, std::int64_t max_batch, std::int64_t max_queue)
     : engine_(engine), max_batch_(max_batch), max_queue_(max_queue) {
-  stats_.cache_free_tokens = engine_.cache().free_tokens();
+  stats_.cache_free_tokens = engine_.free_tokens();
+  stats_.prefix_cache = engine_.prefix_cache();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -131,6 +137,10 @@ bool Scheduler::admit(const std::shared_ptr<Job>& job) {
     for (std::size_t c = 0; c < job->choices(); ++c) {
       const SequenceId id = engine_.add(job->prompts_[c], job->params_[c]);
       added.push_back(id);
+      {
+        std::lock_guard lock(job->mutex_);
+        job->cached_prompt_tokens_ += engine_.cached_prompt_tokens(id);
+      }
       const std::int64_t reserved =
           reservation(static_cast<std::int64_t>(job->prompts_[c].size()), job->params_[c].max_tokens.value_or(1));
       running_.emplace(id, Running{job, c, reserved});
@@ -188,7 +198,8 @@ void Scheduler::loop() {
     if (running_.empty()) {
       std::lock_guard lock(mutex_);
       stats_.running = 0;
-      stats_.cache_free_tokens = engine_.cache().free_tokens();
+      stats_.cache_free_tokens = engine_.free_tokens();
+      stats_.prefix_cache = engine_.prefix_cache();
       continue;
     }
     const auto batch = static_cast<std::int64_t>(running_.size());
@@ -215,7 +226,8 @@ void Scheduler::loop() {
     stats_.most_batch = std::max(stats_.most_batch, batch);
     stats_.generated_tokens += static_cast<std::int64_t>(events.size());
     stats_.running = static_cast<std::int64_t>(running_.size());
-    stats_.cache_free_tokens = engine_.cache().free_tokens();
+    stats_.cache_free_tokens = engine_.free_tokens();
+    stats_.prefix_cache = engine_.prefix_cache();
     stats_.speculation = engine_.speculation();
   }
 }

@@ -43,6 +43,8 @@ class Job {
   // Asks the scheduler to end one choice (a stop string seen), or all of them (a client gone).
   void cancel(std::size_t choice);
   void cancel_all();
+  // Prompt tokens of all choices taken from the prefix cache, once the job has been admitted.
+  std::int64_t cached_prompt_tokens();
 
  private:
   friend class Scheduler;
@@ -55,6 +57,7 @@ class Job {
   std::condition_variable ready_;
   std::deque<JobItem> items_;
   std::vector<bool> cancelled_;
+  std::int64_t cached_prompt_tokens_ = 0;
   std::atomic<bool> any_cancelled_{false};
 };
 
@@ -64,7 +67,8 @@ struct SchedulerStats {
   std::int64_t most_batch = 0;
   std::int64_t running = 0;        // sequences in the engine now
   std::int64_t queued = 0;         // jobs waiting for admission
-  std::int64_t cache_free_tokens = 0;
+  std::int64_t cache_free_tokens = 0;  // free blocks and evictable cached ones
+  PrefixCacheStats prefix_cache;
   std::int64_t generated_tokens = 0;
   SpeculationStats speculation;    // MTP drafts tried and accepted, by draft position
 };

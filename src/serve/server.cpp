@@ -112,7 +112,7 @@ class Server {
   void routes();
   void generate(const httplib::Request& request, httplib::Response& response, Endpoint endpoint);
   Delta add_token(ChoiceState& state, const JobItem& item, const GenerationRequest& request, Job& job);
-  Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states) const;
+  Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const;
   Json chunk(const std::string& id, const GenerationRequest& request, Json choices) const;
   std::string metrics() const;
   void reply_error(httplib::Response& response, const ApiError& error) const {
@@ -139,20 +139,20 @@ class Server {
   Scheduler scheduler_;  // last: stopped first, while the rest still stands
 };
 
-Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceState>& states) const {
+Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const {
   std::int64_t prompt = 0, completion = 0, reasoning = 0;
   for (const auto& ids : request.prompts) prompt += static_cast<std::int64_t>(ids.size());
   for (const auto& state : states) {
     completion += state.tokens;
     reasoning += state.reasoning_tokens;
   }
-  // No prefix cache yet: every prompt token is a miss.
+  const std::int64_t cached = job.cached_prompt_tokens();
   return {{"prompt_tokens", prompt},
           {"completion_tokens", completion},
           {"total_tokens", prompt + completion},
-          {"prompt_cache_hit_tokens", 0},
-          {"prompt_cache_miss_tokens", prompt},
-          {"prompt_tokens_details", {{"cached_tokens", 0}}},
+          {"prompt_cache_hit_tokens", cached},
+          {"prompt_cache_miss_tokens", prompt - cached},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}},
           {"completion_tokens_details", {{"reasoning_tokens", reasoning}}}};
 }
 
@@ -376,7 +376,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
                 {"model", model_name_},
                 {"system_fingerprint", "dsv3"},
                 {"choices", std::move(choices)},
-                {"usage", usage(request, states)}};
+                {"usage", usage(request, states, *job)}};
     response.set_content(dump(out), "application/json");
     return;
   }
@@ -469,7 +469,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
         }
         if (request.include_usage) {
           Json last = chunk(id, request, Json::array());
-          last["usage"] = usage(request, stream->states);
+          last["usage"] = usage(request, stream->states, *stream->job);
           send(last);
         }
         const std::string done = "data: [DONE]\n\n";
@@ -495,14 +495,21 @@ std::string Server::metrics() const {
   metric("dsv3_generated_tokens_total", "counter", "Tokens generated.", s.generated_tokens);
   metric("dsv3_running_sequences", "gauge", "Sequences in the engine.", s.running);
   metric("dsv3_queued_requests", "gauge", "Requests waiting to join the batch.", s.queued);
-  metric("dsv3_kv_cache_free_tokens", "gauge", "Free KV cache tokens.", s.cache_free_tokens);
+  metric("dsv3_kv_cache_free_tokens", "gauge", "KV cache tokens free for new work (free blocks and evictable cached ones).", s.cache_free_tokens);
   metric("dsv3_kv_cache_capacity_tokens", "gauge", "KV cache capacity in tokens.", scheduler_.capacity_tokens());
   metric("dsv3_kv_cache_used_tokens", "gauge", "KV cache tokens held by sequences.",
          scheduler_.capacity_tokens() - s.cache_free_tokens);
   metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
-  // No prefix cache yet: no prompt token is a hit.
-  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", 0);
+  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.",
+         s.prefix_cache.hit_tokens);
+  metric("dsv3_prefix_cache_evicted_blocks_total", "counter", "Cached KV blocks evicted for new work.",
+         s.prefix_cache.evicted_blocks);
+  out += "# HELP dsv3_kv_cache_blocks KV cache blocks: used by sequences, cached (kept for later prompts, evictable), "
+         "free.\n# TYPE dsv3_kv_cache_blocks gauge\n";
+  out += fmt::format("dsv3_kv_cache_blocks{{state=\"used\"}} {}\ndsv3_kv_cache_blocks{{state=\"cached\"}} {}\n"
+                     "dsv3_kv_cache_blocks{{state=\"free\"}} {}\n",
+                     s.prefix_cache.used_blocks, s.prefix_cache.cached_blocks, s.prefix_cache.free_blocks);
   if (!s.speculation.drafted.empty()) {
     out += "# HELP dsv3_mtp_drafted_tokens_total MTP draft tokens tried, by draft position.\n"
            "# TYPE dsv3_mtp_drafted_tokens_total counter\n";
