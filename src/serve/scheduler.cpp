@@ -125,12 +125,15 @@ SchedulerStats Scheduler::stats() const {
 
 bool Scheduler::admit(const std::shared_ptr<Job>& job) {
   const auto choices = static_cast<std::int64_t>(job->choices());
+  // The pages of its prompts and first tokens, not of all it may generate: when the running
+  // sequences outgrow the cache, the engine preempts the newest. Preempted sequences come back
+  // before new work joins.
   std::int64_t wanted = 0;
   for (std::size_t c = 0; c < job->choices(); ++c)
-    wanted += reservation(static_cast<std::int64_t>(job->prompts_[c].size()), job->params_[c].max_tokens.value_or(1));
+    wanted += reservation(static_cast<std::int64_t>(job->prompts_[c].size()), 1);
   if (!running_.empty()) {
     if (static_cast<std::int64_t>(running_.size()) + choices > max_batch_) return false;
-    if (reserved_tokens_ + wanted > engine_.cache().capacity_tokens()) return false;
+    if (engine_.waiting() > 0 || wanted > engine_.room_tokens()) return false;
   }
   std::vector<SequenceId> added;
   try {
@@ -141,15 +144,11 @@ bool Scheduler::admit(const std::shared_ptr<Job>& job) {
         std::lock_guard lock(job->mutex_);
         job->cached_prompt_tokens_ += engine_.cached_prompt_tokens(id);
       }
-      const std::int64_t reserved =
-          reservation(static_cast<std::int64_t>(job->prompts_[c].size()), job->params_[c].max_tokens.value_or(1));
-      running_.emplace(id, Running{job, c, reserved});
-      reserved_tokens_ += reserved;
+      running_.emplace(id, Running{job, c});
     }
   } catch (const std::exception& e) {
     for (const SequenceId id : added) {
       engine_.finish(id);
-      reserved_tokens_ -= running_.at(id).reserved;
       running_.erase(id);
     }
     job->push(error_item(e.what(), 400));
@@ -163,7 +162,6 @@ void Scheduler::fail_running(const std::string& message) {
     entry.job->push(error_item(message, 500, entry.choice));
   }
   running_.clear();
-  reserved_tokens_ = 0;
 }
 
 void Scheduler::loop() {
@@ -188,7 +186,6 @@ void Scheduler::loop() {
     for (auto it = running_.begin(); it != running_.end();) {
       if (it->second.job->cancelled(it->second.choice)) {
         engine_.finish(it->first);
-        reserved_tokens_ -= it->second.reserved;
         it->second.job->push(token_item(it->second.choice, {}, true, FinishReason::external));
         it = running_.erase(it);
       } else {
@@ -214,10 +211,7 @@ void Scheduler::loop() {
       const auto it = running_.find(event.sequence);
       if (it == running_.end()) continue;
       it->second.job->push(token_item(it->second.choice, event.sampled, event.finished, event.reason));
-      if (event.finished) {
-        reserved_tokens_ -= it->second.reserved;
-        running_.erase(it);
-      }
+      if (event.finished) running_.erase(it);
     }
     batch_rows_.observe(static_cast<double>(batch));
     std::lock_guard lock(mutex_);
@@ -229,6 +223,8 @@ void Scheduler::loop() {
     stats_.cache_free_tokens = engine_.free_tokens();
     stats_.prefix_cache = engine_.prefix_cache();
     stats_.speculation = engine_.speculation();
+    stats_.preemptions = engine_.preemptions();
+    stats_.waiting = engine_.waiting();
   }
 }
 

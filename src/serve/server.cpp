@@ -495,6 +495,9 @@ std::string Server::metrics() const {
   metric("dsv3_generated_tokens_total", "counter", "Tokens generated.", s.generated_tokens);
   metric("dsv3_running_sequences", "gauge", "Sequences in the engine.", s.running);
   metric("dsv3_queued_requests", "gauge", "Requests waiting to join the batch.", s.queued);
+  metric("dsv3_preemptions_total", "counter", "Sequences preempted (pages taken back, computed again later).",
+         s.preemptions);
+  metric("dsv3_preempted_sequences", "gauge", "Preempted sequences waiting to be computed again.", s.waiting);
   metric("dsv3_kv_cache_free_tokens", "gauge", "KV cache tokens free for new work (free blocks and evictable cached ones).", s.cache_free_tokens);
   metric("dsv3_kv_cache_capacity_tokens", "gauge", "KV cache capacity in tokens.", scheduler_.capacity_tokens());
   metric("dsv3_kv_cache_used_tokens", "gauge", "KV cache tokens held by sequences.",

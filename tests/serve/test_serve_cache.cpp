@@ -1,6 +1,7 @@
-// `dsv3 serve`'s prefix cache end to end: a second request that shares a long prefix with the first
+// `dsv3 serve`'s KV cache end to end: a second request that shares a long prefix with the first
 // takes it from the cache (usage and /metrics say how much) and answers as a server without the
-// prefix cache does.
+// prefix cache does; a cache too small for every running request preempts and recomputes some,
+// and each still gets its single-request result.
 #include "serve_support.h"
 
 namespace dsv3 {
@@ -60,7 +61,7 @@ std::string long_prefix() {
   return text + ".\n";
 }
 
-TEST(ServePrefixCache, ASecondRequestSharingAThousandTokenPrefixPrefillsOnlyTheRest) {
+TEST(ServeCache, ASecondRequestSharingAThousandTokenPrefixPrefillsOnlyTheRest) {
   const std::string prefix = long_prefix();
   const std::string first_prompt = prefix + "Question one: what is the first word?";
   const std::string second_prompt = prefix + "Question two: which colour appears?";
@@ -106,6 +107,43 @@ TEST(ServePrefixCache, ASecondRequestSharingAThousandTokenPrefixPrefillsOnlyTheR
               "(%.1f ms with --prefix-cache off)\n",
               static_cast<long long>(prompt_tokens), first.first_token_seconds * 1e3, second.first_token_seconds * 1e3,
               static_cast<long long>(hit), expected.first_token_seconds * 1e3);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServeCache, ASmallCachePreemptsAndEveryRequestGetsItsSingleRequestResult) {
+  // Each request needs about 150 of the 256 cache tokens by its end; four run together.
+  ServerProcess server("--kv-cache-tokens 256 --max-batch 4");
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::vector<std::string> prompts = {"The history of the lighthouse keeper", "A recipe for bread:",
+                                            "Once upon a time, in a valley", "Rules of the game: first,"};
+  const int max_tokens = 130;
+  auto complete = [&server, max_tokens](const std::string& prompt) {
+    auto client = server.client();
+    int status = 0;
+    Json body = post(client, "/v1/completions",
+                     {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}, {"ignore_eos", true}}, &status);
+    return std::pair(status, body);
+  };
+  std::vector<std::string> alone;
+  for (const std::string& prompt : prompts) {
+    const auto [status, body] = complete(prompt);
+    ASSERT_EQ(status, 200) << body.dump();
+    alone.push_back(body["choices"][0]["text"]);
+  }
+  EXPECT_EQ(metric(server, "dsv3_preemptions_total"), 0);
+  std::vector<std::future<std::pair<int, Json>>> replies;
+  for (const std::string& prompt : prompts)
+    replies.push_back(std::async(std::launch::async, [&complete, prompt] { return complete(prompt); }));
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(replies[i].wait_for(120s), std::future_status::ready);
+    const auto [status, body] = replies[i].get();
+    ASSERT_EQ(status, 200) << body.dump();
+    EXPECT_EQ(body["choices"][0]["text"], alone[i]) << prompts[i];
+    EXPECT_EQ(body["usage"]["completion_tokens"], max_tokens);
+  }
+  EXPECT_GT(metric(server, "dsv3_preemptions_total"), 0);
+  EXPECT_GT(metric(server, "dsv3_engine_most_batch"), 1);
+  std::printf("preemptions: %lld\n", static_cast<long long>(metric(server, "dsv3_preemptions_total")));
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
