@@ -650,6 +650,12 @@ int Server::run() {
 
 int serve(const Model& model, const Tokenizer& tokenizer, const EngineOptions& engine_options,
           const ServeOptions& options) {
+  // Decoding sequences go first in every step: a full batch must leave room for prompts.
+  const std::int64_t decode_tokens = options.max_batch * (1 + engine_options.mtp_drafts);
+  if (engine_options.max_step_tokens <= decode_tokens)
+    fail("--max-step-tokens {} leaves no room for prompts when --max-batch {} sequences decode {} tokens each a step "
+         "(raise it above {})",
+         engine_options.max_step_tokens, options.max_batch, 1 + engine_options.mtp_drafts, decode_tokens);
   Engine engine(model, engine_options);
   Server server(model, tokenizer, engine, options);
   return server.run();

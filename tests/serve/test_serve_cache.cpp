@@ -147,5 +147,22 @@ TEST(ServeCache, ASmallCachePreemptsAndEveryRequestGetsItsSingleRequestResult) {
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
+TEST(ServeCache, BadCacheOptionsAreClearErrors) {
+  struct Case {
+    std::string options, message;
+  };
+  for (const Case& c : {Case{"--max-batch 600 --max-step-tokens 512", "--max-step-tokens 512 leaves no room for prompts"},
+                        Case{"--max-step-tokens 0", "--max-step-tokens"},
+                        Case{"--prefix-cache maybe", "--prefix-cache"}}) {
+    int code = -1;
+    const std::string output = run_capture("timeout 30 " + std::string(DSV3_BINARY) + " serve --model " +
+                                               model_dir().string() + " --port " + std::to_string(free_port()) + " " +
+                                               c.options,
+                                           &code);
+    EXPECT_NE(code, 0) << c.options << "\n" << output;
+    EXPECT_NE(output.find(c.message), std::string::npos) << c.options << "\n" << output;
+  }
+}
+
 }  // namespace
 }  // namespace dsv3
