@@ -70,6 +70,31 @@ TEST(EngineScheduling, PreemptedSequencesAreComputedAgainAndGiveTheirResultsAlon
   }
 }
 
+// A preempted sequence keeps its sampler state: a seeded sampled run is the run alone.
+TEST(EngineScheduling, PreemptionKeepsTheSamplerState) {
+  const std::vector<std::vector<std::int32_t>> prompts = {fixture_ids(0, 20), fixture_ids(30, 55), fixture_ids(60, 78)};
+  auto sampled = [](std::uint64_t seed) {
+    SamplingParams params = greedy(60);
+    params.temperature = 0.9f;
+    params.top_p = 0.95f;
+    params.repetition_penalty = 1.1f;
+    params.seed = seed;
+    return params;
+  };
+  std::vector<std::vector<std::int32_t>> alone;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = DType::F32});
+    const SequenceId id = engine.add(prompts[i], sampled(7 + i));
+    alone.push_back(run_all(engine).at(id));
+  }
+  Engine engine(tiny_model(), {.cache_tokens = 112, .cache_dtype = DType::F32, .block_tokens = 16});
+  std::vector<SequenceId> ids;
+  for (std::size_t i = 0; i < prompts.size(); ++i) ids.push_back(engine.add(prompts[i], sampled(7 + i)));
+  const auto together = run_all(engine);
+  for (std::size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(together.at(ids[i]), alone[i]) << "sequence " << i;
+  EXPECT_GT(engine.preemptions(), 0);
+}
+
 TEST(EngineScheduling, AStepThatCannotFitReservesNothing) {
   Engine engine(tiny_model(), {.cache_tokens = 64, .block_tokens = 16, .prefill_chunk = 16});
   engine.add(fixture_ids(0, 100), greedy(4));  // 100 tokens never fit in 64
