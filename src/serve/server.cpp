@@ -504,7 +504,7 @@ std::string Server::metrics() const {
          scheduler_.capacity_tokens() - s.cache_free_tokens);
   metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
-  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.",
+  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Tokens taken from the prefix cache instead of computed (prompts, and preempted sequences computed again).",
          s.prefix_cache.hit_tokens);
   metric("dsv3_prefix_cache_evicted_blocks_total", "counter", "Cached KV blocks evicted for new work.",
          s.prefix_cache.evicted_blocks);
