@@ -54,8 +54,11 @@ TEST(EngineScheduling, PreemptedSequencesAreComputedAgainAndGiveTheirResultsAlon
         alone.push_back(run_all(engine).at(id));
       }
       // Each sequence needs 5 blocks of 16 by its end (6 with MTP drafts); the cache holds 8.
-      Engine engine(tiny_model(), {.cache_tokens = 128, .cache_dtype = DType::F32, .block_tokens = 16,
-                                   .mtp_drafts = mtp, .prefix_cache = prefix_cache});
+      Engine engine(tiny_model(), {.cache_tokens = 128,
+                                   .cache_dtype = DType::F32,
+                                   .block_tokens = 16,
+                                   .mtp_drafts = mtp,
+                                   .prefix_cache = prefix_cache});
       std::vector<SequenceId> ids;
       for (const auto& prompt : prompts) ids.push_back(engine.add(prompt, greedy(max_tokens)));
       const auto together = run_all(engine);
@@ -64,8 +67,8 @@ TEST(EngineScheduling, PreemptedSequencesAreComputedAgainAndGiveTheirResultsAlon
       EXPECT_EQ(engine.waiting(), 0);
       EXPECT_EQ(engine.prefix_cache().used_blocks, 0);
       EXPECT_EQ(engine.free_tokens(), 128);
-      std::printf("mtp %lld, prefix cache %s: %lld preemptions\n", static_cast<long long>(mtp), prefix_cache ? "on" : "off",
-                  static_cast<long long>(engine.preemptions()));
+      std::printf("mtp %lld, prefix cache %s: %lld preemptions\n", static_cast<long long>(mtp),
+                  prefix_cache ? "on" : "off", static_cast<long long>(engine.preemptions()));
     }
   }
 }
@@ -97,7 +100,7 @@ TEST(EngineScheduling, PreemptionKeepsTheSamplerState) {
 
 TEST(EngineScheduling, AStepThatCannotFitReservesNothing) {
   Engine engine(tiny_model(), {.cache_tokens = 64, .block_tokens = 16, .prefill_chunk = 16});
-  engine.add(fixture_ids(0, 100), greedy(4));  // 100 tokens never fit in 64
+  engine.add(fixture_ids(0, 100), greedy(4));          // 100 tokens never fit in 64
   for (int step = 0; step < 4; ++step) engine.step();  // 64 tokens prefilled in chunks of 16
   EXPECT_EQ(engine.free_tokens(), 0);
   EXPECT_THROW(engine.step(), CacheFullError);
@@ -113,12 +116,13 @@ TEST(EngineScheduling, DecodingSequencesKeepProducingWhileALongPromptIsPrefilled
     // The reference: each alone, with a budget that never binds.
     std::vector<std::vector<std::int32_t>> alone;
     for (const auto* prompt : {&short_prompt, &long_prompt}) {
-      Engine engine(tiny_model(), {.cache_tokens = 512, .cache_dtype = DType::F32, .max_step_tokens = 4096,
-                                   .mtp_drafts = mtp});
+      Engine engine(tiny_model(),
+                    {.cache_tokens = 512, .cache_dtype = DType::F32, .max_step_tokens = 4096, .mtp_drafts = mtp});
       const SequenceId id = engine.add(*prompt, greedy(30));
       alone.push_back(run_all(engine).at(id));
     }
-    Engine engine(tiny_model(), {.cache_tokens = 512, .cache_dtype = DType::F32, .max_step_tokens = 24, .mtp_drafts = mtp});
+    Engine engine(tiny_model(),
+                  {.cache_tokens = 512, .cache_dtype = DType::F32, .max_step_tokens = 24, .mtp_drafts = mtp});
     const SequenceId decoder = engine.add(short_prompt, greedy(30));
     std::map<SequenceId, std::vector<std::int32_t>> outputs;
     for (const TokenEvent& event : engine.step()) outputs[event.sequence].push_back(event.sampled.token);
@@ -139,7 +143,8 @@ TEST(EngineScheduling, DecodingSequencesKeepProducingWhileALongPromptIsPrefilled
       if (decoding) EXPECT_GE(decoded, 1u) << "step " << prefill_steps;
     }
     EXPECT_GE(prefill_steps, 270 / (24 - 1 - mtp)) << "the prompt went in chunks within the budget";
-    for (const auto& [id, tokens] : run_all(engine)) outputs[id].insert(outputs[id].end(), tokens.begin(), tokens.end());
+    for (const auto& [id, tokens] : run_all(engine))
+      outputs[id].insert(outputs[id].end(), tokens.begin(), tokens.end());
     EXPECT_EQ(outputs[decoder], alone[0]);
     EXPECT_EQ(outputs[prefiller], alone[1]);
   }

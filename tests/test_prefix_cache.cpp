@@ -32,7 +32,8 @@ struct Pool {
   LatentCache cache;
   BlockManager manager;
   Pool(std::int64_t blocks, bool key_next_token = false)
-      : cache(tiny_model().config(), {.capacity_tokens = blocks * kBlock, .dtype = DType::BF16, .block_tokens = kBlock}),
+      : cache(tiny_model().config(),
+              {.capacity_tokens = blocks * kBlock, .dtype = DType::BF16, .block_tokens = kBlock}),
         manager(cache, 1234, true, key_next_token) {}
 
   // A sequence that computed all of `tokens` and published its full blocks.
@@ -192,8 +193,8 @@ TEST(PrefixCache, CachedRunsGiveTheSameGreedyTokensAsUncachedOnes) {
   for (const std::int64_t mtp : {0, 2}) {
     for (const DType dtype : {DType::F32, DType::BF16}) {
       SCOPED_TRACE(fmt::format("mtp {}, cache {}", mtp, dtype_name(dtype)));
-      const EngineOptions options{.cache_tokens = 512, .cache_dtype = dtype, .block_tokens = 16, .prefill_chunk = 32,
-                                  .mtp_drafts = mtp};
+      const EngineOptions options{
+          .cache_tokens = 512, .cache_dtype = dtype, .block_tokens = 16, .prefill_chunk = 32, .mtp_drafts = mtp};
       Engine cached(tiny_model(), options);
       EngineOptions off = options;
       off.prefix_cache = false;

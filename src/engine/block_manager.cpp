@@ -102,7 +102,8 @@ std::int64_t BlockManager::match(std::span<const std::int32_t> prompt, LatentCac
   // Block i is usable when a token follows it: the last prompt token's logits must be computed, and
   // with MTP the key's next token is that one.
   for (; (matched + 1) * block_tokens_ < tokens; ++matched) {
-    const auto key = prompt.subspan(static_cast<std::size_t>(matched * block_tokens_), static_cast<std::size_t>(key_tokens()));
+    const auto key =
+        prompt.subspan(static_cast<std::size_t>(matched * block_tokens_), static_cast<std::size_t>(key_tokens()));
     const std::uint64_t hash = chain_hash(parent, key);
     const std::int32_t block = find(hash, parent, key);
     if (block < 0) break;
@@ -119,7 +120,8 @@ std::int64_t BlockManager::match(std::span<const std::int32_t> prompt, LatentCac
 }
 
 void BlockManager::reserve(LatentCache::Table& table, std::int64_t tokens) {
-  const std::int64_t needed = (tokens + block_tokens_ - 1) / block_tokens_ - static_cast<std::int64_t>(table.blocks.size());
+  const std::int64_t needed =
+      (tokens + block_tokens_ - 1) / block_tokens_ - static_cast<std::int64_t>(table.blocks.size());
   if (needed <= 0) return;
   if (needed * block_tokens_ > available_tokens())
     throw CacheFullError(fmt::format(
@@ -154,7 +156,8 @@ void BlockManager::publish(const LatentCache::Table& table, Chain& chain, std::i
     const auto i = static_cast<std::size_t>(p);
     return i < first.size() ? first[i] : second[i - first.size()];
   };
-  const std::int64_t full = std::min<std::int64_t>(complete / block_tokens_, static_cast<std::int64_t>(table.blocks.size()));
+  const std::int64_t full =
+      std::min<std::int64_t>(complete / block_tokens_, static_cast<std::int64_t>(table.blocks.size()));
   for (; chain.published < full; ++chain.published) {
     const std::int64_t start = chain.published * block_tokens_;
     if (start + key_tokens() > length) return;  // the next token is not known yet
@@ -168,7 +171,8 @@ void BlockManager::publish(const LatentCache::Table& table, Chain& chain, std::i
     if (hashed_[block]) continue;
     hash_[block] = hash;
     parent_[block] = parent;
-    std::copy(scratch_key_.begin(), scratch_key_.end(), keys_.begin() + static_cast<std::ptrdiff_t>(block) * key_tokens());
+    std::copy(scratch_key_.begin(), scratch_key_.end(),
+              keys_.begin() + static_cast<std::ptrdiff_t>(block) * key_tokens());
     const std::size_t bucket = hash & (buckets_.size() - 1);
     bucket_next_[block] = buckets_[bucket];
     buckets_[bucket] = block;

@@ -252,10 +252,12 @@ std::int64_t Engine::plan() {
     if (seq->chunk <= 0) continue;
     budget -= seq->chunk;
     prefilling_.push_back(seq.get());
-    needed += std::max<std::int64_t>(blocks_for(seq->main_cached + seq->chunk) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+    needed += std::max<std::int64_t>(
+        blocks_for(seq->main_cached + seq->chunk) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
   }
   for (const Sequence* seq : decoding_)
-    needed += std::max<std::int64_t>(blocks_for(seq->length() + k) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+    needed +=
+        std::max<std::int64_t>(blocks_for(seq->length() + k) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
   return needed * block;
 }
 
@@ -291,7 +293,8 @@ std::int64_t Engine::room_tokens() const {
   for (const auto& [id, seq] : sequences_) {
     if (seq->finished || seq->preempted) continue;
     const std::int64_t target = std::max(seq->prefill_target(), seq->length()) + options_.mtp_drafts + 1;
-    wanted += std::max<std::int64_t>((target + block - 1) / block - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+    wanted += std::max<std::int64_t>(
+        (target + block - 1) / block - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
   }
   return std::max<std::int64_t>(blocks_.available_tokens() - wanted * block, 0);
 }
@@ -349,7 +352,8 @@ std::span<const TokenEvent> Engine::step() {
   std::size_t next = 0;
   for (Sequence* seq : prefilling_) {
     const auto count = static_cast<std::size_t>(seq->chunk);
-    for (std::size_t i = 0; i < count; ++i) step_tokens_[next + i] = seq->token(seq->main_cached + static_cast<std::int64_t>(i));
+    for (std::size_t i = 0; i < count; ++i)
+      step_tokens_[next + i] = seq->token(seq->main_cached + static_cast<std::int64_t>(i));
     segments_.push_back({&seq->table, seq->main_cached, std::span<const std::int64_t>(step_tokens_.data() + next, count), false});
     next += count;
   }

@@ -498,13 +498,15 @@ std::string Server::metrics() const {
   metric("dsv3_preemptions_total", "counter", "Sequences preempted (pages taken back, computed again later).",
          s.preemptions);
   metric("dsv3_preempted_sequences", "gauge", "Preempted sequences waiting to be computed again.", s.waiting);
-  metric("dsv3_kv_cache_free_tokens", "gauge", "KV cache tokens free for new work (free blocks and evictable cached ones).", s.cache_free_tokens);
+  metric("dsv3_kv_cache_free_tokens", "gauge",
+         "KV cache tokens free for new work (free blocks and evictable cached ones).", s.cache_free_tokens);
   metric("dsv3_kv_cache_capacity_tokens", "gauge", "KV cache capacity in tokens.", scheduler_.capacity_tokens());
   metric("dsv3_kv_cache_used_tokens", "gauge", "KV cache tokens held by sequences.",
          scheduler_.capacity_tokens() - s.cache_free_tokens);
   metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
-  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Tokens taken from the prefix cache instead of computed (prompts, and preempted sequences computed again).",
+  metric("dsv3_prefix_cache_hit_tokens_total", "counter",
+         "Tokens taken from the prefix cache instead of computed (prompts, and preempted sequences computed again).",
          s.prefix_cache.hit_tokens);
   metric("dsv3_prefix_cache_evicted_blocks_total", "counter", "Cached KV blocks evicted for new work.",
          s.prefix_cache.evicted_blocks);

@@ -103,10 +103,11 @@ TEST(ServeCache, ASecondRequestSharingAThousandTokenPrefixPrefillsOnlyTheRest) {
   EXPECT_EQ(metric(server, "dsv3_kv_cache_blocks\\{state=\"used\"\\}"), 0);
   EXPECT_EQ(metric(server, "dsv3_kv_cache_free_tokens"), metric(server, "dsv3_kv_cache_capacity_tokens"))
       << "cached blocks are free for new work";
-  std::printf("prompt %lld tokens; time to first token: %.1f ms without a cache hit, %.1f ms with %lld cached tokens "
-              "(%.1f ms with --prefix-cache off)\n",
-              static_cast<long long>(prompt_tokens), first.first_token_seconds * 1e3, second.first_token_seconds * 1e3,
-              static_cast<long long>(hit), expected.first_token_seconds * 1e3);
+  std::printf(
+      "prompt %lld tokens; time to first token: %.1f ms without a cache hit, %.1f ms with %lld cached tokens "
+      "(%.1f ms with --prefix-cache off)\n",
+      static_cast<long long>(prompt_tokens), first.first_token_seconds * 1e3, second.first_token_seconds * 1e3,
+      static_cast<long long>(hit), expected.first_token_seconds * 1e3);
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
@@ -114,14 +115,16 @@ TEST(ServeCache, ASmallCachePreemptsAndEveryRequestGetsItsSingleRequestResult) {
   // Each request needs about 150 of the 256 cache tokens by its end; four run together.
   ServerProcess server("--kv-cache-tokens 256 --max-batch 4");
   ASSERT_TRUE(server.ready()) << server.log();
-  const std::vector<std::string> prompts = {"The history of the lighthouse keeper", "A recipe for bread:",
-                                            "Once upon a time, in a valley", "Rules of the game: first,"};
+  const std::vector<std::string> prompts = {"The history of the lighthouse keeper",
+                                            "A recipe for bread:", "Once upon a time, in a valley",
+                                            "Rules of the game: first,"};
   const int max_tokens = 130;
   auto complete = [&server, max_tokens](const std::string& prompt) {
     auto client = server.client();
     int status = 0;
-    Json body = post(client, "/v1/completions",
-                     {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}, {"ignore_eos", true}}, &status);
+    Json body =
+        post(client, "/v1/completions",
+             {{"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}, {"ignore_eos", true}}, &status);
     return std::pair(status, body);
   };
   std::vector<std::string> alone;
@@ -151,14 +154,14 @@ TEST(ServeCache, BadCacheOptionsAreClearErrors) {
   struct Case {
     std::string options, message;
   };
-  for (const Case& c : {Case{"--max-batch 600 --max-step-tokens 512", "--max-step-tokens 512 leaves no room for prompts"},
-                        Case{"--max-step-tokens 0", "--max-step-tokens"},
-                        Case{"--prefix-cache maybe", "--prefix-cache"}}) {
+  for (const Case& c :
+       {Case{"--max-batch 600 --max-step-tokens 512", "--max-step-tokens 512 leaves no room for prompts"},
+        Case{"--max-step-tokens 0", "--max-step-tokens"}, Case{"--prefix-cache maybe", "--prefix-cache"}}) {
     int code = -1;
-    const std::string output = run_capture("timeout 30 " + std::string(DSV3_BINARY) + " serve --model " +
-                                               model_dir().string() + " --port " + std::to_string(free_port()) + " " +
-                                               c.options,
-                                           &code);
+    const std::string output =
+        run_capture("timeout 30 " + std::string(DSV3_BINARY) + " serve --model " + model_dir().string() + " --port " +
+                        std::to_string(free_port()) + " " + c.options,
+                    &code);
     EXPECT_NE(code, 0) << c.options << "\n" << output;
     EXPECT_NE(output.find(c.message), std::string::npos) << c.options << "\n" << output;
   }
