@@ -76,7 +76,8 @@ TEST(CliNumbers, OtherSubcommandsUseTheSameChecks) {
   const Case cases[] = {
       {"bench " + t + "--batch 99999999999", "--batch: 99999999999 is out of range [1, 2147483647]"},
       {"bench " + t + "--prompt-len 0", "--prompt-len: 0 is out of range [1, 2147483647]"},
-      {"bench " + t + "--gen-len 2147483648", "--gen-len: 2147483648 is out of range [1, 2147483647]"},
+      {"bench " + t + "--gen-len 2147483648", "--gen-len: 2147483648 is out of range [2, 2147483647]"},
+      {"bench " + t + "--gen-len 1", "--gen-len: 1 is out of range [2, 2147483647]"},
       {"bench " + t + "--mtp -1", "--mtp: -1 is out of range [0, 64]"},
       {"bench " + t + "--seed x", "--seed: x is not an integer"},
       {"chat " + t + "--top-k 99999999999", "--top-k: 99999999999 is out of range [0, 2147483647]"},

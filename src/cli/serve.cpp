@@ -62,6 +62,14 @@ const bool registered = register_command(
        add_number(app, "--mtp", g.engine.mtp_drafts, "Draft this many tokens per step with the MTP module (0: off)", 0,
                   kMostDrafts)
            ->capture_default_str();
+       add_number(app, "--max-step-tokens", g.engine.max_step_tokens,
+                  "Most tokens one engine step feeds: decoding sequences first, then prompt chunks", 1, 1 << 20)
+           ->capture_default_str();
+       app.add_option_function<std::string>(
+              "--prefix-cache",
+              [&g](const std::string& value) { g.engine.prefix_cache = value == "on"; },
+              "Keep full KV cache blocks and reuse them for prompts that start with the same tokens (default: on)")
+           ->check(CLI::IsMember({"on", "off"}));
        app.add_option("--cache-dtype", g.cache_dtype, "KV cache precision")
            ->check(CLI::IsMember({"bf16", "f32"}))
            ->capture_default_str();

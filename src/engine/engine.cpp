@@ -5,6 +5,20 @@
 #include "core/error.h"
 
 namespace dsv3 {
+namespace {
+
+// Seeds every prefix-cache chain: blocks are only shared within one model and cache layout.
+std::uint64_t model_key(const ModelConfig& c, const EngineOptions& options) {
+  const std::vector<std::int32_t> shape = {
+      static_cast<std::int32_t>(c.vocab_size),        static_cast<std::int32_t>(c.hidden_size),
+      static_cast<std::int32_t>(c.num_hidden_layers), static_cast<std::int32_t>(c.num_nextn_predict_layers),
+      static_cast<std::int32_t>(c.kv_lora_rank),      static_cast<std::int32_t>(c.qk_rope_head_dim),
+      static_cast<std::int32_t>(options.cache_dtype), static_cast<std::int32_t>(options.block_tokens),
+      options.mtp_drafts > 0 ? 1 : 0};
+  return chain_hash(0x64737633ull, shape);
+}
+
+}  // namespace
 
 struct Engine::Sequence {
   SequenceId id = 0;
@@ -14,11 +28,21 @@ struct Engine::Sequence {
   PenaltyCounts penalties;                   // kept only when the params use them (penalized)
   bool penalized = false;
   LatentCache::Table table;
+  BlockManager::Chain chain;
+  std::int64_t cached_prompt = 0;  // prompt tokens matched in the prefix cache at admission
   std::int64_t main_cached = 0;   // positions whose latents the main layers have cached
   std::int64_t mtp_cached = 0;    // MTP rows cached (row p: h[p] with token p + 1)
   std::vector<float> mtp_hidden;  // main final hidden states at positions [mtp_cached, main_cached)
   std::int64_t drafted = 0, accepted = 0;  // MTP drafts verified and accepted, reported with each event
   bool finished = false;
+  bool preempted = false;  // its pages were taken back; it waits to be computed again
+  std::int64_t chunk = 0;  // prompt tokens it prefills in the step being planned
+
+  // Positions whose rows must be cached before it decodes: the prompt, or after a preemption
+  // everything but the last token produced (which the next decode step feeds).
+  std::int64_t prefill_target() const {
+    return output.empty() ? static_cast<std::int64_t>(prompt.size()) : length() - 1;
+  }
 
   std::int64_t length() const { return static_cast<std::int64_t>(prompt.size() + output.size()); }
   std::int32_t token(std::int64_t position) const {
@@ -41,8 +65,10 @@ Engine::Engine(const Model& model, EngineOptions options)
       cache_(model.config(),
              {.capacity_tokens = options.cache_tokens, .dtype = options.cache_dtype, .block_tokens = options.block_tokens},
              model.backend()),
+      blocks_(cache_, model_key(model.config(), options), options.prefix_cache, options.mtp_drafts > 0),
       workspace_(model.backend()) {
   if (options_.prefill_chunk <= 0) fail("prefill chunk must be positive");
+  if (options_.max_step_tokens <= 0) fail("the step token budget (--max-step-tokens) must be positive");
   if (options_.mtp_drafts < 0) fail("--mtp must be 0 or more draft tokens");
   if (options_.mtp_drafts > 0 && model.weights().mtp.empty())
     fail("MTP speculative decoding needs an MTP module, and this model has none (num_nextn_predict_layers = 0)");
@@ -93,16 +119,24 @@ SequenceId Engine::add(std::vector<std::int32_t> prompt, const SamplingParams& p
   }
   if (k > 0) sequence->mtp_hidden.reserve(static_cast<std::size_t>((k + 1) * c.hidden_size));
   most_logprobs_ = std::max(most_logprobs_, params.logprobs);
+  // Matched blocks hold the main and the MTP rows of their positions, never written again.
+  sequence->cached_prompt = blocks_.match(prompt, sequence->table, sequence->chain);
+  sequence->main_cached = sequence->mtp_cached = sequence->cached_prompt;
   sequence->prompt = std::move(prompt);
   const SequenceId id = sequence->id;
   sequences_.emplace(id, std::move(sequence));
   return id;
 }
 
+std::int64_t Engine::cached_prompt_tokens(SequenceId id) const {
+  const auto it = sequences_.find(id);
+  return it == sequences_.end() ? 0 : it->second->cached_prompt;
+}
+
 void Engine::finish(SequenceId id) {
   auto it = sequences_.find(id);
   if (it == sequences_.end()) return;
-  cache_.release(it->second->table);
+  blocks_.release(it->second->table, it->second->chain);
   sequences_.erase(it);
 }
 
@@ -140,6 +174,12 @@ void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_
   }
   event.finished = event.reason != FinishReason::none;
   sequence.finished = event.finished;
+}
+
+void Engine::publish(Sequence& sequence) {
+  const std::int64_t complete =
+      options_.mtp_drafts > 0 ? std::min(sequence.main_cached, sequence.mtp_cached) : sequence.main_cached;
+  blocks_.publish(sequence.table, sequence.chain, complete, sequence.prompt, sequence.output);
 }
 
 // MTP drafting for every decoding sequence: first the rows the MTP module has not yet seen (main
@@ -199,22 +239,103 @@ void Engine::draft() {
     decoding_[s]->untry_tokens(std::span<const std::int32_t>(draft_tokens_.data() + s * k, static_cast<std::size_t>(k)));
 }
 
+std::int64_t Engine::plan() {
+  const std::int64_t k = options_.mtp_drafts, block = cache_.block_tokens();
+  const auto blocks_for = [block](std::int64_t tokens) { return (tokens + block - 1) / block; };
+  prefilling_.clear();
+  decoding_.clear();
+  for (auto& [id, seq] : sequences_)
+    if (!seq->finished && !seq->preempted && seq->main_cached >= seq->prefill_target()) decoding_.push_back(seq.get());
+  // Decoding first; prefill chunks, oldest sequence first, share what is left of the budget.
+  std::int64_t budget = options_.max_step_tokens - static_cast<std::int64_t>(decoding_.size()) * (1 + k);
+  std::int64_t needed = 0;
+  for (auto& [id, seq] : sequences_) {
+    if (seq->finished || seq->preempted || seq->main_cached >= seq->prefill_target()) continue;
+    seq->chunk = std::min({seq->prefill_target() - seq->main_cached, options_.prefill_chunk, budget});
+    if (seq->chunk <= 0) continue;
+    budget -= seq->chunk;
+    prefilling_.push_back(seq.get());
+    needed += std::max<std::int64_t>(
+        blocks_for(seq->main_cached + seq->chunk) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+  }
+  for (const Sequence* seq : decoding_)
+    needed +=
+        std::max<std::int64_t>(blocks_for(seq->length() + k) - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+  return needed * block;
+}
+
+void Engine::preempt(Sequence& sequence) {
+  blocks_.release(sequence.table, sequence.chain);
+  sequence.main_cached = sequence.mtp_cached = 0;
+  sequence.mtp_hidden.clear();
+  sequence.preempted = true;
+  ++preemptions_;
+}
+
+void Engine::resume(Sequence& sequence) {
+  // Its blocks published before the preemption may still be cached.
+  std::vector<std::int32_t> tokens(sequence.prompt);
+  tokens.insert(tokens.end(), sequence.output.begin(), sequence.output.end());
+  sequence.main_cached = sequence.mtp_cached = blocks_.match(tokens, sequence.table, sequence.chain);
+  sequence.preempted = false;
+}
+
+std::int64_t Engine::running() const {
+  return std::count_if(sequences_.begin(), sequences_.end(),
+                       [](const auto& entry) { return !entry.second->finished && !entry.second->preempted; });
+}
+
+std::int64_t Engine::waiting() const {
+  return std::count_if(sequences_.begin(), sequences_.end(),
+                       [](const auto& entry) { return !entry.second->finished && entry.second->preempted; });
+}
+
+std::int64_t Engine::room_tokens() const {
+  const std::int64_t block = cache_.block_tokens();
+  std::int64_t wanted = 0;
+  for (const auto& [id, seq] : sequences_) {
+    if (seq->finished || seq->preempted) continue;
+    const std::int64_t target = std::max(seq->prefill_target(), seq->length()) + options_.mtp_drafts + 1;
+    wanted += std::max<std::int64_t>(
+        (target + block - 1) / block - static_cast<std::int64_t>(seq->table.blocks.size()), 0);
+  }
+  return std::max<std::int64_t>(blocks_.available_tokens() - wanted * block, 0);
+}
+
 std::span<const TokenEvent> Engine::step() {
   const std::int64_t vocab = model_.config().vocab_size, hidden = model_.config().hidden_size;
   const bool speculate = options_.mtp_drafts > 0;
   const std::int64_t k = options_.mtp_drafts;
   const auto row_of = [vocab](const float* logits) { return std::span<const float>(logits, static_cast<std::size_t>(vocab)); };
   event_count_ = 0;
-  prefilling_.clear();
-  decoding_.clear();
+  std::int64_t needed = plan();
+  // Preempted sequences come back, oldest first, once the cache holds them beside the running ones
+  // (all of them grown to their current length); alone, the oldest comes back whatever it needs.
   for (auto& [id, seq] : sequences_) {
-    if (seq->finished) continue;
-    (seq->main_cached < static_cast<std::int64_t>(seq->prompt.size()) ? prefilling_ : decoding_).push_back(seq.get());
+    if (seq->finished || !seq->preempted) continue;
+    const std::int64_t block = cache_.block_tokens();
+    const std::int64_t want = (seq->length() + k + block) / block * block;
+    if (running() > 0 && needed + want > blocks_.available_tokens()) break;
+    resume(*seq);
+    needed = plan();
   }
-  // Pages first, so a full cache fails the step before anything changes.
-  for (Sequence* seq : prefilling_)
-    cache_.reserve(seq->table, std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk));
-  for (Sequence* seq : decoding_) cache_.reserve(seq->table, seq->length() + k);
+  // When the running sequences need more pages than there are, the newest give theirs back and
+  // wait to be computed again; pages are taken only once the whole step fits.
+  while (needed > blocks_.available_tokens()) {
+    if (running() <= 1)
+      throw CacheFullError(fmt::format(
+          "KV cache exhausted: one sequence needs {} more tokens of cache, but only {} of {} tokens are free "
+          "(raise the cache capacity)",
+          needed, blocks_.available_tokens(), cache_.capacity_tokens()));
+    for (auto it = sequences_.rbegin(); it != sequences_.rend(); ++it)
+      if (!it->second->finished && !it->second->preempted) {
+        preempt(*it->second);
+        break;
+      }
+    needed = plan();
+  }
+  for (Sequence* seq : prefilling_) blocks_.reserve(seq->table, seq->main_cached + seq->chunk);
+  for (Sequence* seq : decoding_) blocks_.reserve(seq->table, seq->length() + k);
 
   // A slot for every token the step can emit, each with room for the most top logprobs asked for.
   const std::size_t most_events = prefilling_.size() + decoding_.size() * static_cast<std::size_t>(1 + k);
@@ -228,16 +349,14 @@ std::span<const TokenEvent> Engine::step() {
 
   // One main-model step: prefill chunks, then each decoding sequence's pending token and drafts.
   std::size_t total = decoding_.size() * static_cast<std::size_t>(1 + k);
-  for (const Sequence* seq : prefilling_)
-    total += static_cast<std::size_t>(
-        std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk) - seq->main_cached);
+  for (const Sequence* seq : prefilling_) total += static_cast<std::size_t>(seq->chunk);
   step_tokens_.resize(total);
   segments_.clear();
   std::size_t next = 0;
   for (Sequence* seq : prefilling_) {
-    const std::int64_t end = std::min<std::int64_t>(seq->prompt.size(), seq->main_cached + options_.prefill_chunk);
-    std::copy(seq->prompt.begin() + seq->main_cached, seq->prompt.begin() + end, step_tokens_.begin() + next);
-    const auto count = static_cast<std::size_t>(end - seq->main_cached);
+    const auto count = static_cast<std::size_t>(seq->chunk);
+    for (std::size_t i = 0; i < count; ++i)
+      step_tokens_[next + i] = seq->token(seq->main_cached + static_cast<std::int64_t>(i));
     segments_.push_back({&seq->table, seq->main_cached, std::span<const std::int64_t>(step_tokens_.data() + next, count), false});
     next += count;
   }
@@ -263,7 +382,8 @@ std::span<const TokenEvent> Engine::step() {
       Sequence& seq = *prefilling_[s];
       seq.main_cached += count;
       if (speculate) seq.mtp_hidden.insert(seq.mtp_hidden.end(), hidden_rows, hidden_rows + count * hidden);
-      if (seq.main_cached == static_cast<std::int64_t>(seq.prompt.size()))
+      // A sequence computed again after a preemption already has its next token.
+      if (seq.main_cached == seq.prefill_target() && seq.output.empty())
         emit(seq, row_of(logits), sample_token(row_of(logits), seq.penalties, seq.params, seq.rng, distribution_));
       continue;
     }
@@ -299,10 +419,12 @@ std::span<const TokenEvent> Engine::step() {
   }
   // Return pages nobody needs any more: rejected drafts' rows past the next step's start, and
   // everything of the sequences that ended (their events carry all that is left of them).
-  for (Sequence* seq : decoding_) cache_.truncate(seq->table, seq->length());
+  for (Sequence* seq : decoding_) blocks_.truncate(seq->table, seq->length());
+  for (Sequence* seq : prefilling_) publish(*seq);
+  for (Sequence* seq : decoding_) publish(*seq);
   std::erase_if(sequences_, [this](auto& entry) {
     if (!entry.second->finished) return false;
-    cache_.release(entry.second->table);
+    blocks_.release(entry.second->table, entry.second->chain);
     return true;
   });
   return std::span<const TokenEvent>(events_.data(), event_count_);

@@ -57,6 +57,18 @@ void LatentCache::truncate(Table& table, std::int64_t tokens) {
   }
 }
 
+std::int32_t LatentCache::take_block() {
+  if (free_blocks_.empty()) return -1;
+  const std::int32_t block = free_blocks_.back();
+  free_blocks_.pop_back();
+  return block;
+}
+
+void LatentCache::give_block(std::int32_t block) {
+  if (block < 0 || block >= block_count_) fail("KV cache block {} is outside the pool of {}", block, block_count_);
+  free_blocks_.push_back(block);
+}
+
 kernels::LatentPages LatentCache::pages(std::int64_t layer, const Table& table) const {
   kernels::LatentPages pages;
   pages.storage = storage_;

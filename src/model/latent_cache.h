@@ -60,6 +60,13 @@ class LatentCache {
   void truncate(Table& table, std::int64_t tokens);
   void release(Table& table) { truncate(table, 0); }
 
+  // Single blocks, for a block manager that shares them between tables (engine/block_manager.h):
+  // a free block (or -1 when none is), and a block given back to the pool.
+  std::int32_t take_block();
+  void give_block(std::int32_t block);
+  std::int64_t block_count() const { return block_count_; }
+  std::int64_t free_block_count() const { return static_cast<std::int64_t>(free_blocks_.size()); }
+
   // One layer of a sequence's rows, for the cache_store / cache_load / attention_latent ops.
   kernels::LatentPages pages(std::int64_t layer, const Table& table) const;
 

@@ -60,6 +60,11 @@ void Job::push(JobItem item) {
   ready_.notify_all();
 }
 
+std::int64_t Job::cached_prompt_tokens() {
+  std::lock_guard lock(mutex_);
+  return cached_prompt_tokens_;
+}
+
 bool Job::cancelled(std::size_t choice) {
   if (!any_cancelled_) return false;
   std::lock_guard lock(mutex_);
@@ -68,7 +73,8 @@ bool Job::cancelled(std::size_t choice) {
 
 Scheduler::Scheduler(Engine& engine, std::int64_t max_batch, std::int64_t max_queue)
     : engine_(engine), max_batch_(max_batch), max_queue_(max_queue) {
-  stats_.cache_free_tokens = engine_.cache().free_tokens();
+  stats_.cache_free_tokens = engine_.free_tokens();
+  stats_.prefix_cache = engine_.prefix_cache();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -121,27 +127,30 @@ SchedulerStats Scheduler::stats() const {
 
 bool Scheduler::admit(const std::shared_ptr<Job>& job) {
   const auto choices = static_cast<std::int64_t>(job->choices());
+  // The pages of its prompts and first tokens, not of all it may generate: when the running
+  // sequences outgrow the cache, the engine preempts the newest. Preempted sequences come back
+  // before new work joins.
   std::int64_t wanted = 0;
   for (std::size_t c = 0; c < job->choices(); ++c)
-    wanted += reservation(static_cast<std::int64_t>(job->prompts_[c].size()), job->params_[c].max_tokens.value_or(1));
+    wanted += reservation(static_cast<std::int64_t>(job->prompts_[c].size()), 1);
   if (!running_.empty()) {
     if (static_cast<std::int64_t>(running_.size()) + choices > max_batch_) return false;
-    if (reserved_tokens_ + wanted > engine_.cache().capacity_tokens()) return false;
+    if (engine_.waiting() > 0 || wanted > engine_.room_tokens()) return false;
   }
   std::vector<SequenceId> added;
   try {
     for (std::size_t c = 0; c < job->choices(); ++c) {
       const SequenceId id = engine_.add(job->prompts_[c], job->params_[c]);
       added.push_back(id);
-      const std::int64_t reserved =
-          reservation(static_cast<std::int64_t>(job->prompts_[c].size()), job->params_[c].max_tokens.value_or(1));
-      running_.emplace(id, Running{job, c, reserved});
-      reserved_tokens_ += reserved;
+      {
+        std::lock_guard lock(job->mutex_);
+        job->cached_prompt_tokens_ += engine_.cached_prompt_tokens(id);
+      }
+      running_.emplace(id, Running{job, c});
     }
   } catch (const std::exception& e) {
     for (const SequenceId id : added) {
       engine_.finish(id);
-      reserved_tokens_ -= running_.at(id).reserved;
       running_.erase(id);
     }
     job->push(error_item(e.what(), 400));
@@ -155,7 +164,6 @@ void Scheduler::fail_running(const std::string& message) {
     entry.job->push(error_item(message, 500, entry.choice));
   }
   running_.clear();
-  reserved_tokens_ = 0;
 }
 
 void Scheduler::loop() {
@@ -181,7 +189,6 @@ void Scheduler::loop() {
     for (auto it = running_.begin(); it != running_.end();) {
       if (it->second.job->cancelled(it->second.choice)) {
         engine_.finish(it->first);
-        reserved_tokens_ -= it->second.reserved;
         TokenEvent ended;
         ended.finished = true;
         ended.reason = FinishReason::external;
@@ -199,7 +206,8 @@ void Scheduler::loop() {
     if (running_.empty()) {
       std::lock_guard lock(mutex_);
       stats_.running = 0;
-      stats_.cache_free_tokens = engine_.cache().free_tokens();
+      stats_.cache_free_tokens = engine_.free_tokens();
+      stats_.prefix_cache = engine_.prefix_cache();
       continue;
     }
     const auto batch = static_cast<std::int64_t>(running_.size());
@@ -214,10 +222,7 @@ void Scheduler::loop() {
       const auto it = running_.find(event.sequence);
       if (it == running_.end()) continue;
       it->second.job->push(token_item(it->second.choice, event));
-      if (event.finished) {
-        reserved_tokens_ -= it->second.reserved;
-        running_.erase(it);
-      }
+      if (event.finished) running_.erase(it);
     }
     batch_rows_.observe(static_cast<double>(batch));
     std::lock_guard lock(mutex_);
@@ -226,8 +231,11 @@ void Scheduler::loop() {
     stats_.most_batch = std::max(stats_.most_batch, batch);
     stats_.generated_tokens += static_cast<std::int64_t>(events.size());
     stats_.running = static_cast<std::int64_t>(running_.size());
-    stats_.cache_free_tokens = engine_.cache().free_tokens();
+    stats_.cache_free_tokens = engine_.free_tokens();
+    stats_.prefix_cache = engine_.prefix_cache();
     stats_.speculation = engine_.speculation();
+    stats_.preemptions = engine_.preemptions();
+    stats_.waiting = engine_.waiting();
   }
 }
 

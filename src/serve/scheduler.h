@@ -4,8 +4,9 @@
 // queue. Jobs join the batch between steps, as long as the batch and the KV cache have room for
 // them, and leave when their sequences finish or are cancelled.
 //
-// Admission reserves, for every sequence, the cache its prompt and max_tokens can ever need, so a
-// step never runs out of cache pages (there is no preemption yet).
+// Admission takes what the cache can hold now (a job's prompts); when the running sequences
+// outgrow the cache, the engine preempts the newest and computes them again later, so a step does
+// not fail for want of pages. A request whose sequences cannot fit even alone is refused up front.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -44,6 +45,8 @@ class Job {
   // Asks the scheduler to end one choice (a stop string seen), or all of them (a client gone).
   void cancel(std::size_t choice);
   void cancel_all();
+  // Prompt tokens of all choices taken from the prefix cache, once the job has been admitted.
+  std::int64_t cached_prompt_tokens();
 
  private:
   friend class Scheduler;
@@ -56,6 +59,7 @@ class Job {
   std::condition_variable ready_;
   std::deque<JobItem> items_;
   std::vector<bool> cancelled_;
+  std::int64_t cached_prompt_tokens_ = 0;
   std::atomic<bool> any_cancelled_{false};
 };
 
@@ -65,10 +69,13 @@ struct SchedulerStats {
   std::int64_t most_batch = 0;
   std::int64_t running = 0;        // sequences in the engine now
   std::int64_t queued = 0;         // jobs waiting for admission
-  std::int64_t cache_free_tokens = 0;
+  std::int64_t cache_free_tokens = 0;  // free blocks and evictable cached ones
+  PrefixCacheStats prefix_cache;
   std::int64_t generated_tokens = 0;
   std::int64_t cancelled = 0;      // sequences ended before they finished (stop strings, clients gone)
   SpeculationStats speculation;    // MTP drafts tried and accepted, by draft position
+  std::int64_t preemptions = 0;    // sequences preempted for want of cache pages
+  std::int64_t waiting = 0;        // preempted sequences waiting to be computed again
 };
 
 class Scheduler {
@@ -77,8 +84,8 @@ class Scheduler {
   Scheduler(Engine& engine, std::int64_t max_batch, std::int64_t max_queue);
   ~Scheduler();
 
-  // The cache tokens one sequence reserves: its prompt and max_tokens, in whole pages, plus the
-  // drafts MTP may try past its end.
+  // The most cache tokens one sequence can hold: its prompt and max_tokens, in whole pages, plus
+  // the drafts MTP may try past its end.
   std::int64_t reservation(std::int64_t prompt_tokens, std::int64_t max_tokens) const;
   std::int64_t capacity_tokens() const;
 
@@ -98,7 +105,6 @@ class Scheduler {
   struct Running {
     std::shared_ptr<Job> job;
     std::size_t choice = 0;
-    std::int64_t reserved = 0;
   };
   void loop();
   bool admit(const std::shared_ptr<Job>& job);  // false: no room yet
@@ -114,7 +120,6 @@ class Scheduler {
   bool cancel_all_ = false;
   // Owned by the scheduler thread.
   std::map<SequenceId, Running> running_;
-  std::int64_t reserved_tokens_ = 0;
   SchedulerStats stats_;  // guarded by mutex_
   Histogram batch_rows_{{1, 2, 4, 8, 16, 32, 64, 128}};
   std::thread thread_;

@@ -118,7 +118,7 @@ class Server {
   void routes();
   void generate(const httplib::Request& request, httplib::Response& response, Endpoint endpoint);
   Delta add_token(ChoiceState& state, const JobItem& item, const GenerationRequest& request, Job& job);
-  Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states) const;
+  Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const;
   Json chunk(const std::string& id, const GenerationRequest& request, Json choices) const;
   std::string metrics() const;
   void reply_error(httplib::Response& response, const ApiError& error) const {
@@ -147,7 +147,7 @@ class Server {
   Scheduler scheduler_;  // last: stopped first, while the rest still stands
 };
 
-Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceState>& states) const {
+Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const {
   std::int64_t prompt = 0, completion = 0, reasoning = 0, drafted = 0, accepted = 0;
   for (const auto& ids : request.prompts) prompt += static_cast<std::int64_t>(ids.size());
   for (const auto& state : states) {
@@ -156,13 +156,13 @@ Json Server::usage(const GenerationRequest& request, const std::vector<ChoiceSta
     drafted += state.drafted;
     accepted += state.accepted;
   }
-  // No prefix cache yet: every prompt token is a miss.
+  const std::int64_t cached = job.cached_prompt_tokens();
   Json out = {{"prompt_tokens", prompt},
           {"completion_tokens", completion},
           {"total_tokens", prompt + completion},
-          {"prompt_cache_hit_tokens", 0},
-          {"prompt_cache_miss_tokens", prompt},
-          {"prompt_tokens_details", {{"cached_tokens", 0}}},
+          {"prompt_cache_hit_tokens", cached},
+          {"prompt_cache_miss_tokens", prompt - cached},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}},
           {"completion_tokens_details", {{"reasoning_tokens", reasoning}}}};
   // An extension: MTP drafts tried and accepted for this request (all its choices).
   if (speculating_) out["speculation"] = {{"drafted", drafted}, {"accepted", accepted}};
@@ -391,7 +391,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
                 {"model", model_name_},
                 {"system_fingerprint", "dsv3"},
                 {"choices", std::move(choices)},
-                {"usage", usage(request, states)}};
+                {"usage", usage(request, states, *job)}};
     response.set_content(dump(out), "application/json");
     return;
   }
@@ -486,7 +486,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
         }
         if (request.include_usage) {
           Json last = chunk(id, request, Json::array());
-          last["usage"] = usage(request, stream->states);
+          last["usage"] = usage(request, stream->states, *stream->job);
           send(last);
         }
         const std::string done = "data: [DONE]\n\n";
@@ -512,7 +512,11 @@ std::string Server::metrics() const {
   metric("dsv3_generated_tokens_total", "counter", "Tokens generated.", s.generated_tokens);
   metric("dsv3_running_sequences", "gauge", "Sequences in the engine.", s.running);
   metric("dsv3_queued_requests", "gauge", "Requests waiting to join the batch.", s.queued);
-  metric("dsv3_kv_cache_free_tokens", "gauge", "Free KV cache tokens.", s.cache_free_tokens);
+  metric("dsv3_preemptions_total", "counter", "Sequences preempted (pages taken back, computed again later).",
+         s.preemptions);
+  metric("dsv3_preempted_sequences", "gauge", "Preempted sequences waiting to be computed again.", s.waiting);
+  metric("dsv3_kv_cache_free_tokens", "gauge",
+         "KV cache tokens free for new work (free blocks and evictable cached ones).", s.cache_free_tokens);
   metric("dsv3_kv_cache_capacity_tokens", "gauge", "KV cache capacity in tokens.", scheduler_.capacity_tokens());
   metric("dsv3_kv_cache_used_tokens", "gauge", "KV cache tokens held by sequences.",
          scheduler_.capacity_tokens() - s.cache_free_tokens);
@@ -522,8 +526,16 @@ std::string Server::metrics() const {
          cancelled_requests_);
   metric("dsv3_sequences_cancelled_total", "counter",
          "Sequences ended before they finished (a stop string, a client gone, a shutdown).", s.cancelled);
-  // No prefix cache yet: no prompt token is a hit.
-  metric("dsv3_prefix_cache_hit_tokens_total", "counter", "Prompt tokens served from the prefix cache.", 0);
+  metric("dsv3_prefix_cache_hit_tokens_total", "counter",
+         "Tokens taken from the prefix cache instead of computed (prompts, and preempted sequences computed again).",
+         s.prefix_cache.hit_tokens);
+  metric("dsv3_prefix_cache_evicted_blocks_total", "counter", "Cached KV blocks evicted for new work.",
+         s.prefix_cache.evicted_blocks);
+  out += "# HELP dsv3_kv_cache_blocks KV cache blocks: used by sequences, cached (kept for later prompts, evictable), "
+         "free.\n# TYPE dsv3_kv_cache_blocks gauge\n";
+  out += fmt::format("dsv3_kv_cache_blocks{{state=\"used\"}} {}\ndsv3_kv_cache_blocks{{state=\"cached\"}} {}\n"
+                     "dsv3_kv_cache_blocks{{state=\"free\"}} {}\n",
+                     s.prefix_cache.used_blocks, s.prefix_cache.cached_blocks, s.prefix_cache.free_blocks);
   if (!s.speculation.drafted.empty()) {
     out += "# HELP dsv3_mtp_drafted_tokens_total MTP draft tokens tried, by draft position.\n"
            "# TYPE dsv3_mtp_drafted_tokens_total counter\n";
@@ -672,6 +684,12 @@ int Server::run() {
 
 int serve(const Model& model, const Tokenizer& tokenizer, const EngineOptions& engine_options,
           const ServeOptions& options) {
+  // Decoding sequences go first in every step: a full batch must leave room for prompts.
+  const std::int64_t decode_tokens = options.max_batch * (1 + engine_options.mtp_drafts);
+  if (engine_options.max_step_tokens <= decode_tokens)
+    fail("--max-step-tokens {} leaves no room for prompts when --max-batch {} sequences decode {} tokens each a step "
+         "(raise it above {})",
+         engine_options.max_step_tokens, options.max_batch, 1 + engine_options.mtp_drafts, decode_tokens);
   Engine engine(model, engine_options);
   Server server(model, tokenizer, engine, options);
   return server.run();
