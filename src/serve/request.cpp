@@ -334,7 +334,25 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
       if (value != "none" && value != "auto" && value != "required")
         throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
       tool_choice_none = value == "none";
-    } else if (!choice->is_object()) {
+      if (value == "required" && tools.is_null())
+        throw bad("tool_choice", "'tool_choice' \"required\" needs 'tools'");
+    } else if (choice->is_object()) {
+      // {"type": "function", "function": {"name": NAME}}, NAME one of the tools' functions.
+      const Json* function = field(*choice, "function");
+      const Json* name = function && function->is_object() ? field(*function, "name")
+                                                           : nullptr;
+      if (!name || !name->is_string())
+        throw bad("tool_choice.function.name", "a named 'tool_choice' needs {\"type\": \"function\", \"function\": "
+                                               "{\"name\": ...}}");
+      bool known = false;
+      if (tools.is_array())
+        for (const Json& tool : tools)
+          if (const Json* f = field(tool, "function"); f && f->is_object())
+            if (const Json* n = field(*f, "name"); n && *n == *name) known = true;
+      if (!known)
+        throw bad("tool_choice.function.name",
+                  fmt::format("'tool_choice' names the function '{}', which is not among 'tools'", name->get<std::string>()));
+    } else {
       throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
     }
   }

@@ -130,6 +130,13 @@ std::vector<BadRequest> bad_requests() {
       chat("tools not a list", R"("tools":{"type":"function"})", "tools"),
       chat("unknown tool_choice", R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"always")",
            "tool_choice"),
+      chat("tool_choice required without tools", R"("tool_choice":"required")", "tool_choice"),
+      chat("tool_choice naming an unknown function",
+           R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}})",
+           "tool_choice.function.name"),
+      chat("tool_choice without a function name",
+           R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function"})",
+           "tool_choice.function.name"),
       {"tool call without a function", "POST", "/v1/chat/completions",
        R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"a"}]}]})",
        "Bearer " + kApiKey, "messages[1].tool_calls[0].function"},
@@ -216,6 +223,13 @@ TEST(Serve, MalformedRequestsGet4xxJsonErrorsAndTheServerKeepsServing) {
                           {{"messages", {{{"role", "user"}, {"content", "Still there?"}}}}, {"max_tokens", 5}}, &status);
   EXPECT_EQ(status, 200) << reply.dump();
   EXPECT_EQ(reply["usage"]["completion_tokens"], 5);
+  // A tool_choice naming one of the tools is accepted.
+  const Json named = post(keyed, "/v1/chat/completions",
+                          Json::parse(R"({"messages":[{"role":"user","content":"Weather?"}],"max_tokens":3,
+                                          "tools":[{"type":"function","function":{"name":"get_weather"}}],
+                                          "tool_choice":{"type":"function","function":{"name":"get_weather"}}})"),
+                          &status);
+  EXPECT_EQ(status, 200) << named.dump();
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
