@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/default_model.h"
 #include "kernels/ops.h"
 #include "core/error.h"
 
@@ -41,8 +43,17 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     runs.emplace_back(sub, command.setup(*sub));
   }
+  std::vector<std::string> arguments(argv, argv + argc);
   try {
-    app.parse(argc, argv);
+    arguments = with_default_model(app, std::move(arguments));
+  } catch (const dsv3::Error& e) {
+    fmt::print(stderr, "dsv3: error: {}\n", e.what());
+    return 1;
+  }
+  std::vector<char*> pointers;
+  for (std::string& a : arguments) pointers.push_back(a.data());
+  try {
+    app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
