@@ -110,6 +110,7 @@ TEST(CliDefaultModel, CommandsWithoutModelUseItAndSaySo) {
   EXPECT_EQ(given.output.find("no --model given"), std::string::npos) << given.output;
   const CommandResult help = dsv3("generate --help", "/nonexistent");
   EXPECT_EQ(help.exit_code, 0) << help.output;
+  EXPECT_NE(help.output.find("(default: models/sotu, or $DSV3_MODEL)"), std::string::npos) << help.output;
 }
 
 TEST(CliDefaultModel, AMissingDefaultModelNamesTheScriptThatMakesIt) {

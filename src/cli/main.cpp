@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
   for (auto& command : all) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     runs.emplace_back(sub, command.setup(*sub));
+    // with_default_model fills in --model when it is absent, so no command requires it.
+    if (CLI::Option* model = sub->get_option_no_throw("--model")) {
+      model->required(false);
+      model->description(model->get_description() + " (default: models/sotu, or $DSV3_MODEL)");
+    }
   }
   std::vector<std::string> arguments(argv, argv + argc);
   try {
