@@ -187,6 +187,32 @@ TEST(Train, ConfigKeysAreCheckedByName) {
   expect_error(with("beta2", 1.0), "\"beta2\"");
   expect_error(with("fp8", 1), "\"fp8\" must be true or false");
   expect_error(nlohmann::json{{"tokenizer", "t"}, {"corpus", "c"}}, "\"model_config\"");
+  // Named held-out documents replace the random split, so both cannot be asked for.
+  expect_error(with("validation_corpus", {"h.txt"}), "\"validation_fraction\"");
+  nlohmann::json named = with("validation_corpus", {"h.txt"});
+  named["validation_fraction"] = 0.0;
+  EXPECT_EQ(train::TrainConfig::from_json(named).validation_corpus, std::vector<std::string>{"h.txt"});
+}
+
+TEST(Train, ValidationCorpusIsTheHeldOutSplit) {
+  auto setup = test::training_setup("held-out", 6);
+  train::TrainConfig c = setup.config;
+  c.corpus = {setup.corpus.begin(), setup.corpus.end() - 2};
+  c.validation_corpus = {setup.corpus.end() - 2, setup.corpus.end()};
+  c.validation_fraction = 0.0;
+  c.steps = 0;
+  const train::Trainer trainer(c);
+  const Tokenizer tokenizer = Tokenizer::load(c.tokenizer);
+  std::vector<std::vector<std::int32_t>> held_out, trained;
+  for (const train::Document& d : train::read_documents(c.validation_corpus)) held_out.push_back(tokenizer.encode(d.text));
+  for (const train::Document& d : train::read_documents(c.corpus)) trained.push_back(tokenizer.encode(d.text));
+  EXPECT_EQ(trainer.corpus().validation_documents, 2);
+  EXPECT_EQ(trainer.corpus().documents, 6);
+  // The held-out speeches, packed whole (in some order): as many sequences as they fill alone.
+  EXPECT_EQ(trainer.corpus().validation.count(),
+            train::pack_documents(held_out, tokenizer.eos_id(), c.seq_len).count());
+  EXPECT_EQ(trainer.corpus().train.count(), train::pack_documents(trained, tokenizer.eos_id(), c.seq_len).count());
+  std::filesystem::remove_all(setup.dir);
 }
 
 }  // namespace

@@ -2,9 +2,12 @@
 #include <fmt/core.h>
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <map>
 
 #include "cli/command.h"
+#include "core/error.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "model/latent_cache.h"
@@ -76,6 +79,19 @@ int run_info(const std::filesystem::path& model) {
       fmt::print("  {:<16} {} tensors, {}\n", dtype, entry.first, human(static_cast<double>(entry.second), "B"));
   } else {
     fmt::print("weights            none (config only)\n");
+  }
+  // What `dsv3 eval --out DIR/eval.json` measured, for a model folder that keeps it.
+  if (const fs::path eval = model / "eval.json"; fs::is_directory(model) && fs::exists(eval)) {
+    std::ifstream in(eval);
+    const nlohmann::json e = nlohmann::json::parse(in, nullptr, false);
+    if (e.is_discarded() || !e.contains("model_bits_per_byte") || !e.contains("unigram_bits_per_byte") ||
+        !e.contains("held_out_bytes") || !e["model_bits_per_byte"].is_number() || !e["unigram_bits_per_byte"].is_number())
+      fail("{}: not an eval.json of dsv3 eval (model_bits_per_byte, unigram_bits_per_byte, held_out_bytes)",
+           eval.string());
+    const double model_bpb = e["model_bits_per_byte"].get<double>(), unigram_bpb = e["unigram_bits_per_byte"].get<double>();
+    fmt::print("held-out           {:.4f} bits per byte; unigram baseline {:.4f}, {:.1f}% below it ({} bytes never "
+               "trained on)\n",
+               model_bpb, unigram_bpb, 100.0 * (1.0 - model_bpb / unigram_bpb), e["held_out_bytes"].dump());
   }
   return 0;
 }

@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <exception>
+#include <string>
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/default_model.h"
 #include "kernels/ops.h"
 #include "core/error.h"
 
@@ -40,9 +42,23 @@ int main(int argc, char** argv) {
   for (auto& command : all) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     runs.emplace_back(sub, command.setup(*sub));
+    // with_default_model fills in --model when it is absent, so no command requires it.
+    if (CLI::Option* model = sub->get_option_no_throw("--model")) {
+      model->required(false);
+      model->description(model->get_description() + " (default: models/sotu, or $DSV3_MODEL)");
+    }
   }
+  std::vector<std::string> arguments(argv, argv + argc);
   try {
-    app.parse(argc, argv);
+    arguments = with_default_model(app, std::move(arguments));
+  } catch (const dsv3::Error& e) {
+    fmt::print(stderr, "dsv3: error: {}\n", e.what());
+    return 1;
+  }
+  std::vector<char*> pointers;
+  for (std::string& a : arguments) pointers.push_back(a.data());
+  try {
+    app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -17,6 +17,11 @@ namespace dsv3::train {
 
 // ---- ops (ops.cpp) ----
 
+// Row-major C = alpha op(A) op(B) + beta C, single-threaded on the calling thread (gemm.cpp): op(A)
+// is [m, k], op(B) [k, n]; the leading dimensions are of A, B, C as stored.
+void gemm(bool a_transposed, bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
+          const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
+
 // W.grad += dyᵀ · x; d_x += dy · W (skipped when d_x is null).
 void linear_backward(const float* x, std::int64_t rows, Parameter& weight, const float* d_y, float* d_x);
 

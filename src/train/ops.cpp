@@ -1,9 +1,7 @@
-// The backward twins of the model's ops, FP32 with FP64 row reductions, on the host (OpenBLAS).
-#include <cblas.h>
-
+// The backward twins of the model's ops, FP32 with FP64 row reductions, on the host (GEMMs through
+// oneDNN, gemm.cpp).
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -15,12 +13,6 @@ namespace {
 
 // Columns / rows per task in the backward GEMMs.
 constexpr std::int64_t kPanel = 64;
-
-void single_threaded_blas() {
-  // As in the kernels: we split GEMMs over the pool ourselves, OpenBLAS threads would oversubscribe.
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
 
 // A GEMM input as the GEMM reads it: the FP32 values, or under the FP8 recipe a copy rounded through
 // E4M3 in tiles of tile_rows x tile_cols (kept in `storage`).
@@ -49,7 +41,6 @@ void Backward::rmsnorm(const float* x, std::int64_t rows, std::span<const float>
 }
 
 void linear_backward(const float* x_in, std::int64_t rows, Parameter& weight, const float* d_y_in, float* d_x) {
-  single_threaded_blas();
   const std::int64_t out = weight.rows(), in = weight.cols();
   if (rows == 0) return;
   const bool fp8 = weight.fp8_gemm;
@@ -59,18 +50,14 @@ void linear_backward(const float* x_in, std::int64_t rows, Parameter& weight, co
   float* d_w = weight.grad.data();
   // d_W[o0:o1, :] += d_y[:, o0:o1]ᵀ · x
   ThreadPool::global().parallel_for(out, kPanel, [&](std::int64_t begin, std::int64_t end) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(end - begin), static_cast<int>(in),
-                static_cast<int>(rows), 1.0f, d_y + begin, static_cast<int>(out), x, static_cast<int>(in), 1.0f,
-                d_w + begin * in, static_cast<int>(in));
+    gemm(true, false, end - begin, in, rows, 1.0f, d_y + begin, out, x, in, 1.0f, d_w + begin * in, in);
   });
   if (!d_x) return;
   d_y = gemm_input(fp8, d_y_in, rows, out, 1, kFp8Tile, d_y_rows_q);
   const float* w = gemm_input(fp8, weight.value.data(), out, in, kFp8Tile, kFp8Tile, w_q);
   // d_x[:, i0:i1] += d_y · W[:, i0:i1]
   ThreadPool::global().parallel_for(in, kPanel, [&](std::int64_t begin, std::int64_t end) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows), static_cast<int>(end - begin),
-                static_cast<int>(out), 1.0f, d_y, static_cast<int>(out), w + begin, static_cast<int>(in), 1.0f,
-                d_x + begin, static_cast<int>(in));
+    gemm(false, false, rows, end - begin, out, 1.0f, d_y, out, w + begin, in, 1.0f, d_x + begin, in);
   });
 }
 
@@ -120,7 +107,6 @@ void silu_mul_backward(const float* gate, const float* up, const float* d_out, s
 
 void attention_causal_backward(const float* q, const float* k, const float* v, const kernels::AttentionShape& shape,
                                float scale, const float* d_out, float* d_q, float* d_k, float* d_v) {
-  single_threaded_blas();
   const std::int64_t tokens = shape.tokens, qk = shape.qk_dim, vd = shape.v_dim;
   const int n = static_cast<int>(tokens);
   const std::int64_t out_stride = shape.heads * vd;
@@ -132,7 +118,7 @@ void attention_causal_backward(const float* q, const float* k, const float* v, c
       const float* v_h = v + head * shape.v_head_stride;
       const float* do_h = d_out + head * vd;
       // P = softmax(scale · q kᵀ) over the causal prefix, rebuilt exactly as the forward kernel does.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, static_cast<int>(qk), scale, q_h,
+      gemm(false, true, n, n, static_cast<int>(qk), scale, q_h,
                   static_cast<int>(shape.q_stride), k_h, static_cast<int>(shape.k_stride), 0.0f, p.data(), n);
       for (std::int64_t i = 0; i < tokens; ++i) {
         float* row = p.data() + i * tokens;
@@ -147,9 +133,9 @@ void attention_causal_backward(const float* q, const float* k, const float* v, c
         std::fill(row + i + 1, row + tokens, 0.0f);
       }
       // dV = Pᵀ dO;  dP = dO Vᵀ;  dS = P ∘ (dP - rowsum(P ∘ dP));  dQ = scale dS K;  dK = scale dSᵀ Q.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, static_cast<int>(vd), n, 1.0f, p.data(), n, do_h,
+      gemm(true, false, n, static_cast<int>(vd), n, 1.0f, p.data(), n, do_h,
                   static_cast<int>(out_stride), 0.0f, d_v + head * shape.v_head_stride, static_cast<int>(shape.v_stride));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, static_cast<int>(vd), 1.0f, do_h,
+      gemm(false, true, n, n, static_cast<int>(vd), 1.0f, do_h,
                   static_cast<int>(out_stride), v_h, static_cast<int>(shape.v_stride), 0.0f, d_p.data(), n);
       for (std::int64_t i = 0; i < tokens; ++i) {
         float* p_row = p.data() + i * tokens;
@@ -160,9 +146,9 @@ void attention_causal_backward(const float* q, const float* k, const float* v, c
       }
       float* dq_h = d_q + head * shape.q_head_stride;
       float* dk_h = d_k + head * shape.k_head_stride;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, static_cast<int>(qk), n, scale, p.data(), n, k_h,
+      gemm(false, false, n, static_cast<int>(qk), n, scale, p.data(), n, k_h,
                   static_cast<int>(shape.k_stride), 0.0f, dq_h, static_cast<int>(shape.q_stride));
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, static_cast<int>(qk), n, scale, p.data(), n, q_h,
+      gemm(true, false, n, static_cast<int>(qk), n, scale, p.data(), n, q_h,
                   static_cast<int>(shape.q_stride), 0.0f, dk_h, static_cast<int>(shape.k_stride));
     }
   });

@@ -22,6 +22,7 @@
 #include "core/numeric.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "model/model.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
 
@@ -358,6 +359,9 @@ struct TrainConfig {
   std::uint64_t seed = 0;
   bool skip_invalid_documents = false;    // leave out (and count) documents that are not valid UTF-8, instead of failing
   double validation_fraction = 0.05;      // of the documents
+  // Held-out documents named explicitly (files or directories, as corpus); when set, they are the
+  // validation split and all of `corpus` trains (validation_fraction must then be 0).
+  std::vector<std::string> validation_corpus;
   std::int64_t validation_interval = 100; // steps; 0: never
   std::int64_t validation_sequences = 32; // at most this many validation sequences are scored
   std::string checkpoint_dir;             // "": no checkpoints
@@ -419,6 +423,27 @@ class Trainer {
   SequenceSampler sampler_;
   std::int64_t step_ = 0;
 };
+
+// ---- evaluation (bits_per_byte.cpp) ----
+
+struct BitsPerByte {
+  std::int64_t documents = 0, bytes = 0;  // held-out documents and their UTF-8 bytes
+  std::int64_t tokens = 0;                // held-out tokens scored (EOS excluded)
+  std::int64_t baseline_tokens = 0;       // tokens the unigram frequencies were counted on
+  std::int64_t context = 0;
+  double model_bits = 0.0, unigram_bits = 0.0;  // summed cross-entropy over the held-out tokens
+  double model_bits_per_byte() const { return model_bits / static_cast<double>(bytes); }
+  double unigram_bits_per_byte() const { return unigram_bits / static_cast<double>(bytes); }
+  double reduction() const { return 1.0 - model_bits / unigram_bits; }  // 0.35: 35% fewer bits than unigram
+  nlohmann::json to_json() const;
+};
+
+// The model's cross-entropy on the held-out documents in bits per UTF-8 byte (each document after
+// an EOS token, as training packs it; windows of `context` tokens with a stride of context / 2),
+// against a unigram model of the baseline documents' tokens with add-one smoothing over the
+// tokenizer's vocabulary, evaluated on the same held-out tokens.
+BitsPerByte bits_per_byte(const Model& model, const Tokenizer& tokenizer, const std::vector<Document>& held_out,
+                          const std::vector<Document>& baseline, std::int64_t context);
 
 // ---- plots (plot.cpp) ----
 

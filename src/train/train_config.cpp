@@ -88,6 +88,7 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
     }
     else if (key == "skip_invalid_documents") c.skip_invalid_documents = r.boolean(key, v);
     else if (key == "validation_fraction") c.validation_fraction = r.number(key, v);
+    else if (key == "validation_corpus") c.validation_corpus = r.strings(key, v);
     else if (key == "validation_interval") c.validation_interval = r.integer(key, v);
     else if (key == "validation_sequences") c.validation_sequences = r.integer(key, v);
     else if (key == "checkpoint_dir") c.checkpoint_dir = r.string(key, v);
@@ -124,6 +125,8 @@ TrainConfig TrainConfig::from_json(const json& j, const std::string& source) {
   require(c.gamma.gamma >= 0.0, "gamma", "must be >= 0");
   require(c.gamma.gamma_after >= 0.0, "gamma_after", "must be >= 0");
   require(c.validation_fraction >= 0.0 && c.validation_fraction < 1.0, "validation_fraction", "must lie in [0, 1)");
+  require(c.validation_corpus.empty() || c.validation_fraction == 0.0, "validation_fraction",
+          "must be 0 when validation_corpus names the held-out documents");
   require(c.validation_interval >= 0, "validation_interval", "must be >= 0");
   require(c.validation_sequences >= 1, "validation_sequences", "must be at least 1");
   require(c.checkpoint_interval >= 0, "checkpoint_interval", "must be >= 0");
@@ -170,6 +173,7 @@ json TrainConfig::to_json() const {
           {"seed", seed},
           {"skip_invalid_documents", skip_invalid_documents},
           {"validation_fraction", validation_fraction},
+          {"validation_corpus", validation_corpus},
           {"validation_interval", validation_interval},
           {"validation_sequences", validation_sequences},
           {"checkpoint_dir", checkpoint_dir},

@@ -24,8 +24,18 @@ std::optional<fs::path> resume_path(const TrainConfig& c) {
 
 Corpus load_corpus(const TrainConfig& c) {
   const Tokenizer tokenizer = Tokenizer::load(c.tokenizer);
-  return build_corpus(tokenizer, read_documents(c.corpus), c.seq_len, c.validation_fraction, c.seed,
-                      c.skip_invalid_documents);
+  Corpus corpus = build_corpus(tokenizer, read_documents(c.corpus), c.seq_len, c.validation_fraction, c.seed,
+                               c.skip_invalid_documents);
+  if (c.validation_corpus.empty()) return corpus;
+  // Named held-out documents: packed as a training split would be, then used only for validation.
+  Corpus held_out = build_corpus(tokenizer, read_documents(c.validation_corpus), c.seq_len, 0.0, c.seed,
+                                 c.skip_invalid_documents);
+  corpus.validation = std::move(held_out.train);
+  corpus.validation_documents = held_out.documents;
+  corpus.documents += held_out.documents;
+  corpus.tokens += held_out.tokens;
+  for (std::string& skipped : held_out.skipped) corpus.skipped.push_back(std::move(skipped));
+  return corpus;
 }
 
 TrainableModel make_model(const TrainConfig& c, const std::optional<fs::path>& resume) {
