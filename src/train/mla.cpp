@@ -32,7 +32,6 @@ void rebuild(const Backward& b, const AttentionWeights& w, const float* x, std::
   const ModelConfig& c = b.config;
   const std::int64_t heads = c.num_attention_heads, nope = c.qk_nope_head_dim, rope_dim = c.qk_rope_head_dim;
   const std::int64_t qk_dim = c.qk_head_dim(), kv_dim = nope + c.v_head_dim;
-  const std::int64_t kv_a_dim = c.kv_lora_rank + rope_dim;
 
   t.q.resize(count(tokens, heads * qk_dim));
   if (c.q_lora_rank) {
