@@ -32,8 +32,8 @@ double streamed(const nlohmann::json& p, int rank_index, int batch_index) {
 TEST(Plan, OneRankStreamsWhatTheParameterCountSays) {
   const ModelConfig c = ModelConfig::load(tiny_model_dir());
   const ParameterCount params = count_parameters(c);
-  const nlohmann::json p =
-      plan("--config " + tiny_config() + " --ranks 1 --bandwidth 100 --link 10 --latency 5 --dtype bf16 --batch 1,1000000");
+  const nlohmann::json p = plan("--config " + tiny_config() +
+                                " --ranks 1 --bandwidth 100 --link 10 --latency 5 --dtype bf16 --batch 1,1000000");
   ASSERT_FALSE(p.is_null());
   // Batch 1: the activated weights less the embedding table, two bytes each.
   EXPECT_DOUBLE_EQ(streamed(p, 0, 0), 2.0 * static_cast<double>(params.read_per_token));
@@ -81,6 +81,19 @@ TEST(Plan, SplitBytesShrinkAsOneOverRanksAndCommunicationFollowsTheRing) {
   EXPECT_NEAR(step["communication_seconds"].get<double>(), expected, 1e-12);
   EXPECT_NEAR(step["tokens_per_second"].get<double>(),
               32.0 / (streamed(p, 1, 1) / 100e9 + step["communication_seconds"].get<double>()), 1e-6);
+}
+
+TEST(Plan, EveryRankStreamsTheReplicatedWeightsWhole) {
+  const nlohmann::json p =
+      plan("--config " + tiny_config() + " --ranks 1,2 --bandwidth 100 --link 10 --latency 5 --dtype bf16 --batch 1");
+  ASSERT_FALSE(p.is_null());
+  // streamed(N) = replicated + rest / N, so replicated = 2 streamed(2) - streamed(1). By hand for
+  // tiny-dsv3 (hidden 256, q_lora 96, kv_lora 64 + rope 16, 3 layers, 2 of them MoE with 16 experts):
+  // per layer q_a_proj 96x256, its norm 96, kv_a_proj_with_mqa 80x256, its norm 64, two layer norms
+  // 256 each; per MoE layer the router 16x256 and its bias 16; the final norm 256. BF16: 2 bytes.
+  const double per_layer = 96 * 256 + 96 + 80 * 256 + 64 + 2 * 256;
+  const double replicated = 2.0 * (3 * per_layer + 2 * (16 * 256 + 16) + 256);
+  EXPECT_DOUBLE_EQ(2 * streamed(p, 1, 0) - streamed(p, 0, 0), replicated);
 }
 
 TEST(Plan, TheReleasedModelInFp8IsAboutItsCheckpointSize) {
