@@ -96,6 +96,19 @@ void check_collectives(Communicator& comm) {
     refused = std::string(e.what()).find("broadcast") != std::string::npos;
   }
   expect(refused, "a broadcast from a root that is not a rank is an error naming the op", rank);
+
+  // An error inside MPI: the other ranks send rank 0 more bytes than it has room for (it sizes the
+  // result from its own part), so MPI_Gather fails there with a truncation, which must come back
+  // as a dsv3 error naming the operation.
+  std::vector<std::byte> uneven(rank == 0 ? 4 : 8, std::byte{1});
+  std::string message;
+  try {
+    comm.gather(std::span<const std::byte>(uneven));
+  } catch (const dsv3::Error& e) {
+    message = e.what();
+  }
+  if (rank == 0)
+    expect(message.starts_with("gather: MPI error"), "a truncated gather is a dsv3 error naming it: " + message, rank);
   comm.barrier();
 }
 
