@@ -16,7 +16,8 @@ esac
 packages=(build-essential cmake ninja-build ccache pkg-config git
   nlohmann-json3-dev libpcre2-dev libopenblas-dev libdnnl-dev libfmt-dev libcli11-dev libcpp-httplib-dev)
 if [ "$demo" = 0 ]; then
-  packages+=(libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jinja2 chromium)
+  # Open MPI: dsv3 across ranks (src/dist/mpi) and its mpirun tests; builds without it still pass.
+  packages+=(libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jinja2 chromium openmpi-bin libopenmpi-dev)
 fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -24,12 +24,14 @@ const std::map<std::string, std::set<std::string>> kAllowed = {
     {"io", {"core"}},
     {"tokenizer", {"core", "io"}},
     {"kernels", {"core"}},
+    {"dist", {"core", "dist/mpi"}},  // communicator (its factory picks MPI), expert placement: no model, no HTTP
+    {"dist/mpi", {"core", "dist"}},
     {"kernels/cpu", {"core", "kernels"}},
     {"kernels/reference", {"core", "kernels"}},
-    {"model", {"core", "io", "kernels"}},
-    {"engine", {"core", "io", "kernels", "model", "tokenizer"}},
-    {"train", {"core", "io", "kernels", "model", "tokenizer"}},
-    {"serve", {"core", "io", "kernels", "model", "tokenizer", "engine"}},
+    {"model", {"core", "io", "kernels", "dist"}},
+    {"engine", {"core", "io", "kernels", "model", "tokenizer", "dist"}},
+    {"train", {"core", "io", "kernels", "model", "tokenizer", "dist"}},
+    {"serve", {"core", "io", "kernels", "model", "tokenizer", "engine", "dist"}},
     {"serve/page", {}},  // the chat page: HTML, CSS and JavaScript
 };
 
