@@ -75,6 +75,7 @@ int run(GenerateOptions& options) {
   const auto& speculation = engine.speculation();
   for (std::size_t i = 0; i < speculation.drafted.size(); ++i)
     summary += fmt::format("; MTP draft {} accepted {:.0f}%", i + 1, 100.0 * speculation.acceptance(i));
+  std::cout.flush();  // the text before the summary, also when both go to one pipe
   std::fprintf(stderr, "%s\n", summary.c_str());
   return 0;
 }
