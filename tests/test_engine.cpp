@@ -2,6 +2,7 @@
 // decoding and with either cache dtype; batching; speculative sampling keeps the distribution.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 
 #include "chi_square.h"
@@ -235,6 +236,33 @@ TEST(Engine, EventsCarryTheirSequencesDraftsAndAcceptances) {
   EXPECT_EQ(drafted, engine_drafted);
   EXPECT_EQ(accepted, engine_accepted);
   EXPECT_GT(accepted, 0);
+}
+
+// The chosen token's log-probability costs a pass over the vocabulary: only sequences that ask for
+// it get it; for a greedy token it is the best entry of top_logprobs (computed on its own path).
+TEST(Engine, GivesTheChosenTokensLogprobOnlyWhenAsked) {
+  Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = DType::F32});
+  SamplingParams plain, asked, top;
+  plain.max_tokens = asked.max_tokens = top.max_tokens = 6;
+  plain.temperature = asked.temperature = top.temperature = 0.0f;  // greedy
+  asked.token_logprob = true;
+  top.logprobs = 1;
+  const std::vector<std::int32_t> prompt = {255, 624, 590, 983};
+  const SequenceId a = engine.add(prompt, plain), b = engine.add(prompt, asked), c = engine.add(prompt, top);
+  std::map<SequenceId, std::vector<SampledToken>> got;
+  while (engine.has_work())
+    for (const TokenEvent& event : engine.step()) got[event.sequence].push_back(event.sampled);
+  ASSERT_EQ(got[a].size(), 6u);
+  ASSERT_EQ(got[b].size(), 6u);
+  ASSERT_EQ(got[c].size(), 6u);
+  for (std::size_t i = 0; i < 6; ++i) {
+    EXPECT_TRUE(std::isnan(got[a][i].logprob)) << i;
+    ASSERT_EQ(got[c][i].top_logprobs.size(), 1u);
+    EXPECT_EQ(got[b][i].token, got[c][i].top_logprobs[0].token) << i;
+    EXPECT_NEAR(got[b][i].logprob, got[c][i].top_logprobs[0].logprob, 1e-5) << i;
+    EXPECT_NEAR(got[c][i].logprob, got[c][i].top_logprobs[0].logprob, 1e-5) << i;
+    EXPECT_LE(got[b][i].logprob, 0.0f);
+  }
 }
 
 TEST(Engine, RejectsBadPromptsAndOptions) {

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 
@@ -154,7 +155,9 @@ void Engine::emit(Sequence& sequence, std::span<const float> logits, std::int32_
   event.drafted = sequence.drafted;
   event.accepted = sequence.accepted;
   event.sampled.token = token;
-  event.sampled.logprob = token_logprob(logits, token);
+  event.sampled.logprob = sequence.params.token_logprob || sequence.params.logprobs > 0
+                              ? token_logprob(logits, token)
+                              : std::numeric_limits<float>::quiet_NaN();  // not asked for
   if (sequence.params.logprobs > 0) {
     top_logprobs(logits, sequence.params.logprobs, event.sampled.top_logprobs);
   } else {

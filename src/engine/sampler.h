@@ -33,6 +33,9 @@ struct SamplingParams {
   std::vector<std::int32_t> stop_token_ids;  // generation ends on these; they are not emitted
   std::vector<std::string> stop;             // generation ends before these strings
   std::int32_t logprobs = 0;                 // top-N log-probabilities per token; 0 = off
+  // The chosen token's own log-probability (SampledToken::logprob), also wanted with logprobs > 0.
+  // Off by default: it costs a pass of exp over the whole vocabulary for every token.
+  bool token_logprob = false;
   bool ignore_eos = false;                   // keep going past the model's end-of-sequence token (benchmarks)
 
   bool greedy() const { return temperature == 0.0f; }
@@ -115,7 +118,7 @@ float token_logprob(std::span<const float> logits, std::int32_t token);
 
 struct SampledToken {
   std::int32_t token = 0;
-  float logprob = 0.0f;                    // of `token`, in the raw model distribution
+  float logprob = 0.0f;  // of `token` in the raw model distribution; from the engine only when asked for (NaN otherwise)
   std::vector<TokenLogprob> top_logprobs;  // params.logprobs entries, empty when off
 };
 

@@ -362,6 +362,7 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
   const auto top = integer(body, "top_logprobs", 0, kMostTopLogprobs);
   if (top && !request.logprobs) throw bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
   request.params.logprobs = static_cast<std::int32_t>(top.value_or(0));
+  request.params.token_logprob = request.logprobs;
 
   std::string rendered;
   try {
@@ -441,6 +442,7 @@ GenerationRequest parse_completion_request(const Json& body, const ModelLimits& 
   const auto logprobs = integer(body, "logprobs", 0, kMostTopLogprobs);
   request.logprobs = logprobs.has_value();
   request.params.logprobs = static_cast<std::int32_t>(logprobs.value_or(0));
+  request.params.token_logprob = request.logprobs;
   // OpenAI's default for completions.
   if (!field(body, "max_tokens") && !field(body, "max_completion_tokens")) {
     Json with_default = body;
