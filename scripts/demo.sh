@@ -26,7 +26,7 @@ seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 t0=$(now)
 
 echo "== 1/3 install and build (scripts/setup.sh --demo; skips what is done)"
-bash scripts/setup.sh --demo
+bash scripts/setup.sh --demo  # prints its own split: install, then build
 t1=$(now)
 
 echo "== 2/3 the default model (models/sotu)"
@@ -44,7 +44,7 @@ build/dsv3 generate --prompt "$prompt" --max-tokens 80 --temperature 0.7 --seed 
 t3=$(now)
 
 echo
-echo "demo: install+build $(seconds "$t0" "$t1") s, model $(seconds "$t1" "$t2") s, sample $(seconds "$t2" "$t3") s"
+echo "demo: setup $(seconds "$t0" "$t1") s (install and build, split in setup's line above), model $(seconds "$t1" "$t2") s, sample $(seconds "$t2" "$t3") s"
 
 if [ "$serve" = 1 ]; then
   echo "demo: starting dsv3 serve; the chat page is at http://127.0.0.1:$port/ (Ctrl-C stops it)"

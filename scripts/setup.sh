@@ -19,6 +19,7 @@ if [ "$demo" = 0 ]; then
   # Open MPI: dsv3 across ranks (src/dist/mpi) and its mpirun tests; builds without it still pass.
   packages+=(libgtest-dev libgmock-dev libbenchmark-dev python3 python3-jinja2 chromium openmpi-bin libopenmpi-dev)
 fi
+started=$SECONDS
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # Node.js may come from elsewhere than Debian (with its own npm): only install it when absent.
@@ -43,7 +44,9 @@ if [ "$demo" = 1 ]; then
     dpkg -s libgtest-dev libgmock-dev libbenchmark-dev >/dev/null 2>&1 && tests=ON
     cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV3_TESTS=$tests -DDSV3_BENCH=$tests >/dev/null
   fi
+  installed=$SECONDS
   cmake --build build -j"$(nproc)" --target dsv3
+  echo "setup: install $((installed - started)) s, build $((SECONDS - installed)) s"
   echo "setup: done (dsv3 only). scripts/setup.sh with no option builds the tests too."
   exit 0
 fi
