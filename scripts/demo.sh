@@ -55,6 +55,6 @@ if [ "$serve" = 1 ]; then
 fi
 if [ -t 0 ] && [ -t 1 ]; then
   echo "demo: opening dsv3 chat (/exit or Ctrl-D leaves)"
-  exec build/dsv3 chat --mtp 1 --temperature 0.7
+  exec build/dsv3 chat --mtp 1 --temperature 0.7 --max-tokens 200  # the default model never learned to end a turn
 fi
 echo "demo: no terminal, so no chat; run scripts/demo.sh in a terminal to chat, or with --serve for the page"
