@@ -72,6 +72,12 @@ TEST(RouterCounts, EqualTheReferenceRoutingOfTheStepsRouterLogits) {
   model.step(std::span(&segment, 1), cache, workspace);
   EXPECT_EQ(counts.experts[0], before);
   EXPECT_EQ(counts.rows, tokens);
+
+  ModelConfig other = c;
+  other.n_routed_experts = 8;
+  RouterCounts wrong(other);
+  EXPECT_THAT(error_message([&] { model.step(std::span(&segment, 1), cache, workspace, nullptr, &wrong); }),
+              HasSubstr("router counts made for another model"));
 }
 
 // Every row the main model computes is counted: the prompt, each decode token, and with MTP each

@@ -82,6 +82,7 @@ struct RouterCounts {
   std::vector<std::int64_t> layers;                // the decoder layer index of each MoE layer
   std::vector<std::vector<std::int64_t>> experts;  // [MoE layer][expert]: rows routed there
   std::int64_t rows = 0;                           // rows stepped; each goes to top_k experts per MoE layer
+  bool fits(const ModelConfig& config) const;  // made for this config's MoE layers and experts
   // The counts of decoder layer `layer` (empty for a dense layer).
   std::span<std::int64_t> of_layer(std::int64_t layer);
 };

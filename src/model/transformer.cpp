@@ -84,6 +84,7 @@ StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache
   workspace.reset();
   Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
   ctx.router_counts = counts;
+  if (counts && !counts->fits(c)) fail("router counts made for another model's MoE layers or experts");
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
   for (std::size_t s = 0; s < segments.size(); ++s)
     runs[s] = {segments[s].table, segments[s].start, static_cast<std::int64_t>(segments[s].tokens.size()), 0,
@@ -126,6 +127,18 @@ RouterCounts::RouterCounts(const ModelConfig& config) {
       layers.push_back(layer);
       experts.emplace_back(static_cast<std::size_t>(config.n_routed_experts), 0);
     }
+}
+
+bool RouterCounts::fits(const ModelConfig& config) const {
+  std::size_t m = 0;
+  for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    if (!config.is_moe_layer(layer)) continue;
+    if (m >= layers.size() || layers[m] != layer ||
+        static_cast<std::int64_t>(experts[m].size()) != config.n_routed_experts)
+      return false;
+    ++m;
+  }
+  return m == layers.size();
 }
 
 std::span<std::int64_t> RouterCounts::of_layer(std::int64_t layer) {
