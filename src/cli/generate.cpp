@@ -3,12 +3,14 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 
 #include "cli/command.h"
 #include "cli/numeric_option.h"
 #include "cli/generation_options.h"
 #include "core/error.h"
+#include "serve/server.h"
 
 namespace dsv3::cli {
 namespace {
@@ -18,6 +20,7 @@ struct GenerateOptions {
   std::string prompt;
   std::string prompt_ids;
   bool print_ids = false;
+  std::string expert_stats;  // where the router's per-layer expert counts go, as `dsv3 placement --stats` reads them
 };
 
 int run(GenerateOptions& options) {
@@ -34,7 +37,14 @@ int run(GenerateOptions& options) {
   const auto load_start = std::chrono::steady_clock::now();
   const Model model = load_model(g.model);
   if (tokenizer) g.fit_to(*tokenizer, model.config(), g.sampling);
-  Engine engine(model, g.engine_options(model.config()));
+  std::ofstream stats_file;
+  if (!options.expert_stats.empty()) {
+    stats_file.open(options.expert_stats);  // opened now, so that a bad path fails before generating
+    if (!stats_file) fail("--expert-stats {}: cannot open for writing", options.expert_stats);
+  }
+  EngineOptions engine_options = g.engine_options(model.config());
+  engine_options.expert_stats = !options.expert_stats.empty();
+  Engine engine(model, engine_options);
   const SequenceId id = engine.add(prompt, g.sampling);
   const auto start = std::chrono::steady_clock::now();
 
@@ -75,6 +85,12 @@ int run(GenerateOptions& options) {
   const auto& speculation = engine.speculation();
   for (std::size_t i = 0; i < speculation.drafted.size(); ++i)
     summary += fmt::format("; MTP draft {} accepted {:.0f}%", i + 1, 100.0 * speculation.acceptance(i));
+  if (const RouterCounts* counts = engine.router_counts()) {
+    stats_file << serve::expert_stats_json(*counts, model.config(), g.model) << '\n';
+    stats_file.flush();
+    if (!stats_file) fail("--expert-stats {}: cannot write", options.expert_stats);
+    summary += fmt::format("; expert statistics of {} routed tokens in {}", counts->rows, options.expert_stats);
+  }
   std::cout.flush();  // the text before the summary, also when both go to one pipe
   std::fprintf(stderr, "%s\n", summary.c_str());
   return 0;
@@ -90,6 +106,9 @@ const bool registered = register_command(
        prompt->add_option("--prompt-ids", options->prompt_ids, "Prompt token ids, comma-separated");
        prompt->require_option(1);
        app.add_flag("--print-ids", options->print_ids, "Print the generated ids, comma-separated, on a last line");
+       app.add_option("--expert-stats", options->expert_stats,
+                      "Write the rows the router sent to each expert of each MoE layer (prompt and generated "
+                      "tokens) here as JSON, the input of dsv3 placement --stats");
        return [options] { return run(*options); };
      }});
 

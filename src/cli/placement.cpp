@@ -1,5 +1,7 @@
 // dsv3 placement: redundant experts from router statistics (dist/placement.h, DeepSeek's EPLB).
 //   --stats FILE   {"layers": [[rows routed to expert 0, expert 1, ...], ...]}, one list per MoE layer
+//                  (other keys, such as those dsv3 generate --expert-stats adds, are ignored); given
+//                  several times, the files' counts are summed
 //   --out FILE     the plan as JSON: per layer, each rank's experts (one per slot) and each expert's
 //                  replica count
 #include <fmt/core.h>
@@ -51,8 +53,23 @@ double max_over_mean(const std::vector<double>& load) {
   return mean > 0 ? *std::max_element(load.begin(), load.end()) / mean : 1.0;
 }
 
-int run_placement(const std::string& stats, int ranks, int redundant, const std::string& out_path) {
-  const auto layers = read_stats(stats);
+// The counts of every file, summed; the files must have the same layers and experts.
+std::vector<std::vector<double>> read_all_stats(const std::vector<std::string>& paths) {
+  std::vector<std::vector<double>> total = read_stats(paths.front());
+  for (std::size_t f = 1; f < paths.size(); ++f) {
+    const auto layers = read_stats(paths[f]);
+    if (layers.size() != total.size() || layers.front().size() != total.front().size())
+      fail("{}: {} layers of {} experts, {} has {} of {}: statistics of different models cannot be summed",
+           paths[f], layers.size(), layers.front().size(), paths.front(), total.size(), total.front().size());
+    for (std::size_t l = 0; l < layers.size(); ++l)
+      for (std::size_t e = 0; e < layers[l].size(); ++e) total[l][e] += layers[l][e];
+  }
+  return total;
+}
+
+int run_placement(const std::vector<std::string>& stats_files, int ranks, int redundant, const std::string& out_path) {
+  const auto layers = read_all_stats(stats_files);
+  const std::string stats = stats_files.size() == 1 ? stats_files.front() : "--stats";
   std::vector<dist::LayerPlacement> plans;
   for (std::size_t l = 0; l < layers.size(); ++l) {
     try {
@@ -94,11 +111,12 @@ int run_placement(const std::string& stats, int ranks, int redundant, const std:
 
 const bool registered = register_command(
     {"placement", "Place redundant experts on ranks from router statistics (EPLB)", [](CLI::App& app) -> Run {
-       auto stats = std::make_shared<std::string>();
+       auto stats = std::make_shared<std::vector<std::string>>();
        auto out = std::make_shared<std::string>();
        auto ranks = std::make_shared<int>(1);
        auto redundant = std::make_shared<int>(0);
-       app.add_option("--stats", *stats, "Router statistics: {\"layers\": [[rows per expert], ...]}")->required();
+       app.add_option("--stats", *stats, "Router statistics: {\"layers\": [[rows per expert], ...]} (several: summed)")
+           ->required();
        add_number(app, "--ranks", *ranks, "Ranks the experts are spread over", 1, 1 << 16)->required();
        add_number(app, "--redundant", *redundant, "Redundant expert slots per rank", 0, 1 << 16)->required();
        app.add_option("--out", *out, "Write the plan here as JSON");

@@ -70,6 +70,12 @@ const bool registered = register_command(
               [&g](const std::string& value) { g.engine.prefix_cache = value == "on"; },
               "Keep full KV cache blocks and reuse them for prompts that start with the same tokens (default: on)")
            ->check(CLI::IsMember({"on", "off"}));
+       g.engine.expert_stats = true;  // a few increments per routed row: on unless asked otherwise
+       app.add_option_function<std::string>(
+              "--expert-stats",
+              [&g](const std::string& value) { g.engine.expert_stats = value == "on"; },
+              "Count the rows the router sends to each expert, answered at GET /expert-stats (default: on)")
+           ->check(CLI::IsMember({"on", "off"}));
        app.add_option("--cache-dtype", g.cache_dtype, "KV cache precision")
            ->check(CLI::IsMember({"bf16", "f32"}))
            ->capture_default_str();

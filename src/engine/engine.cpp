@@ -73,6 +73,7 @@ Engine::Engine(const Model& model, EngineOptions options)
   if (options_.mtp_drafts < 0) fail("--mtp must be 0 or more draft tokens");
   if (options_.mtp_drafts > 0 && model.weights().mtp.empty())
     fail("MTP speculative decoding needs an MTP module, and this model has none (num_nextn_predict_layers = 0)");
+  if (options_.expert_stats) router_counts_.emplace(model.config());
   speculation_.drafted.assign(static_cast<std::size_t>(options_.mtp_drafts), 0);
   speculation_.accepted.assign(static_cast<std::size_t>(options_.mtp_drafts), 0);
   const auto vocab = static_cast<std::size_t>(model.config().vocab_size);
@@ -373,7 +374,7 @@ std::span<const TokenEvent> Engine::step() {
     next += static_cast<std::size_t>(1 + k);
   }
   if (segments_.empty()) return {};
-  const StepOutput out = model_.step(segments_, cache_, workspace_);
+  const StepOutput out = model_.step(segments_, cache_, workspace_, nullptr, router_counts_ ? &*router_counts_ : nullptr);
 
   std::int64_t row = 0;  // first hidden row of the current segment
   for (std::size_t s = 0; s < segments_.size(); ++s) {

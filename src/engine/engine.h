@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -26,6 +27,7 @@ struct EngineOptions {
   std::int64_t max_step_tokens = 512; // most tokens a step feeds: decoding sequences first, then prefill chunks
   std::int64_t mtp_drafts = 0;        // k tokens drafted per step by the MTP module (0: off)
   bool prefix_cache = true;           // share and keep full cache blocks by their tokens (block_manager.h)
+  bool expert_stats = false;          // count the main model's routing per MoE layer (router_counts())
 };
 
 // Acceptance of MTP drafts by draft position (0 = the first draft of a step).
@@ -87,6 +89,10 @@ class Engine {
   std::int64_t free_tokens() const { return blocks_.available_tokens(); }
   PrefixCacheStats prefix_cache() const { return blocks_.stats(); }
   const EngineOptions& options() const { return options_; }
+  // With expert_stats: the rows routed to each expert of each MoE layer by every main-model step so
+  // far (prefill, decode, and MTP drafts verified whether accepted or not: all rows the experts
+  // computed), else null.
+  const RouterCounts* router_counts() const { return router_counts_ ? &*router_counts_ : nullptr; }
 
  private:
   struct Sequence;
@@ -111,6 +117,7 @@ class Engine {
   SequenceId next_id_ = 1;
   SpeculationStats speculation_;
   std::int64_t preemptions_ = 0;
+  std::optional<RouterCounts> router_counts_;
 
   // Per-step scratch, cleared (not freed) by every step, so a step of a batch no larger than an
   // earlier one allocates nothing.

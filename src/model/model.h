@@ -74,6 +74,19 @@ struct StepRecord {
   std::int64_t bytes() const;  // of everything recorded
 };
 
+// How many rows the router sent to each routed expert, per MoE layer of the main model, summed over
+// the steps that were given it: the statistics expert placement balances (dist/placement.h). The
+// MTP module's layer is not counted (it runs only to draft). Sized once, so counting allocates nothing.
+struct RouterCounts {
+  explicit RouterCounts(const ModelConfig& config);
+  std::vector<std::int64_t> layers;                // the decoder layer index of each MoE layer
+  std::vector<std::vector<std::int64_t>> experts;  // [MoE layer][expert]: rows routed there
+  std::int64_t rows = 0;                           // rows stepped; each goes to top_k experts per MoE layer
+  bool fits(const ModelConfig& config) const;  // made for this config's MoE layers and experts
+  // The counts of decoder layer `layer` (empty for a dense layer).
+  std::span<std::int64_t> of_layer(std::int64_t layer);
+};
+
 class Model {
  public:
   explicit Model(Weights weights, const kernels::Backend& backend = kernels::default_backend());
@@ -85,9 +98,10 @@ class Model {
   // One batched forward step over runs of new tokens from several sequences (prefill chunks and
   // decode tokens mixed), writing their latents into `cache`. Scratch and the output come from
   // `workspace`, which the step resets first.
-  // With `record`, also keeps what training's backward pass needs.
+  // With `record`, also keeps what training's backward pass needs; with `counts`, adds the step's
+  // routing decisions to them.
   StepOutput step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                  StepRecord* record = nullptr) const;
+                  StepRecord* record = nullptr, RouterCounts* counts = nullptr) const;
   // One batched step of the MTP module `depth` (0 for DeepSeek-V3's single module).
   StepOutput mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
                       std::int64_t depth = 0, StepRecord* record = nullptr) const;

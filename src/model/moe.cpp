@@ -42,6 +42,8 @@ void moe_forward(Context& ctx, const MoeWeights& w, Tensor x, Tensor out) {
             {.n_group = c.n_group, .topk_group = c.topk_group, .top_k = top_k, .norm_topk_prob = c.norm_topk_prob,
              .routed_scaling_factor = c.routed_scaling_factor},
             experts, weights);
+  if (!ctx.expert_counts.empty())
+    for (const std::int32_t expert : experts) ++ctx.expert_counts[static_cast<std::size_t>(expert)];
 
   if (w.shared_experts) {
     mlp_forward(ctx, *w.shared_experts, x, out, record ? &record->shared_gate : nullptr,

@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include "core/error.h"
 #include "model/blocks.h"
 #include "model/model.h"
@@ -17,6 +19,7 @@ void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t lay
     ops.copy_rows(h, record->h_in);
   }
   ctx.layer = record;
+  ctx.expert_counts = ctx.router_counts ? ctx.router_counts->of_layer(layer) : std::span<std::int64_t>();
   Tensor normed = ctx.workspace.tensor(h.rows, h.cols), update = ctx.workspace.tensor(h.rows, h.cols);
   ops.rmsnorm(h, w.input_layernorm, ctx.eps, normed);
   mla_forward(ctx, w.attention, layer, normed, batch, cache, update);
@@ -33,6 +36,7 @@ void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t lay
   }
   ops.add(h, update);
   ctx.layer = nullptr;
+  ctx.expert_counts = {};
 }
 
 BatchRows make_batch_rows(Context& ctx, std::span<BatchRows::Run> runs, const LatentCache& cache) {
@@ -75,16 +79,19 @@ Model::Model(Weights weights, const kernels::Backend& backend)
     : weights_(std::move(weights)), backend_(backend), rope_(weights_.config) {}
 
 StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                       StepRecord* record) const {
+                       StepRecord* record, RouterCounts* counts) const {
   const ModelConfig& c = weights_.config;
   workspace.reset();
   Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
+  ctx.router_counts = counts;
+  if (counts && !counts->fits(c)) fail("router counts made for another model's MoE layers or experts");
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
   for (std::size_t s = 0; s < segments.size(); ++s)
     runs[s] = {segments[s].table, segments[s].start, static_cast<std::int64_t>(segments[s].tokens.size()), 0,
                segments[s].all_logits};
   const BatchRows batch = make_batch_rows(ctx, runs, cache);
   std::span<std::int64_t> ids = workspace.array<std::int64_t>(batch.rows());
+  if (counts) counts->rows += batch.rows();
   for (std::size_t s = 0; s < segments.size(); ++s)
     std::copy(segments[s].tokens.begin(), segments[s].tokens.end(), ids.begin() + runs[s].first_row);
 
@@ -112,6 +119,31 @@ ForwardOutput Model::forward(std::span<const std::int64_t> ids) const {
   const StepSegment segment{&table, 0, ids, true};
   const StepOutput out = step(std::span(&segment, 1), cache, workspace);
   return {kernels::read(backend_, out.hidden), kernels::read(backend_, out.logits)};
+}
+
+RouterCounts::RouterCounts(const ModelConfig& config) {
+  for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer)
+    if (config.is_moe_layer(layer)) {
+      layers.push_back(layer);
+      experts.emplace_back(static_cast<std::size_t>(config.n_routed_experts), 0);
+    }
+}
+
+bool RouterCounts::fits(const ModelConfig& config) const {
+  std::size_t m = 0;
+  for (std::int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    if (!config.is_moe_layer(layer)) continue;
+    if (m >= layers.size() || layers[m] != layer ||
+        static_cast<std::int64_t>(experts[m].size()) != config.n_routed_experts)
+      return false;
+    ++m;
+  }
+  return m == layers.size();
+}
+
+std::span<std::int64_t> RouterCounts::of_layer(std::int64_t layer) {
+  const auto it = std::find(layers.begin(), layers.end(), layer);
+  return it == layers.end() ? std::span<std::int64_t>() : std::span(experts[static_cast<std::size_t>(it - layers.begin())]);
 }
 
 std::int64_t StepRecord::bytes() const {

@@ -75,6 +75,7 @@ Scheduler::Scheduler(Engine& engine, std::int64_t max_batch, std::int64_t max_qu
     : engine_(engine), max_batch_(max_batch), max_queue_(max_queue) {
   stats_.cache_free_tokens = engine_.free_tokens();
   stats_.prefix_cache = engine_.prefix_cache();
+  if (const RouterCounts* counts = engine_.router_counts()) stats_.router_counts = *counts;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -236,6 +237,7 @@ void Scheduler::loop() {
     stats_.speculation = engine_.speculation();
     stats_.preemptions = engine_.preemptions();
     stats_.waiting = engine_.waiting();
+    if (const RouterCounts* counts = engine_.router_counts()) stats_.router_counts = *counts;
   }
 }
 

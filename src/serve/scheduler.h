@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -76,6 +77,7 @@ struct SchedulerStats {
   SpeculationStats speculation;    // MTP drafts tried and accepted, by draft position
   std::int64_t preemptions = 0;    // sequences preempted for want of cache pages
   std::int64_t waiting = 0;        // preempted sequences waiting to be computed again
+  std::optional<RouterCounts> router_counts;  // with expert statistics on: the engine's as of its last step
 };
 
 class Scheduler {

@@ -594,6 +594,13 @@ void Server::routes() {
   http_.Get("/metrics", wrap("/metrics", [this](const httplib::Request&, httplib::Response& r) {
               r.set_content(metrics(), "text/plain; version=0.0.4");
             }));
+  http_.Get("/expert-stats", wrap("/expert-stats", [this](const httplib::Request&, httplib::Response& r) {
+              const SchedulerStats stats = scheduler_.stats();
+              if (!stats.router_counts)
+                throw ApiError(404, "expert statistics are off (dsv3 serve --expert-stats on)", "", "not_found");
+              r.set_content(expert_stats_json(*stats.router_counts, model_.config(), options_.served_model_name),
+                            "application/json");
+            }));
   http_.Post("/tokenize", wrap("/tokenize", [this](const httplib::Request& q, httplib::Response& r) {
                r.set_content(dump(tokenize(parse_body(q.body), limits_)), "application/json");
              }));
@@ -681,6 +688,15 @@ int Server::run() {
 }
 
 }  // namespace
+
+std::string expert_stats_json(const RouterCounts& counts, const ModelConfig& config, const std::string& model) {
+  const Json json = {{"layers", counts.experts},
+                     {"tokens", counts.rows},
+                     {"top_k", config.num_experts_per_tok},
+                     {"moe_layers", counts.layers},
+                     {"model", model}};
+  return dump(json);
+}
 
 int serve(const Model& model, const Tokenizer& tokenizer, const EngineOptions& engine_options,
           const ServeOptions& options) {

@@ -80,7 +80,8 @@ constexpr int kMeasuredSteps = 24;
 // warm-up steps have run.
 std::vector<std::int64_t> allocations_per_step(const Case& c) {
   const Model& model = random_model(c.fp8);
-  Engine engine(model, {.cache_tokens = 4096, .block_tokens = 16, .mtp_drafts = c.mtp});
+  // With the router's expert statistics counted, as dsv3 serve does by default.
+  Engine engine(model, {.cache_tokens = 4096, .block_tokens = 16, .mtp_drafts = c.mtp, .expert_stats = true});
   for (std::int64_t s = 0; s < c.batch; ++s) {
     SamplingParams params;
     if (c.sampled) {
@@ -118,6 +119,7 @@ std::vector<std::int64_t> allocations_per_step(const Case& c) {
       EXPECT_EQ(event.sampled.top_logprobs.size(), c.sampled ? 3u : 0u) << describe(c);
   }
   EXPECT_TRUE(engine.has_work()) << describe(c) << ": the sequences still decode (max_tokens 300)";
+  EXPECT_GT(engine.router_counts()->rows, 0) << describe(c);
   return counts;
 }
 

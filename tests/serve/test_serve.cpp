@@ -342,6 +342,51 @@ TEST(Serve, AClientThatDisconnectsMidStreamFreesItsCachePages) {
 }
 
 // The chat page's files need no API key (the page asks for it); the API and other paths still do.
+TEST(Serve, ExpertStatsCountEveryRoutedRowBehindTheKey) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto stats = [&server] {
+    auto response = server.client().Get("/expert-stats");
+    EXPECT_TRUE(response && response->status == 200) << (response ? response->body : "no response");
+    return response ? Json::parse(response->body, nullptr, false) : Json();
+  };
+  auto anonymous = server.client(false).Get("/expert-stats");
+  ASSERT_TRUE(anonymous);
+  EXPECT_EQ(anonymous->status, 401);
+  EXPECT_EQ(stats()["tokens"], 0);
+
+  auto client = server.client();
+  int status = 0;
+  const Json body = post(client, "/v1/completions", {{"prompt", "Hello there"}, {"max_tokens", 6}, {"temperature", 0}},
+                         &status);
+  ASSERT_EQ(status, 200) << body.dump();
+  // Every prompt token, and every generated token but the last, went through the experts; the
+  // scheduler publishes the counts just after it hands out a step's tokens.
+  const std::int64_t rows = body["usage"]["prompt_tokens"].get<std::int64_t>() +
+                            body["usage"]["completion_tokens"].get<std::int64_t>() - 1;
+  Json counts = stats();
+  for (int i = 0; i < 100 && counts["tokens"] != rows; ++i) {
+    std::this_thread::sleep_for(20ms);
+    counts = stats();
+  }
+  EXPECT_EQ(counts["tokens"], rows);
+  EXPECT_EQ(counts["model"], "small-dsv3");
+  ASSERT_EQ(counts["layers"].size(), 1u);  // one MoE layer of 8 experts, 2 per token
+  ASSERT_EQ(counts["layers"][0].size(), 8u);
+  std::int64_t routed = 0;
+  for (const Json& count : counts["layers"][0]) routed += count.get<std::int64_t>();
+  EXPECT_EQ(routed, rows * 2);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+
+  ServerProcess off("--expert-stats off");
+  ASSERT_TRUE(off.ready()) << off.log();
+  auto response = off.client().Get("/expert-stats");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  EXPECT_NE(response->body.find("expert statistics are off"), std::string::npos) << response->body;
+  EXPECT_EQ(off.stop(), 0) << off.log();
+}
+
 TEST(Serve, TheChatPageIsServedWithoutTheKey) {
   ServerProcess server;
   ASSERT_TRUE(server.ready()) << server.log();
