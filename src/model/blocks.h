@@ -24,7 +24,7 @@ struct Context {
   StepRecord* record = nullptr;  // training: what the backward pass needs is kept here
   LayerRecord* layer = nullptr;  // the record of the layer being computed
   RouterCounts* router_counts = nullptr;   // Model::step given counts: the routing is tallied here
-  std::span<std::int64_t> expert_counts;  // ... the MoE layer being computed's, per expert
+  std::span<std::int64_t> expert_counts = {};  // ... the MoE layer being computed's, per expert
   // A tensor that outlives the step, in the record's storage.
   kernels::Tensor keep(std::int64_t rows, std::int64_t cols) const { return record->storage->tensor(rows, cols); }
   template <typename T>
