@@ -39,7 +39,7 @@ struct Parameter {
   bool fp8_gemm = false;
   // Under the FP8 recipe, `value` rounded through E4M3 in 128x128 blocks: what its GEMMs multiply
   // by (made by TrainableModel::weights()).
-  std::vector<float> gemm_value;
+  std::vector<float> gemm_value = {};
 
   std::int64_t rows() const { return shape[0]; }
   std::int64_t cols() const { return shape.size() > 1 ? shape[1] : 1; }
