@@ -10,7 +10,7 @@
 #include "cli/numeric_option.h"
 #include "cli/generation_options.h"
 #include "core/error.h"
-#include "serve/server.h"
+#include "serve/expert_stats.h"
 
 namespace dsv3::cli {
 namespace {

@@ -1,13 +1,31 @@
 #pragma once
-// Prometheus text-format pieces for /metrics: cumulative histograms with fixed buckets.
+// Prometheus text-format pieces for /metrics: request counters, cumulative histograms with fixed buckets.
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 namespace dsv3::serve {
+
+// Counters for /metrics, by route and status.
+class RequestCounts {
+ public:
+  void add(const std::string& route, int status) {
+    std::lock_guard lock(mutex_);
+    ++counts_[{route, status}];
+  }
+  std::map<std::pair<std::string, int>, std::int64_t> snapshot() const {
+    std::lock_guard lock(mutex_);
+    return counts_;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, int>, std::int64_t> counts_;
+};
 
 class Histogram {
  public:

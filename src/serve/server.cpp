@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "engine/stop.h"
 #include "engine/thinking.h"
+#include "serve/expert_stats.h"
 #include "serve/page.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
@@ -40,23 +41,6 @@ const char* finish_reason_name(FinishReason reason) {
       return "stop";
   }
 }
-
-// Counters for /metrics, by route and status.
-class RequestCounts {
- public:
-  void add(const std::string& route, int status) {
-    std::lock_guard lock(mutex_);
-    ++counts_[{route, status}];
-  }
-  std::map<std::pair<std::string, int>, std::int64_t> snapshot() const {
-    std::lock_guard lock(mutex_);
-    return counts_;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::map<std::pair<std::string, int>, std::int64_t> counts_;
-};
 
 // What one choice has produced so far, fed token by token: the decoder, the stop checker and (in
 // a chat) the thinking splitter, so that streamed and whole replies come from the same code.
@@ -688,15 +672,6 @@ int Server::run() {
 }
 
 }  // namespace
-
-std::string expert_stats_json(const RouterCounts& counts, const ModelConfig& config, const std::string& model) {
-  const Json json = {{"layers", counts.experts},
-                     {"tokens", counts.rows},
-                     {"top_k", config.num_experts_per_tok},
-                     {"moe_layers", counts.layers},
-                     {"model", model}};
-  return dump(json);
-}
 
 int serve(const Model& model, const Tokenizer& tokenizer, const EngineOptions& engine_options,
           const ServeOptions& options) {

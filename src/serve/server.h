@@ -24,12 +24,6 @@ struct ServeOptions {
   std::vector<std::int32_t> end_of_sequence_ids;  // ids that end a reply, hidden from its text
 };
 
-// The router's statistics as JSON, the input of `dsv3 placement --stats`: {"layers": [[rows per
-// expert], ...] (one list per MoE layer), "tokens": rows routed, "top_k", "moe_layers": their
-// decoder layer indices, "model"}. `dsv3 generate --expert-stats` writes it; serve answers it at
-// GET /expert-stats.
-std::string expert_stats_json(const RouterCounts& counts, const ModelConfig& config, const std::string& model);
-
 // Serves until SIGINT or SIGTERM, then stops accepting, lets in-flight requests finish within the
 // grace period and returns 0. Throws dsv3::Error when it cannot listen.
 int serve(const Model& model, const Tokenizer& tokenizer, const EngineOptions& engine_options,
