@@ -59,7 +59,10 @@ void ProfilingBackend::embedding(const Matrix& table, std::span<const std::int64
 void ProfilingBackend::linear(Tensor x, const Matrix& weight, Tensor y) const {
   const auto start = Clock::now();
   inner_.linear(x, weight, y);
-  record("linear " + weight_role(weight.name), start, x.rows, static_cast<double>(weight.bytes()));
+  // The entry's name, worked out once per weight rather than on every call.
+  std::string& name = linear_names_[weight.data];
+  if (name.empty()) name = "linear " + weight_role(weight.name);
+  record(name, start, x.rows, static_cast<double>(weight.bytes()));
 }
 
 void ProfilingBackend::rmsnorm(Tensor x, std::span<const float> weight, float eps, Tensor out) const {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/ops.h"
@@ -71,6 +72,7 @@ class ProfilingBackend final : public Backend {
 
   const Backend& inner_;
   mutable std::map<std::string, OpProfile> entries_;
+  mutable std::unordered_map<const void*, std::string> linear_names_;  // by weight data
 };
 
 // "model.layers.7.mlp.shared_experts.up_proj.weight" -> "mlp.shared_experts.up_proj": a weight's
