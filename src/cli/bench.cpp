@@ -20,6 +20,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/profiling.h"
+#include "model/distributed.h"
 
 namespace dsv3::cli {
 namespace {
@@ -209,6 +210,12 @@ int bench(const BenchOptions& options) {
                                                  : kernels::default_backend());
   const double load_seconds = since(load_start);
   const ModelConfig& c = model.config();
+  if (dist::Communicator& ranks = communicator(); ranks.size() > 1) {
+    // Measured by each rank across its load (resident memory before and after), not computed.
+    fmt::print("ranks: {} ({}); resident weight memory per rank:", ranks.size(), ranks.description());
+    for (const std::int64_t bytes : resident_weight_bytes(model, ranks)) fmt::print(" {:.1f} MB", bytes / 1e6);
+    fmt::print("\n");
+  }
   if (options.prompt_len + options.gen_len + options.mtp > c.max_position_embeddings)
     fail("--prompt-len + --gen-len = {} exceeds the model's {} positions", options.prompt_len + options.gen_len,
          c.max_position_embeddings);

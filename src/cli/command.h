@@ -6,6 +6,10 @@
 
 #include <functional>
 #include <string>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "dist/placement.h"
 
 namespace dsv3::cli {
 
@@ -23,5 +27,12 @@ bool register_command(Command command);
 // --exact, for the commands that run the model: FP32 activations throughout (parity work), where
 // the default multiplies many-row linears through a GEMM library (kernels/ops.h).
 void add_exact_flag(CLI::App& app);
+
+// The ranks this run spans: under mpirun several (rank 0 runs the command, the others follow the
+// model it loads: model/distributed.h), otherwise one process.
+dist::Communicator& communicator();
+
+// A plan written by `dsv3 placement --out` for `ranks` ranks: each MoE layer's experts per rank.
+std::vector<dist::LayerPlacement> read_placement_plan(const std::string& path, int ranks);
 
 }  // namespace dsv3::cli

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 
+#include "cli/command.h"
 #include "core/error.h"
 
 namespace dsv3::cli {
@@ -37,7 +38,7 @@ std::vector<std::string> with_default_model(const CLI::App& app, std::vector<std
     fail("no --model given, and the default model is not at {}{}: make it with scripts/train-default-model.sh, or "
          "pass --model DIR",
          model.string(), std::getenv("DSV3_MODEL") ? " (from DSV3_MODEL)" : "");
-  fmt::print(stderr, "dsv3: no --model given; using the default model at {}\n", model.string());
+  if (communicator().rank() == 0) fmt::print(stderr, "dsv3: no --model given; using the default model at {}\n", model.string());
   arguments.insert(arguments.begin() + 2, {"--model", model.string()});
   return arguments;
 }

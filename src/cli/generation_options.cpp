@@ -8,6 +8,7 @@
 #include "cli/numeric_option.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "model/distributed.h"
 
 namespace dsv3::cli {
 
@@ -97,6 +98,14 @@ std::string GenerationOptions::tokenizer_dir() const {
 }
 
 Model load_model(const std::string& dir, bool read_in, const kernels::Backend& backend) {
+  dist::Communicator& ranks = communicator();
+  if (ranks.size() > 1) {
+    // Each rank maps the checkpoint and keeps its part; DSV3_PLACEMENT names a plan from dsv3
+    // placement for the routed experts (else they are dealt evenly).
+    ShardedLoad load{dir, {}, true};
+    if (const char* plan = std::getenv("DSV3_PLACEMENT"); plan && *plan) load.placement = read_placement_plan(plan, ranks.size());
+    return load_across_ranks(load, ranks, backend);
+  }
   Weights weights = Weights::load(dir);
   ProgressBar bar("loading " + dir, static_cast<std::int64_t>(weights.store.total_bytes()), ProgressBar::Unit::bytes);
   // On a terminal the weights are read in now, with progress, rather than on first use.

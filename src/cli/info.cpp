@@ -4,14 +4,17 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <map>
 
 #include "cli/command.h"
+#include "cli/numeric_option.h"
 #include "core/error.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
+#include "model/shard.h"
 
 namespace dsv3::cli {
 namespace {
@@ -26,7 +29,40 @@ std::string human(double value, const char* unit) {
   return fmt::format("{:.2f} {}{}", value, prefixes[i], unit);
 }
 
-int run_info(const std::filesystem::path& model) {
+// Each rank's part under mpirun -np N (model/shard.h): what it holds, and of that what every rank
+// holds alike (latent projections, norms, routers, the MTP's eh_proj).
+void print_ranks(const ModelConfig& c, const TensorStore* store, int ranks, const std::string& placement) {
+  const auto stored = [store](const CheckpointTensor& t) { return store ? store->find(t.name) : nullptr; };
+  const auto dtype_of = [&](const CheckpointTensor& t) {
+    if (const TensorView* view = stored(t)) return view->dtype;
+    return c.quantization.fp8 && t.fp8_in_official_checkpoints ? DType::F8_E4M3 : DType::BF16;
+  };
+  const std::vector<dist::LayerPlacement> plan = placement.empty() ? std::vector<dist::LayerPlacement>()
+                                                                   : read_placement_plan(placement, ranks);
+  const std::vector<CheckpointTensor> layout = checkpoint_layout(c);
+  fmt::print("across {} ranks{}\n", ranks, plan.empty() ? "" : fmt::format(" (experts placed by {})", placement));
+  for (int r = 0; r < ranks; ++r) {
+    const Shard shard = make_shard(c, r, ranks, dtype_of, plan);
+    std::int64_t held = 0, everywhere = 0, copies = 0;
+    for (const CheckpointTensor& t : layout) {
+      if (!t.copy_of.empty() && !stored(t)) continue;  // the MTP's copy of the embedding or head: the original serves
+      const std::int64_t bytes = held_bytes(t, dtype_of(t), shard, c);
+      held += bytes;
+      if (cut_of(t, shard, c).kind == TensorCut::Kind::whole && t.mlp != CheckpointTensor::Mlp::routed_expert)
+        everywhere += bytes;
+    }
+    for (const ExpertCopies& layer : shard.experts)
+      copies += std::count(layer.holder.begin(), layer.holder.end(), r);
+    fmt::print("  rank {:<3} {} held ({} of it on every rank): heads [{}, {}), vocabulary rows [{}, {}), {} expert "
+               "copies in all MoE layers\n",
+               r, human(static_cast<double>(held), "B"), human(static_cast<double>(everywhere), "B"), shard.heads.begin,
+               shard.heads.end, shard.vocab.begin, shard.vocab.end, copies);
+  }
+  fmt::print("  kv cache {} per token on every rank (the latents are per token, not per head)\n",
+             human(static_cast<double>(LatentCache::bytes_per_token(c, DType::BF16)), "B"));
+}
+
+int run_info(const std::filesystem::path& model, int ranks, const std::string& placement) {
   namespace fs = std::filesystem;
   const ModelConfig c = ModelConfig::load(model);
   const ParameterCount params = count_parameters(c);
@@ -77,8 +113,10 @@ int run_info(const std::filesystem::path& model) {
     fmt::print("weights            {} tensors, {}\n", store.names().size(), human(static_cast<double>(store.total_bytes()), "B"));
     for (const auto& [dtype, entry] : by_dtype)
       fmt::print("  {:<16} {} tensors, {}\n", dtype, entry.first, human(static_cast<double>(entry.second), "B"));
+    if (ranks > 1) print_ranks(c, &store, ranks, placement);
   } else {
     fmt::print("weights            none (config only)\n");
+    if (ranks > 1) print_ranks(c, nullptr, ranks, placement);
   }
   // What `dsv3 eval --out DIR/eval.json` measured, for a model folder that keeps it.
   if (const fs::path eval = model / "eval.json"; fs::is_directory(model) && fs::exists(eval)) {
@@ -99,9 +137,15 @@ int run_info(const std::filesystem::path& model) {
 const bool registered = register_command({"info", "Describe a model: shape, parameters, dtypes, KV-cache size",
                                           [](CLI::App& app) -> Run {
                                             auto model = std::make_shared<std::string>();
+                                            auto ranks = std::make_shared<int>(1);
+                                            auto placement = std::make_shared<std::string>();
                                             app.add_option("--model", *model, "Model directory (or a config.json)")
                                                 ->required();
-                                            return [model] { return run_info(*model); };
+                                            add_number(app, "--ranks", *ranks,
+                                                       "Also show each rank's part under mpirun -np N", 1, 1 << 16);
+                                            app.add_option("--placement", *placement,
+                                                           "With --ranks: experts placed by this dsv3 placement plan");
+                                            return [=] { return run_info(*model, *ranks, *placement); };
                                           }});
 
 }  // namespace

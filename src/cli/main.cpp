@@ -2,14 +2,17 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/command.h"
 #include "cli/default_model.h"
-#include "kernels/ops.h"
 #include "core/error.h"
+#include "kernels/ops.h"
+#include "model/distributed.h"
 
 namespace dsv3::cli {
 namespace {
@@ -17,7 +20,17 @@ std::vector<Command>& commands() {
   static std::vector<Command> all;
   return all;
 }
+std::unique_ptr<dsv3::dist::Communicator>& the_communicator() {
+  static std::unique_ptr<dsv3::dist::Communicator> communicator;
+  return communicator;
+}
 }  // namespace
+
+dist::Communicator& communicator() {
+  auto& c = the_communicator();
+  if (!c) c = std::make_unique<dist::SingleProcess>();
+  return *c;
+}
 
 bool register_command(Command command) {
   commands().push_back(std::move(command));
@@ -50,6 +63,17 @@ int main(int argc, char** argv) {
   }
   std::vector<std::string> arguments(argv, argv + argc);
   try {
+    the_communicator() = dsv3::dist::make_communicator();
+  } catch (const dsv3::Error& e) {
+    fmt::print(stderr, "dsv3: error: {}\n", e.what());
+    return 1;
+  }
+  dsv3::dist::Communicator& ranks = communicator();
+  // Under mpirun rank 0 alone speaks; the others parse the same command line (so flags such as
+  // --exact apply everywhere), then follow rank 0's model.
+  const bool follower = ranks.rank() != 0;
+  if (follower) std::freopen("/dev/null", "w", stdout);
+  try {
     arguments = with_default_model(app, std::move(arguments));
   } catch (const dsv3::Error& e) {
     fmt::print(stderr, "dsv3: error: {}\n", e.what());
@@ -60,17 +84,26 @@ int main(int argc, char** argv) {
   try {
     app.parse(static_cast<int>(pointers.size()), pointers.data());
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return follower ? e.get_exit_code() : app.exit(e);
   }
-  try {
-    for (auto& [sub, run] : runs)
-      if (sub->parsed()) return run();
-  } catch (const dsv3::Error& e) {
-    fmt::print(stderr, "dsv3: error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "dsv3: unexpected error: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+  const auto run_command = [&runs] {
+    try {
+      for (auto& [sub, run] : runs)
+        if (sub->parsed()) return run();
+    } catch (const dsv3::Error& e) {
+      fmt::print(stderr, "dsv3: error: {}\n", e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "dsv3: unexpected error: {}\n", e.what());
+      return 1;
+    }
+    return 0;
+  };
+  if (ranks.size() == 1) return run_command();
+  if (follower) return dsv3::dist::run_rank(ranks, [&ranks] { return dsv3::follow(ranks, dsv3::kernels::default_backend()); });
+  return dsv3::dist::run_rank(ranks, [&] {
+    const int status = run_command();
+    dsv3::stop_followers(ranks);
+    return status;
+  });
 }

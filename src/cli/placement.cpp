@@ -67,6 +67,42 @@ std::vector<std::vector<double>> read_all_stats(const std::vector<std::string>& 
   return total;
 }
 
+}  // namespace
+
+std::vector<dist::LayerPlacement> read_placement_plan(const std::string& path, int ranks) {
+  std::ifstream in(path);
+  if (!in) fail("{}: cannot open the placement plan", path);
+  nlohmann::json plan;
+  try {
+    plan = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not JSON: {}", path, e.what());
+  }
+  if (!plan.is_object() || !plan.contains("ranks") || !plan["ranks"].is_number_integer() || !plan.contains("layers") ||
+      !plan["layers"].is_array())
+    fail("{}: not a plan written by dsv3 placement (\"ranks\" and \"layers\" expected)", path);
+  if (plan["ranks"].get<int>() != ranks)
+    fail("{}: a plan for {} ranks, this run has {} (make one with dsv3 placement --ranks {})", path,
+         plan["ranks"].get<int>(), ranks, ranks);
+  std::vector<dist::LayerPlacement> layers;
+  for (std::size_t l = 0; l < plan["layers"].size(); ++l) {
+    const nlohmann::json& layer = plan["layers"][l];
+    if (!layer.is_object() || !layer.contains("rank_experts") || !layer["rank_experts"].is_array() ||
+        layer["rank_experts"].size() != static_cast<std::size_t>(ranks))
+      fail("{}: layers[{}].rank_experts is not a list of {} ranks' experts", path, l, ranks);
+    dist::LayerPlacement placement;
+    try {
+      placement.rank_experts = layer["rank_experts"].get<std::vector<std::vector<std::int64_t>>>();
+    } catch (const nlohmann::json::exception&) {
+      fail("{}: layers[{}].rank_experts holds something other than expert numbers", path, l);
+    }
+    layers.push_back(std::move(placement));
+  }
+  return layers;
+}
+
+namespace {
+
 int run_placement(const std::vector<std::string>& stats_files, int ranks, int redundant, const std::string& out_path) {
   const auto layers = read_all_stats(stats_files);
   const std::string stats = stats_files.size() == 1 ? stats_files.front() : "--stats";

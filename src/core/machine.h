@@ -21,5 +21,8 @@ std::int64_t physical_memory_bytes();
 
 // Peak resident memory of this process so far, in bytes.
 std::int64_t peak_memory_bytes();
+// Resident memory of this process now (VmRSS: anonymous and mapped file pages), in bytes; 0 when
+// the system does not say.
+std::int64_t resident_memory_bytes();
 
 }  // namespace dsv3

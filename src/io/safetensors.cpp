@@ -280,6 +280,24 @@ void TensorStore::prefetch(const std::function<void(std::size_t, std::size_t)>& 
   }
 }
 
+bool SafetensorsFile::maps(const std::byte* data, std::size_t bytes) const {
+  const auto* begin = static_cast<const std::byte*>(mapping_);
+  return mapping_ != nullptr && data >= begin && bytes <= mapping_size_ &&
+         static_cast<std::size_t>(data - begin) <= mapping_size_ - bytes;
+}
+
+void TensorStore::release(const std::byte* data, std::size_t bytes) const {
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (const auto& file : files_) {
+    if (!file->maps(data, bytes)) continue;
+    // Whole pages only: the partial pages at either end may hold a neighbour's values in use.
+    const std::uintptr_t first = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+    const std::uintptr_t last = (reinterpret_cast<std::uintptr_t>(data) + bytes) / page * page;
+    if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+    return;
+  }
+}
+
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
   json header = json::object();

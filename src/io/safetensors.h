@@ -46,6 +46,8 @@ class SafetensorsFile {
   const std::filesystem::path& path() const { return path_; }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Whether [data, data + bytes) lies inside this file's mapping.
+  bool maps(const std::byte* data, std::size_t bytes) const;
 
  private:
   SafetensorsFile() = default;
@@ -71,6 +73,10 @@ class TensorStore {
   // Reads every mapped page once, so the first forward pass does not stall on page faults;
   // `progress(tensors_done, bytes_done)` is called after each tensor.
   void prefetch(const std::function<void(std::size_t, std::size_t)>& progress = {}) const;
+  // Drops the whole pages of [data, data + bytes) from this process's memory, where they lie in a
+  // mapping of this store (a rank that copied out its columns of a matrix); they are read again
+  // from the file if touched. Memory elsewhere is left alone.
+  void release(const std::byte* data, std::size_t bytes) const;
 
  private:
   std::filesystem::path location_;

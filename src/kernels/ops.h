@@ -263,7 +263,8 @@ class Backend {
                                 std::int64_t top_k, Workspace& workspace) const = 0;
   // out[i] = the SwiGLU MLP of rows[i]'s expert over rows[i]: [tokens * top_k, hidden]. With
   // `gate` and `up` given (training keeps them), their [tokens * top_k, intermediate] receive the
-  // gate_proj and up_proj outputs.
+  // gate_proj and up_proj outputs. An expert with empty weights is held by another rank (expert
+  // parallelism): its rows of `out` are zero and it costs nothing here.
   virtual void moe_experts(const Dispatch& dispatch, std::span<const MlpWeights> experts, Tensor out,
                            Workspace& workspace, Tensor gate = {}, Tensor up = {}) const = 0;
   // y[token] += Σ_k weights[token * top_k + k] · out[row of slot (token, k)], summed in expert

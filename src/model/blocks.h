@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <span>
 
+#include "dist/communicator.h"
 #include "kernels/ops.h"
 #include "model/latent_cache.h"
 #include "model/model.h"
@@ -25,6 +26,12 @@ struct Context {
   LayerRecord* layer = nullptr;  // the record of the layer being computed
   RouterCounts* router_counts = nullptr;   // Model::step given counts: the routing is tallied here
   std::span<std::int64_t> expert_counts = {};  // ... the MoE layer being computed's, per expert
+  const Shard* shard = nullptr;            // this rank's part of the weights
+  dist::Communicator* comm = nullptr;      // across ranks (shard->ranks > 1): joins the partial outputs
+  bool split() const { return shard && !shard->whole(); }
+  // Sums a block's partial output over the ranks (each rank computed its heads, its MLP columns,
+  // its experts); the same bits on every rank, so the ranks' residual streams stay identical.
+  void all_reduce(kernels::Tensor t) const;
   // A tensor that outlives the step, in the record's storage.
   kernels::Tensor keep(std::int64_t rows, std::int64_t cols) const { return record->storage->tensor(rows, cols); }
   template <typename T>
@@ -69,8 +76,12 @@ void moe_forward(Context& context, const MoeWeights& w, kernels::Tensor x, kerne
 void decoder_layer_forward(Context& context, const LayerWeights& w, std::int64_t layer, kernels::Tensor h,
                            const BatchRows& batch, LatentCache& cache);
 
+// out[i] = table[ids[i]], for an embedding cut by vocabulary rows across ranks (each rank looks up
+// the ids in its rows, the all-reduce joins them); ids of kZeroRow give zero rows.
+void embed(Context& context, const Matrix& table, std::span<const std::int64_t> ids, kernels::Tensor out);
+
 // Final norm and output head for each run's last row, or all its rows where the run asks; fills
-// out.logits and out.logit_offsets.
+// out.logits and out.logit_offsets (across ranks, rank 0's gathers every rank's vocabulary slice).
 void output_head(Context& context, const Matrix& head_weight, std::span<const float> norm, const BatchRows& batch,
                  kernels::Tensor h, StepOutput& out);
 

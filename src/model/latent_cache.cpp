@@ -1,15 +1,23 @@
 #include "model/latent_cache.h"
 
 #include <algorithm>
-
+#include <atomic>
 
 namespace dsv3 {
+
+namespace {
+std::uint64_t next_id() {
+  static std::atomic<std::uint64_t> last{0};
+  return ++last;
+}
+}  // namespace
 
 LatentCache::LatentCache(const ModelConfig& config, Options options, const kernels::Backend& backend)
     : backend_(backend),
       options_(options),
       width_(config.kv_lora_rank + config.qk_rope_head_dim),
-      layers_(config.num_hidden_layers + config.num_nextn_predict_layers) {
+      layers_(config.num_hidden_layers + config.num_nextn_predict_layers),
+      id_(next_id()) {
   if (options_.dtype != DType::F32 && options_.dtype != DType::BF16)
     fail("KV cache dtype {} is not supported (F32 or BF16)", dtype_name(options_.dtype));
   if (options_.block_tokens <= 0) fail("KV cache block size must be positive");
@@ -23,7 +31,10 @@ LatentCache::LatentCache(const ModelConfig& config, Options options, const kerne
   for (std::int64_t i = 0; i < block_count_; ++i) free_blocks_[i] = static_cast<std::int32_t>(block_count_ - 1 - i);
 }
 
-LatentCache::~LatentCache() { backend_.release(storage_); }
+LatentCache::~LatentCache() {
+  if (on_destroy_) on_destroy_();
+  backend_.release(storage_);
+}
 
 std::int64_t LatentCache::bytes_per_token(const ModelConfig& config, DType dtype) {
   return (config.num_hidden_layers + config.num_nextn_predict_layers) *

@@ -5,6 +5,7 @@
 // handed to sequences through their block tables, so sequences of any length share one pool.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/dtype.h"
@@ -70,6 +71,12 @@ class LatentCache {
   // One layer of a sequence's rows, for the cache_store / cache_load / attention_latent ops.
   kernels::LatentPages pages(std::int64_t layer, const Table& table) const;
 
+  const Options& options() const { return options_; }
+  // Unique among this process's caches: across ranks, rank 0 names a cache by it.
+  std::uint64_t id() const { return id_; }
+  // Runs `hook` when the cache is destroyed (a model across ranks tells the others to drop theirs).
+  void on_destroy(std::function<void()> hook) { on_destroy_ = std::move(hook); }
+
  private:
   const kernels::Backend& backend_;
   Options options_;
@@ -78,6 +85,8 @@ class LatentCache {
   std::int64_t block_count_;
   std::byte* storage_ = nullptr;
   std::vector<std::int32_t> free_blocks_;
+  std::uint64_t id_;
+  std::function<void()> on_destroy_;
 };
 
 }  // namespace dsv3

@@ -8,8 +8,10 @@ namespace {
 using kernels::MlaShape;
 using kernels::Tensor;
 
-MlaShape mla_shape(const ModelConfig& c) {
-  return {.heads = c.num_attention_heads, .nope = c.qk_nope_head_dim, .rope = c.qk_rope_head_dim,
+// This rank's heads (all of them in one process).
+MlaShape mla_shape(const Context& ctx) {
+  const ModelConfig& c = ctx.config;
+  return {.heads = ctx.shard ? ctx.shard->heads.size() : c.num_attention_heads, .nope = c.qk_nope_head_dim, .rope = c.qk_rope_head_dim,
           .v = c.v_head_dim, .kv_lora = c.kv_lora_rank};
 }
 
@@ -97,7 +99,7 @@ void mla_forward(Context& ctx, const AttentionWeights& w, std::int64_t layer, Te
   const ModelConfig& c = ctx.config;
   const kernels::Backend& ops = ctx.backend;
   kernels::Workspace::Scope scope(ctx.workspace);
-  const MlaShape d = mla_shape(c);
+  const MlaShape d = mla_shape(ctx);
   const std::int64_t rows = batch.rows();
 
   // q: [rows, heads * (q_nope | q_rope)], through the low-rank path when q_lora_rank is set.

@@ -4,10 +4,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <span>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "io/checkpoint_layout.h"
 #include "model/latent_cache.h"
 #include "model/rope.h"
@@ -87,13 +89,23 @@ struct RouterCounts {
   std::span<std::int64_t> of_layer(std::int64_t layer);
 };
 
+class StepAnnouncer;
+
 class Model {
  public:
-  explicit Model(Weights weights, const kernels::Backend& backend = kernels::default_backend());
+  // With weights cut to one rank's part of several (shard.h), `comm` joins the ranks: rank 0
+  // announces each step to the others, which follow it (model/distributed.h).
+  explicit Model(Weights weights, const kernels::Backend& backend = kernels::default_backend(),
+                 dist::Communicator* comm = nullptr);
+  Model(Model&&) noexcept;
+  ~Model();
 
   const ModelConfig& config() const { return weights_.config; }
   const Weights& weights() const { return weights_; }
   const kernels::Backend& backend() const { return backend_; }
+  const Shard& shard() const { return weights_.shard; }
+  // Resident memory this rank's weights took when loaded (measured; 0 when not measured).
+  std::int64_t resident_weight_bytes = 0;
 
   // One batched forward step over runs of new tokens from several sequences (prefill chunks and
   // decode tokens mixed), writing their latents into `cache`. Scratch and the output come from
@@ -114,9 +126,18 @@ class Model {
   std::vector<float> mtp_logits(std::span<const std::int64_t> ids, std::span<const float> hidden) const;
 
  private:
+  friend class Follower;
+  // This rank's share of a step, announced or not.
+  StepOutput compute_step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                          StepRecord* record, RouterCounts* counts) const;
+  StepOutput compute_mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                              std::int64_t depth, StepRecord* record) const;
+
   Weights weights_;
   const kernels::Backend& backend_;
   RopeTable rope_;
+  dist::Communicator* comm_ = nullptr;
+  std::unique_ptr<StepAnnouncer> announcer_;  // rank 0 of several
 };
 
 }  // namespace dsv3

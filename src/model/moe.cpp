@@ -51,7 +51,16 @@ void moe_forward(Context& ctx, const MoeWeights& w, Tensor x, Tensor out) {
   } else {
     ops.fill(out, 0.0f);
   }
-  const kernels::Dispatch dispatch = ops.moe_dispatch(x, experts, c.n_routed_experts, top_k, ctx.workspace);
+  // Across ranks the routes go to physical expert copies (shard.h), those of other ranks skipped.
+  std::span<const std::int32_t> copies = experts;
+  std::int64_t n_copies = c.n_routed_experts;
+  if (!w.copies.copies.empty()) {
+    std::span<std::int32_t> physical = ctx.workspace.array<std::int32_t>(tokens * top_k);
+    for (std::int64_t i = 0; i < tokens * top_k; ++i) physical[i] = w.copies.copy_for(experts[i], i / top_k);
+    copies = physical;
+    n_copies = static_cast<std::int64_t>(w.copies.expert.size());
+  }
+  const kernels::Dispatch dispatch = ops.moe_dispatch(x, copies, n_copies, top_k, ctx.workspace);
   Tensor expert_out = ctx.workspace.tensor(tokens * top_k, c.hidden_size);  // [T * top_k, hidden], by expert
   if (record) {
     record->offsets = ctx.keep_array<std::int64_t>(static_cast<std::int64_t>(dispatch.offsets.size()));

@@ -9,8 +9,8 @@ namespace dsv3 {
 
 using kernels::Tensor;
 
-StepOutput Model::mtp_step(std::span<const MtpSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                           std::int64_t depth, StepRecord* record) const {
+StepOutput Model::compute_mtp_step(std::span<const MtpSegment> segments, LatentCache& cache,
+                                   kernels::Workspace& workspace, std::int64_t depth, StepRecord* record) const {
   const ModelConfig& c = weights_.config;
   if (depth < 0 || depth >= static_cast<std::int64_t>(weights_.mtp.size()))
     fail("MTP depth {} requested, the model has {} MTP module(s)", depth, weights_.mtp.size());
@@ -18,6 +18,8 @@ StepOutput Model::mtp_step(std::span<const MtpSegment> segments, LatentCache& ca
   const std::int64_t hidden = c.hidden_size;
   workspace.reset();
   Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
+  ctx.shard = &weights_.shard;
+  ctx.comm = comm_;
 
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
   for (std::size_t s = 0; s < segments.size(); ++s) {
@@ -42,7 +44,7 @@ StepOutput Model::mtp_step(std::span<const MtpSegment> segments, LatentCache& ca
     kernels::Workspace::Scope scope(workspace);
     Tensor concatenated = workspace.tensor(rows, 2 * hidden);  // [rows, enorm(embedding) | hnorm(h)]
     Tensor embedded = concatenated.columns(0, hidden), previous = concatenated.columns(hidden, 2 * hidden);
-    backend_.embedding(mtp.embed_tokens, next_tokens, embedded);
+    embed(ctx, mtp.embed_tokens, next_tokens, embedded);
     backend_.rmsnorm(embedded, mtp.enorm, ctx.eps, embedded);
     for (std::size_t s = 0; s < segments.size(); ++s) {
       // The hidden states arrive from the caller's memory (the main model's output of an earlier step).

@@ -23,6 +23,7 @@ void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t lay
   Tensor normed = ctx.workspace.tensor(h.rows, h.cols), update = ctx.workspace.tensor(h.rows, h.cols);
   ops.rmsnorm(h, w.input_layernorm, ctx.eps, normed);
   mla_forward(ctx, w.attention, layer, normed, batch, cache, update);
+  ctx.all_reduce(update);
   ops.add(h, update);
   if (record) {
     record->h_mid = ctx.keep(h.rows, h.cols);
@@ -34,6 +35,7 @@ void decoder_layer_forward(Context& ctx, const LayerWeights& w, std::int64_t lay
   } else {
     mlp_forward(ctx, *w.mlp, normed, update, record ? &record->gate : nullptr, record ? &record->up : nullptr);
   }
+  ctx.all_reduce(update);
   ops.add(h, update);
   ctx.layer = nullptr;
   ctx.expert_counts = {};
@@ -67,22 +69,64 @@ void output_head(Context& ctx, const Matrix& head_weight, std::span<const float>
     for (std::int64_t r = offsets[s]; r < offsets[s + 1]; ++r) rows[r] = run.first_row + run.count - (offsets[s + 1] - r);
   }
   out.logit_offsets = offsets;
-  out.logits = ctx.workspace.tensor(offsets.back(), head_weight.rows);
+  out.logits = ctx.workspace.tensor(offsets.back(), ctx.split() ? ctx.config.vocab_size : head_weight.rows);
   kernels::Workspace::Scope scope(ctx.workspace);
   Tensor selected = ctx.workspace.tensor(offsets.back(), h.cols);
   ctx.backend.gather_rows(h, rows, selected);
   ctx.backend.rmsnorm(selected, norm, ctx.eps, selected);
-  ctx.backend.linear(selected, head_weight, out.logits);
+  if (!ctx.split()) {
+    ctx.backend.linear(selected, head_weight, out.logits);
+    return;
+  }
+  // This rank's vocabulary slice, padded to the widest rank's, gathered to rank 0 in rank order.
+  const Shard& shard = *ctx.shard;
+  Tensor mine = ctx.workspace.tensor(offsets.back(), shard.vocab.size());
+  ctx.backend.linear(selected, head_weight, mine);
+  Tensor local = ctx.workspace.tensor(offsets.back(), shard.vocab_stride);
+  ctx.backend.fill(local, 0.0f);
+  ctx.backend.copy_rows(mine, local.columns(0, shard.vocab.size()));
+  const std::vector<float> all = ctx.comm->gather(std::span<const float>(local.data, static_cast<std::size_t>(local.size())));
+  if (ctx.comm->rank() != 0) return;
+  for (int r = 0; r < shard.ranks; ++r) {
+    const std::int64_t first = shard.vocab_bounds[r], width = shard.vocab_bounds[r + 1] - first;
+    const Tensor from(const_cast<float*>(all.data()) + r * local.size(), local.rows, width, local.cols);
+    ctx.backend.copy_rows(from, out.logits.columns(first, first + width));
+  }
 }
 
-Model::Model(Weights weights, const kernels::Backend& backend)
-    : weights_(std::move(weights)), backend_(backend), rope_(weights_.config) {}
+void Context::all_reduce(Tensor t) const {
+  if (!split()) return;
+  if (!t.contiguous()) fail("all-reduce of a strided tensor");
+  comm->all_reduce_sum(std::span<float>(t.data, static_cast<std::size_t>(t.size())));
+}
 
-StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
-                       StepRecord* record, RouterCounts* counts) const {
+void embed(Context& ctx, const Matrix& table, std::span<const std::int64_t> ids, Tensor out) {
+  if (!ctx.split()) {
+    ctx.backend.embedding(table, ids, out);
+    return;
+  }
+  const IndexRange vocab = ctx.shard->vocab;
+  std::span<std::int64_t> local = ctx.workspace.array<std::int64_t>(static_cast<std::int64_t>(ids.size()));
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const std::int64_t id = ids[i];
+    if (id != kernels::Backend::kZeroRow && (id < 0 || id >= ctx.config.vocab_size))
+      fail("embedding: token id {} outside the vocabulary of {}", id, ctx.config.vocab_size);
+    local[i] = vocab.contains(id) ? id - vocab.begin : kernels::Backend::kZeroRow;
+  }
+  kernels::Workspace::Scope scope(ctx.workspace);
+  Tensor joined = out.contiguous() ? out : ctx.workspace.tensor(out.rows, out.cols);
+  ctx.backend.embedding(table, local, joined);
+  ctx.all_reduce(joined);
+  if (joined.data != out.data) ctx.backend.copy_rows(joined, out);
+}
+
+StepOutput Model::compute_step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
+                               StepRecord* record, RouterCounts* counts) const {
   const ModelConfig& c = weights_.config;
   workspace.reset();
   Context ctx{c, backend_, workspace, rope_.params(), static_cast<float>(c.rms_norm_eps), record};
+  ctx.shard = &weights_.shard;
+  ctx.comm = comm_;
   ctx.router_counts = counts;
   if (counts && !counts->fits(c)) fail("router counts made for another model's MoE layers or experts");
   std::span<BatchRows::Run> runs = workspace.array<BatchRows::Run>(static_cast<std::int64_t>(segments.size()));
@@ -97,7 +141,7 @@ StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache
 
   StepOutput out;
   out.hidden = workspace.tensor(batch.rows(), c.hidden_size);
-  backend_.embedding(weights_.embed_tokens, ids, out.hidden);
+  embed(ctx, weights_.embed_tokens, ids, out.hidden);
   for (std::int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
     decoder_layer_forward(ctx, weights_.layers[layer], layer, out.hidden, batch, cache);
   output_head(ctx, weights_.lm_head, weights_.norm, batch, out.hidden, out);

@@ -174,7 +174,8 @@ void fill(Weights& w, MatrixOf&& matrix_of, VectorOf&& vector_of) {
 }  // namespace
 
 Weights Weights::load(ModelConfig config, TensorStore store) {
-  Weights w{std::move(config), std::move(store), {}, {}, {}, {}, {}};
+  Weights w{std::move(config), std::move(store), {}, {}, {}, {}, {}, {}};
+  w.shard = whole_shard(w.config);
   const Loader load(w.config, w.store);
   // The released checkpoints store copies of the shared embedding and head in the MTP modules;
   // use them when present, the originals otherwise: in training they are the same parameters.
@@ -189,7 +190,8 @@ Weights Weights::load(ModelConfig config, TensorStore store) {
 
 Weights Weights::assemble(ModelConfig config, const std::function<Matrix(const CheckpointTensor&)>& matrix,
                           const std::function<std::vector<float>(const CheckpointTensor&)>& vector) {
-  Weights w{std::move(config), {}, {}, {}, {}, {}, {}};
+  Weights w{std::move(config), {}, {}, {}, {}, {}, {}, {}};
+  w.shard = whole_shard(w.config);
   fill(w, matrix, vector);
   return w;
 }

@@ -12,6 +12,7 @@
 #include "io/checkpoint_layout.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "model/shard.h"
 
 namespace dsv3 {
 
@@ -30,7 +31,10 @@ struct AttentionWeights {
 struct MoeWeights {
   Matrix router;                              // mlp.gate.weight [n_routed_experts, hidden]
   std::vector<float> e_score_correction_bias; // used only to choose experts
+  // One per physical expert copy (shard.h): in one process, the routed experts in order; across
+  // ranks, every rank's copies, those held elsewhere empty.
   std::vector<MlpWeights> experts;
+  ExpertCopies copies;  // empty in one process: copy e is expert e
   std::optional<MlpWeights> shared_experts;
 };
 
@@ -61,6 +65,8 @@ struct Weights {
   std::vector<float> norm;
   Matrix lm_head;
   std::vector<MtpWeights> mtp;
+  // This rank's part (whole in one process): cut_weights (shard.h) cut the matrices to it.
+  Shard shard;
 
   // Loads config.json and the safetensors of a model directory, checking every tensor of
   // checkpoint_layout(config): present, a supported dtype, the expected shape (errors name tensor

@@ -34,9 +34,10 @@ class MpiCommunicator final : public Communicator {
     int initialised = 0;
     check(MPI_Initialized(&initialised), "MPI_Initialized");
     if (!initialised) {
-      // Only the thread that made the communicator calls MPI; the thread pool never does.
+      // One thread at a time calls MPI (the server's scheduler thread steps the model, the main
+      // thread loads and stops it); the thread pool never does.
       int provided = 0;
-      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+      check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
       owns_mpi_ = true;
     }
     check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");

@@ -395,7 +395,8 @@ class CpuBackend final : public Backend {
     check_shape("moe_experts", dispatch.rows, out);
     const std::int64_t total = dispatch.rows.rows;
     if (total == 0) return;
-    const std::int64_t intermediate = experts[0].gate_proj.rows;
+    const auto held = std::find_if(experts.begin(), experts.end(), [](const MlpWeights& w) { return !w.gate_proj.empty(); });
+    const std::int64_t intermediate = held == experts.end() ? 0 : held->gate_proj.rows;
     Workspace::Scope scope(workspace);
     if (gate.data == nullptr) gate = workspace.tensor(total, intermediate);
     if (up.data == nullptr) up = workspace.tensor(total, intermediate);
@@ -405,8 +406,14 @@ class CpuBackend final : public Backend {
     Tensor act = workspace.tensor(total, intermediate);
     std::span<std::int64_t> active = workspace.array<std::int64_t>(n_experts);
     std::int64_t count = 0;
-    for (std::int64_t e = 0; e < n_experts; ++e)
-      if (dispatch.offsets[e + 1] > dispatch.offsets[e]) active[count++] = e;
+    for (std::int64_t e = 0; e < n_experts; ++e) {
+      if (dispatch.offsets[e + 1] == dispatch.offsets[e]) continue;
+      if (experts[e].gate_proj.empty()) {  // held by another rank: its rows add nothing here
+        fill(out.row_range(dispatch.offsets[e], dispatch.offsets[e + 1]), 0.0f);
+        continue;
+      }
+      active[count++] = e;
+    }
     auto run = [&](std::int64_t e) {
       const std::int64_t begin = dispatch.offsets[e], end = dispatch.offsets[e + 1];
       swiglu_mlp(*this, experts[e], dispatch.rows.row_range(begin, end), gate.row_range(begin, end),

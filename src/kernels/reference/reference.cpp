@@ -427,6 +427,10 @@ void ReferenceBackend::moe_experts(const Dispatch& dispatch, std::span<const Mlp
     const std::int64_t first = dispatch.offsets[e], count = dispatch.offsets[e + 1] - first;
     if (count == 0) continue;
     const MlpWeights& w = experts[e];
+    if (w.gate_proj.empty()) {  // held by another rank
+      fill(out.row_range(first, first + count), 0.0f);
+      continue;
+    }
     const std::int64_t intermediate = w.gate_proj.rows;
     std::vector<float> gate_values(static_cast<std::size_t>(count * intermediate)), up_values(gate_values.size());
     const Tensor rows = dispatch.rows.row_range(first, first + count);
