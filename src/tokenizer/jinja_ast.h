@@ -2,7 +2,10 @@
 // Internal to tokenizer/: the Jinja subset behind chat templates, in three stages.
 //   jinja_lexer.cpp   template text -> tokens (text runs, tag delimiters, expression tokens)
 //   jinja_parser.cpp  tokens -> a tree of statements and expressions
-//   jinja_eval.cpp    tree + context -> output text; jinja_builtins.cpp holds filters, tests, methods
+//   jinja_eval.cpp    tree + context -> output text: statements here, expressions in
+//                     jinja_eval_expr.cpp, the Renderer they share in jinja_renderer.h
+// The builtins (filters, tests, str/dict methods) are the other jinja_*.cpp files, sharing
+// jinja_internal.h; jinja_builtins.cpp holds their argument helpers and the filter table.
 // Values are nlohmann::ordered_json (Python dicts keep insertion order, and `tojson` of tool
 // arguments must too), plus what JSON cannot express: Jinja's `undefined`, `namespace()` objects
 // (which `{% set ns.attr = ... %}` mutates from inside loop scopes), the `loop` object and macros.
