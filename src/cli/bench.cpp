@@ -210,12 +210,11 @@ int bench(const BenchOptions& options) {
                                                  : kernels::default_backend());
   const double load_seconds = since(load_start);
   const ModelConfig& c = model.config();
-  if (dist::Communicator& ranks = communicator(); ranks.size() > 1) {
-    // Measured by each rank across its load (resident memory before and after), not computed.
-    fmt::print("ranks: {} ({}); resident weight memory per rank:", ranks.size(), ranks.description());
-    for (const std::int64_t bytes : resident_weight_bytes(model, ranks)) fmt::print(" {:.1f} MB", bytes / 1e6);
-    fmt::print("\n");
-  }
+  // Measured by each rank across its load (resident memory before and after), not computed.
+  dist::Communicator& ranks = communicator();
+  const std::vector<std::int64_t> resident_bytes = resident_weight_bytes(model, ranks);
+  std::string resident;
+  for (const std::int64_t bytes : resident_bytes) resident += fmt::format(" {:.1f} MB", static_cast<double>(bytes) / 1e6);
   if (options.prompt_len + options.gen_len + options.mtp > c.max_position_embeddings)
     fail("--prompt-len + --gen-len = {} exceeds the model's {} positions", options.prompt_len + options.gen_len,
          c.max_position_embeddings);
@@ -273,6 +272,8 @@ int bench(const BenchOptions& options) {
       {"gen_len", options.gen_len},
       {"batch", batch},
       {"load_seconds", load_seconds},
+      {"ranks", ranks.size()},
+      {"resident_weight_bytes_per_rank", resident_bytes},
       {"read_bandwidth_gb_s", bandwidth / 1e9},
       {"read_bandwidth_before_after_gb_s", {bandwidth_before / 1e9, bandwidth_after / 1e9}},
       {"gemm_gflop_s", {{"shape", {gemm_rows, c.hidden_size, c.intermediate_size}}, {"f32", gemm_f32 / 1e9},
@@ -306,6 +307,8 @@ int bench(const BenchOptions& options) {
   fmt::print("machine        {} ({}), {} threads\n", cpu_model(), cpu_features(), ThreadPool::global().size());
   fmt::print("model          {} ({} weights), loaded in {:.2f} s\n", options.model,
              report["weights_dtype"].get<std::string>(), load_seconds);
+  fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
+             ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");
   fmt::print("arithmetic     {}\n", arithmetic);
   fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache\n", batch,
              options.prompt_len, options.gen_len, options.cache_dtype);

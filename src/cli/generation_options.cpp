@@ -7,6 +7,7 @@
 
 #include "cli/numeric_option.h"
 #include "core/error.h"
+#include "core/machine.h"
 #include "core/progress.h"
 #include "model/distributed.h"
 
@@ -106,12 +107,15 @@ Model load_model(const std::string& dir, bool read_in, const kernels::Backend& b
     if (const char* plan = std::getenv("DSV3_PLACEMENT"); plan && *plan) load.placement = read_placement_plan(plan, ranks.size());
     return load_across_ranks(load, ranks, backend);
   }
+  const std::int64_t before = resident_memory_bytes();
   Weights weights = Weights::load(dir);
   ProgressBar bar("loading " + dir, static_cast<std::int64_t>(weights.store.total_bytes()), ProgressBar::Unit::bytes);
   // On a terminal the weights are read in now, with progress, rather than on first use.
   if (read_in || bar.visible())
     weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
-  return Model(std::move(weights), backend);
+  Model model(std::move(weights), backend);
+  model.resident_weight_bytes = resident_memory_bytes() - before;
+  return model;
 }
 
 }  // namespace dsv3::cli

@@ -330,6 +330,7 @@ Model load_shard(const ShardedLoad& load, dist::Communicator& comm, const kernel
                            load.placement);
   cut_weights(weights, std::move(shard));
   if (load.read_in) read_in_held(weights, progress);
+  release_unheld(weights);
   Model model(std::move(weights), backend, &comm);
   model.resident_weight_bytes = resident_memory_bytes() - before;
   return model;

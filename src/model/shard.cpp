@@ -234,6 +234,23 @@ void cut_weights(Weights& w, Shard shard) {
   w.shard = std::move(shard);
 }
 
+void release_unheld(const Weights& w) {
+  for (const CheckpointTensor& t : checkpoint_layout(w.config)) {
+    const TensorView* view = w.store.find(t.name);
+    if (!view) continue;
+    const TensorCut cut = cut_of(t, w.shard, w.config);
+    if (cut.kind == TensorCut::Kind::absent || cut.kind == TensorCut::Kind::columns) {
+      w.store.release(view->data, view->nbytes);
+    } else if (cut.kind == TensorCut::Kind::rows) {
+      const auto row_bytes = view->nbytes / static_cast<std::size_t>(t.shape[0]);
+      const auto begin = static_cast<std::size_t>(cut.range.begin) * row_bytes;
+      const auto end = static_cast<std::size_t>(cut.range.end) * row_bytes;
+      w.store.release(view->data, begin);
+      w.store.release(view->data + end, view->nbytes - end);
+    }
+  }
+}
+
 void read_in_held(const Weights& w, const std::function<void(std::int64_t, std::int64_t)>& progress) {
   std::vector<const Matrix*> held;
   // Routed experts by their physical copies (the layout names logical ones).

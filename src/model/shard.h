@@ -84,6 +84,11 @@ std::int64_t held_bytes(const CheckpointTensor& tensor, DType dtype, const Shard
 // routed experts become the shard's physical copies, those of other ranks empty.
 void cut_weights(Weights& weights, Shard shard);
 
+// Drops from this process's memory the mapped pages of what the shard does not hold (touching a
+// held page maps its neighbours too when the page cache has them, e.g. from another rank on the
+// same host), so that a rank's resident memory is its part.
+void release_unheld(const Weights& weights);
+
 // Reads the held weights in now (each page once), rather than on first use.
 void read_in_held(const Weights& weights, const std::function<void(std::int64_t done, std::int64_t total)>& progress = {});
 
