@@ -18,6 +18,7 @@
 #include "engine/thinking.h"
 #include "serve/expert_stats.h"
 #include "serve/page.h"
+#include "serve/reply.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
 #include "serve/tool_calls.h"
@@ -42,51 +43,6 @@ const char* finish_reason_name(FinishReason reason) {
       return "stop";
   }
 }
-
-// What one choice has produced so far, fed token by token: the decoder, the stop checker and (in
-// a chat) the thinking splitter, so that streamed and whole replies come from the same code.
-struct ChoiceState {
-  ChoiceState(const Tokenizer& tokenizer, const SamplingParams& params, const std::vector<std::int32_t>& eos,
-              bool chat, bool starts_thinking, bool tool_calls)
-      : decoder(tokenizer, true), stops(params, eos) {
-    if (chat) splitter.emplace(starts_thinking);
-    if (tool_calls) tools.emplace();
-  }
-  Tokenizer::StreamDecoder decoder;
-  StopChecker stops;
-  std::optional<ThinkingSplitter> splitter;
-  std::optional<ToolCallParser> tools;
-  std::string content, reasoning;
-  Json tool_calls = Json::array();
-  std::int64_t tokens = 0, reasoning_tokens = 0;
-  std::int64_t drafted = 0, accepted = 0;  // MTP drafts of this choice, as its latest token reported
-  std::size_t text_offset = 0;  // completions' logprobs
-  std::chrono::steady_clock::time_point submitted, last_token;
-  bool done = false;
-  const char* finish_reason = nullptr;
-  Json logprobs = Json::array();  // chat: content entries; completions: built at the end
-  Json tokens_text = Json::array(), token_logprobs = Json::array(), top_logprobs = Json::array(),
-       text_offsets = Json::array();
-};
-
-// What a token added to a choice: new text, new reasoning, new logprob entries.
-struct Delta {
-  std::string content, reasoning;
-  Json logprobs = Json::array();
-  Json tool_calls = Json::array();  // streamed form: with "index"
-  bool finished = false;
-};
-
-// A request from its first item to its reply, shared by the handler and the content provider
-// that writes the reply.
-struct Reply {
-  GenerationRequest request;
-  std::vector<ChoiceState> states;
-  std::shared_ptr<Job> job;
-  std::vector<JobItem> first;
-  std::string id;
-  bool ended = false;  // written whole, or failed: nothing left to cancel when httplib lets go of it
-};
 
 class Server {
  public:
@@ -117,7 +73,9 @@ class Server {
   Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const;
   Json chunk(const std::string& id, const GenerationRequest& request, Json choices) const;
   bool collect(Reply& reply, const std::function<bool()>& client_here);
-  Json whole_reply(Reply& reply) const;
+  std::string whole_body(const Reply& reply) const {
+    return dump(whole_reply(reply, model_name_, usage(reply.request, reply.states, *reply.job)));
+  }
   std::string metrics() const;
   void reply_error(httplib::Response& response, const ApiError& error) const {
     response.status = error.status;
@@ -322,43 +280,6 @@ bool Server::collect(Reply& reply, const std::function<bool()>& client_here) {
   }
 }
 
-Json Server::whole_reply(Reply& reply) const {
-  const GenerationRequest& request = reply.request;
-  const bool chat = request.endpoint == Endpoint::chat;
-  Json choices = Json::array();
-  for (std::size_t c = 0; c < reply.states.size(); ++c) {
-    const ChoiceState& s = reply.states[c];
-    if (chat) {
-      Json message = {{"role", "assistant"}, {"content", s.content}};
-      if (!s.reasoning.empty() || request.starts_thinking[c / request.n]) message["reasoning_content"] = s.reasoning;
-      if (!s.tool_calls.empty()) {
-        if (s.content.empty()) message["content"] = nullptr;
-        message["tool_calls"] = s.tool_calls;
-      }
-      choices.push_back({{"index", c},
-                         {"message", std::move(message)},
-                         {"logprobs", request.logprobs ? Json{{"content", s.logprobs}} : Json(nullptr)},
-                         {"finish_reason", s.finish_reason}});
-    } else {
-      Json logprobs = nullptr;
-      if (request.logprobs)
-        logprobs = {{"tokens", s.tokens_text},
-                    {"token_logprobs", s.token_logprobs},
-                    {"top_logprobs", s.top_logprobs},
-                    {"text_offset", s.text_offsets}};
-      choices.push_back(
-          {{"index", c}, {"text", s.content}, {"logprobs", std::move(logprobs)}, {"finish_reason", s.finish_reason}});
-    }
-  }
-  return {{"id", reply.id},
-          {"object", chat ? "chat.completion" : "text_completion"},
-          {"created", static_cast<std::int64_t>(std::time(nullptr))},
-          {"model", model_name_},
-          {"system_fingerprint", "dsv3"},
-          {"choices", std::move(choices)},
-          {"usage", usage(request, reply.states, *reply.job)}};
-}
-
 void Server::generate(const httplib::Request& http_request, httplib::Response& response, Endpoint endpoint) {
   const Json body = parse_body(http_request.body);
   GenerationRequest request =
@@ -415,17 +336,18 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
   };
 
   if (!reply->request.stream) {
-    // The whole reply is written by a content provider that waits for the tokens, because only
-    // there can a handler see its client go: httplib 0.11.4's Request has no
-    // is_connection_closed, but DataSink::is_writable peeks at the socket (a closed one reads
-    // EOF or a reset). The status goes out before the provider runs, so the errors known only
-    // after queueing (the engine refusing the request: 400; a shutdown: 503) came with the first
-    // item, above. An engine failure after that can no longer change the 200: the provider then
-    // ends the connection without the last chunk, which clients see as a failed reply.
-    // HTTP/1.0 clients cannot take chunks, and a shutdown calls no provider: those wait here.
+    // Why a content provider: it is where httplib 0.11.4 lets a handler see its client go
+    // (Request has no is_connection_closed; DataSink::is_writable peeks at the socket, where a
+    // closed one reads EOF or a reset), with no patched httplib and no socket found behind its
+    // back. It waits for the last token, then writes the body at once. Its cost: the head goes
+    // out first, so the errors known only after queueing (the engine's 400 refusal, a shutdown's
+    // 503) are awaited above, with the first item, and a client gone before then is seen then; an
+    // engine failure after it cannot change the 200, so the connection ends without the last
+    // chunk (the client sees a failed reply; the log says why).
+    // HTTP/1.0 clients take no chunks, and a stopping httplib calls no provider: those wait here.
     if (stopping_ || http_request.version == "HTTP/1.0") {
       collect(*reply, [] { return true; });
-      response.set_content(dump(whole_reply(*reply)), "application/json");
+      response.set_content(whole_body(*reply), "application/json");
       return;
     }
     response.set_chunked_content_provider(
@@ -434,7 +356,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
           try {
             if (!collect(*reply, [&sink] { return sink.is_writable(); })) return false;
             reply->ended = true;
-            const std::string body = dump(whole_reply(*reply));
+            const std::string body = whole_body(*reply);
             sink.write(body.data(), body.size());
             sink.done();
             return true;
