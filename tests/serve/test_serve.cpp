@@ -1,7 +1,8 @@
 // `dsv3 serve` end to end: a server process on a small model made by `dsv3 init` with the real
 // DeepSeek-V3 tokenizer, on 127.0.0.1 and a free port, driven by the official openai npm package
-// (openai_client.js) and by httplib's client for what a well-behaved client never sends. Every
-// server is stopped by the test (SIGTERM, then SIGKILL after a bound) and every wait is bounded.
+// (openai_client.js) and by httplib's client (or a plain socket) for what a well-behaved client
+// never sends or does. Every server is stopped by the test (SIGTERM, then SIGKILL after a bound)
+// and every wait is bounded.
 #include <tuple>
 
 #include "serve_support.h"
