@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -17,6 +18,7 @@
 #include "engine/thinking.h"
 #include "serve/expert_stats.h"
 #include "serve/page.h"
+#include "serve/reply.h"
 #include "serve/request.h"
 #include "serve/scheduler.h"
 #include "serve/tool_calls.h"
@@ -41,40 +43,6 @@ const char* finish_reason_name(FinishReason reason) {
       return "stop";
   }
 }
-
-// What one choice has produced so far, fed token by token: the decoder, the stop checker and (in
-// a chat) the thinking splitter, so that streamed and whole replies come from the same code.
-struct ChoiceState {
-  ChoiceState(const Tokenizer& tokenizer, const SamplingParams& params, const std::vector<std::int32_t>& eos,
-              bool chat, bool starts_thinking, bool tool_calls)
-      : decoder(tokenizer, true), stops(params, eos) {
-    if (chat) splitter.emplace(starts_thinking);
-    if (tool_calls) tools.emplace();
-  }
-  Tokenizer::StreamDecoder decoder;
-  StopChecker stops;
-  std::optional<ThinkingSplitter> splitter;
-  std::optional<ToolCallParser> tools;
-  std::string content, reasoning;
-  Json tool_calls = Json::array();
-  std::int64_t tokens = 0, reasoning_tokens = 0;
-  std::int64_t drafted = 0, accepted = 0;  // MTP drafts of this choice, as its latest token reported
-  std::size_t text_offset = 0;  // completions' logprobs
-  std::chrono::steady_clock::time_point submitted, last_token;
-  bool done = false;
-  const char* finish_reason = nullptr;
-  Json logprobs = Json::array();  // chat: content entries; completions: built at the end
-  Json tokens_text = Json::array(), token_logprobs = Json::array(), top_logprobs = Json::array(),
-       text_offsets = Json::array();
-};
-
-// What a token added to a choice: new text, new reasoning, new logprob entries.
-struct Delta {
-  std::string content, reasoning;
-  Json logprobs = Json::array();
-  Json tool_calls = Json::array();  // streamed form: with "index"
-  bool finished = false;
-};
 
 class Server {
  public:
@@ -104,6 +72,10 @@ class Server {
   Delta add_token(ChoiceState& state, const JobItem& item, const GenerationRequest& request, Job& job);
   Json usage(const GenerationRequest& request, const std::vector<ChoiceState>& states, Job& job) const;
   Json chunk(const std::string& id, const GenerationRequest& request, Json choices) const;
+  bool collect(Reply& reply, const std::function<bool()>& client_here);
+  std::string whole_body(const Reply& reply) const {
+    return dump(whole_reply(reply, model_name_, usage(reply.request, reply.states, *reply.job)));
+  }
   std::string metrics() const;
   void reply_error(httplib::Response& response, const ApiError& error) const {
     response.status = error.status;
@@ -280,6 +252,34 @@ Delta Server::add_token(ChoiceState& state, const JobItem& item, const Generatio
   return delta;
 }
 
+// Feeds a whole (non-streamed) reply its tokens until every choice is done: false when
+// `client_here` says the client is gone, asked at least every poll (tokens may come faster than
+// the wait's timeout); throws ApiError when the job fails.
+bool Server::collect(Reply& reply, const std::function<bool()>& client_here) {
+  std::vector<JobItem> items = std::move(reply.first);
+  std::size_t remaining = reply.states.size();
+  auto asked = std::chrono::steady_clock::now();
+  for (;;) {
+    for (const JobItem& item : items) {
+      if (!item.error.empty()) {
+        reply.job->cancel_all();
+        throw ApiError(item.status, item.error, "", "", "server_error");
+      }
+      ChoiceState& state = reply.states.at(static_cast<std::size_t>(item.choice));
+      if (state.done) continue;
+      if (add_token(state, item, reply.request, *reply.job).finished) --remaining;
+    }
+    items.clear();
+    if (remaining == 0) return true;
+    const bool idle = !reply.job->wait(items, kPollMilliseconds);
+    const auto now = std::chrono::steady_clock::now();
+    if (idle || now - asked >= std::chrono::milliseconds(kPollMilliseconds)) {
+      asked = now;
+      if (!client_here()) return false;
+    }
+  }
+}
+
 void Server::generate(const httplib::Request& http_request, httplib::Response& response, Endpoint endpoint) {
   const Json body = parse_body(http_request.body);
   GenerationRequest request =
@@ -325,89 +325,73 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
     throw ApiError(first.front().status, first.front().error, "", "", first.front().status >= 500 ? "server_error" : "invalid_request_error");
   }
   const bool chat = endpoint == Endpoint::chat;
-  const std::string id = next_id(chat ? "chatcmpl" : "cmpl");
+  auto reply = std::make_shared<Reply>(
+      Reply{std::move(request), std::move(states), job, std::move(first), next_id(chat ? "chatcmpl" : "cmpl")});
+  // httplib lets go of a reply when it is written, the client is gone, or a shutdown came before
+  // its provider ran (httplib then calls no provider): the last two leave sequences to cancel.
+  auto release = [this, reply](bool) {
+    if (reply->ended) return;
+    ++cancelled_requests_;
+    reply->job->cancel_all();
+  };
 
-  if (!request.stream) {
-    std::vector<JobItem> items = std::move(first);
-    std::size_t remaining = states.size();
-    for (;;) {
-      for (const JobItem& item : items) {
-        if (!item.error.empty()) {
-          job->cancel_all();
-          throw ApiError(item.status, item.error, "", "", "server_error");
-        }
-        ChoiceState& state = states.at(static_cast<std::size_t>(item.choice));
-        if (state.done) continue;
-        if (add_token(state, item, request, *job).finished) --remaining;
-      }
-      items.clear();
-      if (remaining == 0) break;
-      job->wait(items, kPollMilliseconds);
+  if (!reply->request.stream) {
+    // Why a content provider: it is where httplib 0.11.4 lets a handler see its client go
+    // (Request has no is_connection_closed; DataSink::is_writable peeks at the socket, where a
+    // closed one reads EOF or a reset), with no patched httplib and no socket found behind its
+    // back. It waits for the last token, then writes the body at once. Its cost: the head goes
+    // out first, so the errors known only after queueing (the engine's 400 refusal, a shutdown's
+    // 503) are awaited above, with the first item, and a client gone before then is seen then; an
+    // engine failure after it cannot change the 200, so the connection ends without the last
+    // chunk (the client sees a failed reply; the log says why).
+    // HTTP/1.0 clients take no chunks, and a stopping httplib calls no provider: those wait here.
+    if (stopping_ || http_request.version == "HTTP/1.0") {
+      collect(*reply, [] { return true; });
+      response.set_content(whole_body(*reply), "application/json");
+      return;
     }
-    Json choices = Json::array();
-    for (std::size_t c = 0; c < states.size(); ++c) {
-      ChoiceState& s = states[c];
-      if (chat) {
-        Json message = {{"role", "assistant"}, {"content", s.content}};
-        if (!s.reasoning.empty() || request.starts_thinking[c / request.n]) message["reasoning_content"] = s.reasoning;
-        if (!s.tool_calls.empty()) {
-          if (s.content.empty()) message["content"] = nullptr;
-          message["tool_calls"] = s.tool_calls;
-        }
-        choices.push_back({{"index", c},
-                           {"message", std::move(message)},
-                           {"logprobs", request.logprobs ? Json{{"content", s.logprobs}} : Json(nullptr)},
-                           {"finish_reason", s.finish_reason}});
-      } else {
-        Json logprobs = nullptr;
-        if (request.logprobs)
-          logprobs = {{"tokens", s.tokens_text},
-                      {"token_logprobs", s.token_logprobs},
-                      {"top_logprobs", s.top_logprobs},
-                      {"text_offset", s.text_offsets}};
-        choices.push_back(
-            {{"index", c}, {"text", s.content}, {"logprobs", std::move(logprobs)}, {"finish_reason", s.finish_reason}});
-      }
-    }
-    Json out = {{"id", id},
-                {"object", chat ? "chat.completion" : "text_completion"},
-                {"created", static_cast<std::int64_t>(std::time(nullptr))},
-                {"model", model_name_},
-                {"system_fingerprint", "dsv3"},
-                {"choices", std::move(choices)},
-                {"usage", usage(request, states, *job)}};
-    response.set_content(dump(out), "application/json");
+    response.set_chunked_content_provider(
+        "application/json",
+        [this, reply](std::size_t, httplib::DataSink& sink) {
+          try {
+            if (!collect(*reply, [&sink] { return sink.is_writable(); })) return false;
+            reply->ended = true;
+            const std::string body = whole_body(*reply);
+            sink.write(body.data(), body.size());
+            sink.done();
+            return true;
+          } catch (const std::exception& e) {
+            reply->ended = true;
+            reply->job->cancel_all();
+            std::fprintf(stderr, "dsv3 serve: %s failed after its reply began: %s\n", reply->id.c_str(), e.what());
+            return false;
+          }
+        },
+        release);
     return;
   }
 
   // Streaming: the whole stream is written from one call of the content provider, so that a
   // shutdown (which httplib checks between calls) lets it finish.
-  struct Stream {
-    GenerationRequest request;
-    std::vector<ChoiceState> states;
-    std::shared_ptr<Job> job;
-    std::vector<JobItem> first;
-  };
-  auto stream = std::make_shared<Stream>(Stream{std::move(request), std::move(states), job, std::move(first)});
   response.set_header("Cache-Control", "no-cache");
   response.set_chunked_content_provider(
       "text/event-stream",
-      [this, stream, id, chat](std::size_t, httplib::DataSink& sink) {
-        const GenerationRequest& request = stream->request;
+      [this, reply, chat](std::size_t, httplib::DataSink& sink) {
+        const GenerationRequest& request = reply->request;
         auto send = [&](const Json& json) {
           const std::string event = "data: " + dump(json) + "\n\n";
           return sink.write(event.data(), event.size());
         };
         bool open = true;
         if (chat)
-          for (std::size_t c = 0; c < stream->states.size() && open; ++c)
-            open = send(chunk(id, request,
+          for (std::size_t c = 0; c < reply->states.size() && open; ++c)
+            open = send(chunk(reply->id, request,
                               Json::array({{{"index", c},
                                             {"delta", {{"role", "assistant"}, {"content", ""}}},
                                             {"logprobs", nullptr},
                                             {"finish_reason", nullptr}}})));
-        std::vector<JobItem> items = std::move(stream->first);
-        std::size_t remaining = stream->states.size();
+        std::vector<JobItem> items = std::move(reply->first);
+        std::size_t remaining = reply->states.size();
         while (open && remaining > 0) {
           for (const JobItem& item : items) {
             if (!open) break;
@@ -416,9 +400,9 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
               remaining = 0;
               break;
             }
-            ChoiceState& state = stream->states.at(static_cast<std::size_t>(item.choice));
+            ChoiceState& state = reply->states.at(static_cast<std::size_t>(item.choice));
             if (state.done) continue;
-            Delta delta = add_token(state, item, request, *stream->job);
+            Delta delta = add_token(state, item, request, *reply->job);
             const auto c = static_cast<std::size_t>(item.choice);
             Json logprobs = nullptr;
             if (request.logprobs && !delta.logprobs.empty()) {
@@ -446,7 +430,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
               } else {
                 choice = {{"index", c}, {"text", delta.content}, {"logprobs", std::move(logprobs)}, {"finish_reason", nullptr}};
               }
-              open = send(chunk(id, request, Json::array({std::move(choice)})));
+              open = send(chunk(reply->id, request, Json::array({std::move(choice)})));
             }
             if (delta.finished) {
               --remaining;
@@ -454,23 +438,20 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
                                         {"finish_reason", state.finish_reason}}
                                  : Json{{"index", c}, {"text", ""}, {"logprobs", nullptr},
                                         {"finish_reason", state.finish_reason}};
-              if (open) open = send(chunk(id, request, Json::array({std::move(choice)})));
+              if (open) open = send(chunk(reply->id, request, Json::array({std::move(choice)})));
             }
           }
           items.clear();
           if (!open || remaining == 0) break;
-          if (!stream->job->wait(items, kPollMilliseconds) && !sink.is_writable()) open = false;
+          if (!reply->job->wait(items, kPollMilliseconds) && !sink.is_writable()) open = false;
         }
-        if (!open) {
-          // The client is gone (a closed connection, a page's stop button): its sequences end now
-          // and free their pages.
-          ++cancelled_requests_;
-          stream->job->cancel_all();
-          return false;
-        }
+        // The client is gone (a closed connection, a page's stop button): `release` ends its
+        // sequences now, which frees their pages.
+        if (!open) return false;
+        reply->ended = true;
         if (request.include_usage) {
-          Json last = chunk(id, request, Json::array());
-          last["usage"] = usage(request, stream->states, *stream->job);
+          Json last = chunk(reply->id, request, Json::array());
+          last["usage"] = usage(request, reply->states, *reply->job);
           send(last);
         }
         const std::string done = "data: [DONE]\n\n";
@@ -478,7 +459,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
         sink.done();
         return true;
       },
-      [stream](bool) { stream->job->cancel_all(); });
+      release);
 }
 
 std::string Server::metrics() const {
@@ -506,7 +487,7 @@ std::string Server::metrics() const {
          scheduler_.capacity_tokens() - s.cache_free_tokens);
   metric("dsv3_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", prompt_tokens_);
   metric("dsv3_completion_tokens_total", "counter", "Tokens delivered to requests.", completion_tokens_);
-  metric("dsv3_requests_cancelled_total", "counter", "Streamed requests whose client left before the end.",
+  metric("dsv3_requests_cancelled_total", "counter", "Requests whose client left before their reply was written.",
          cancelled_requests_);
   metric("dsv3_sequences_cancelled_total", "counter",
          "Sequences ended before they finished (a stop string, a client gone, a shutdown).", s.cancelled);

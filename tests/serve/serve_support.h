@@ -170,6 +170,63 @@ inline std::string run_capture(const std::string& command, int* exit_code) {
   return output;
 }
 
+// A client on a plain socket, for what httplib's client does not do: go away at a chosen moment
+// (after the head, or at once with a reset, as a killed client's kernel does) or speak HTTP/1.0.
+class RawClient {
+ public:
+  explicit RawClient(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<std::uint16_t>(port));
+    const timeval hang_guard{60, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &hang_guard, sizeof hang_guard);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) close(false);
+  }
+  ~RawClient() { close(false); }
+
+  bool post(const std::string& path, const std::string& body, const std::string& version = "HTTP/1.1") {
+    const std::string request = "POST " + path + " " + version + "\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " +
+                                kApiKey + "\r\nContent-Type: application/json\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body;
+    for (std::size_t sent = 0; sent < request.size();) {
+      const ssize_t n = fd_ < 0 ? -1 : ::send(fd_, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      sent += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+  // Reads until what came holds the head and `bytes` beyond it, or the connection ends; returns
+  // the head (with its blank line) and `body`, what came after it.
+  std::string read(std::string& body, std::size_t bytes = 0) {
+    char buffer[4096];
+    for (;;) {
+      const std::size_t end = received_.find("\r\n\r\n");
+      if (end != std::string::npos && received_.size() >= end + 4 + bytes) {
+        body = received_.substr(end + 4);
+        return received_.substr(0, end + 4);
+      }
+      const ssize_t n = fd_ < 0 ? -1 : ::recv(fd_, buffer, sizeof buffer, 0);
+      if (n <= 0) return received_;
+      received_.append(buffer, static_cast<std::size_t>(n));
+    }
+  }
+  void close(bool reset) {
+    if (fd_ < 0) return;
+    if (reset) {
+      const linger now{1, 0};
+      ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &now, sizeof now);
+    }
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+  std::string received_;
+};
+
 inline Json post(httplib::Client& client, const std::string& path, const Json& body, int* status) {
   auto response = client.Post(path, body.dump(), "application/json");
   *status = response ? response->status : -1;

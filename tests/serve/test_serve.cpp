@@ -1,7 +1,8 @@
 // `dsv3 serve` end to end: a server process on a small model made by `dsv3 init` with the real
 // DeepSeek-V3 tokenizer, on 127.0.0.1 and a free port, driven by the official openai npm package
-// (openai_client.js) and by httplib's client for what a well-behaved client never sends. Every
-// server is stopped by the test (SIGTERM, then SIGKILL after a bound) and every wait is bounded.
+// (openai_client.js) and by httplib's client (or a plain socket) for what a well-behaved client
+// never sends or does. Every server is stopped by the test (SIGTERM, then SIGKILL after a bound)
+// and every wait is bounded.
 #include <tuple>
 
 #include "serve_support.h"
@@ -276,6 +277,40 @@ TEST(Serve, AfterTheGracePeriodRequestsInFlightAreCutShortAndTheServerExitsZero)
   EXPECT_NE(server.log().find("the grace period is over"), std::string::npos) << server.log();
 }
 
+// httplib calls no content provider once it is stopping: a whole reply that was still queued at
+// SIGTERM is written by its handler instead, whole, with its Content-Length.
+TEST(Serve, SigtermFinishesAQueuedWholeReplyToo) {
+  ServerProcess server("--max-batch 1");
+  ASSERT_TRUE(server.ready()) << server.log();
+  auto send = [&](int max_tokens) {
+    return std::async(std::launch::async, [&server, max_tokens] {
+      auto client = server.client();
+      auto response = client.Post("/v1/completions",
+                                  Json{{"prompt", "Hello"}, {"max_tokens", max_tokens}, {"temperature", 0}}.dump(),
+                                  "application/json");
+      return response ? std::pair(response->status, Json::parse(response->body, nullptr, false))
+                      : std::pair(-1, Json());
+    });
+  };
+  auto wait_for = [&](const char* name) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (metric(server, name) < 1 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(2ms);
+    return metric(server, name);
+  };
+  auto running = send(400);
+  ASSERT_EQ(wait_for("dsv3_running_sequences"), 1);
+  auto queued = send(5);
+  ASSERT_EQ(wait_for("dsv3_queued_requests"), 1);
+  ::kill(server.pid(), SIGTERM);
+  ASSERT_EQ(running.wait_for(60s), std::future_status::ready);
+  ASSERT_EQ(queued.wait_for(60s), std::future_status::ready);
+  auto [status, body] = queued.get();
+  EXPECT_EQ(status, 200) << body.dump();
+  EXPECT_EQ(body["usage"]["completion_tokens"], 5) << body.dump();
+  EXPECT_EQ(running.get().second["usage"]["completion_tokens"], 400);
+  EXPECT_EQ(server.wait_exit(20), 0) << server.log();
+}
+
 TEST(Serve, AFullQueueAnswers429) {
   ServerProcess server("--max-batch 1 --max-queue 1");
   ASSERT_TRUE(server.ready()) << server.log();
@@ -338,6 +373,83 @@ TEST(Serve, AClientThatDisconnectsMidStreamFreesItsCachePages) {
   EXPECT_LT(metric(server, "dsv3_generated_tokens_total"), 1000);
   EXPECT_EQ(metric(server, "dsv3_requests_cancelled_total"), 1);
   EXPECT_EQ(metric(server, "dsv3_sequences_cancelled_total"), 1);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// A whole (non-streamed) reply sends nothing until its last token, so the server must watch the
+// socket itself: a client that closes it, with a FIN after reading the head or with a reset,
+// cancels its sequence and frees its pages long before max_tokens.
+TEST(Serve, AClientThatDisconnectsBeforeAWholeReplyFreesItsCachePages) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::int64_t capacity = metric(server, "dsv3_kv_cache_capacity_tokens");
+  const std::string free_blocks = R"(dsv3_kv_cache_blocks\{state="free"\})";
+  const std::string cached_blocks = R"(dsv3_kv_cache_blocks\{state="cached"\})";
+  const std::string used_blocks = R"(dsv3_kv_cache_blocks\{state="used"\})";
+  const std::int64_t blocks = metric(server, free_blocks);
+  ASSERT_GT(capacity, 0);
+  ASSERT_GT(blocks, 0);
+  auto wait_for_running = [&](std::int64_t wanted) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (metric(server, "dsv3_running_sequences") != wanted && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(2ms);
+    return metric(server, "dsv3_running_sequences");
+  };
+  const int max_tokens = 1900;
+  int cancelled = 0;
+  for (const bool reset : {false, true}) {
+    SCOPED_TRACE(reset ? "closed with a reset" : "closed after reading the head");
+    const std::int64_t generated = metric(server, "dsv3_generated_tokens_total");
+    RawClient client(server.port());
+    ASSERT_TRUE(client.post("/v1/completions",
+                            Json{{"prompt", "A long story:"}, {"max_tokens", max_tokens}, {"temperature", 0}}.dump()));
+    ASSERT_EQ(wait_for_running(1), 1);
+    if (!reset) {
+      std::string body;
+      const std::string head = client.read(body);
+      EXPECT_TRUE(head.starts_with("HTTP/1.1 200 ")) << head;
+      EXPECT_NE(head.find("Content-Type: application/json\r\n"), std::string::npos) << head;
+      EXPECT_EQ(body, "");  // nothing of the reply before its last token
+    }
+    client.close(reset);
+    EXPECT_EQ(wait_for_running(0), 0);
+    EXPECT_EQ(metric(server, "dsv3_kv_cache_free_tokens"), capacity);
+    EXPECT_EQ(metric(server, used_blocks), 0);
+    EXPECT_EQ(metric(server, free_blocks) + metric(server, cached_blocks), blocks);
+    EXPECT_LT(metric(server, "dsv3_generated_tokens_total") - generated, max_tokens);
+    ++cancelled;
+    EXPECT_EQ(metric(server, "dsv3_requests_cancelled_total"), cancelled);
+    EXPECT_EQ(metric(server, "dsv3_sequences_cancelled_total"), cancelled);
+  }
+  // The server keeps serving whole replies: JSON, with its Content-Type.
+  auto http = server.client();
+  auto response = http.Post("/v1/completions", Json{{"prompt", "Hello"}, {"max_tokens", 3}, {"temperature", 0}}.dump(),
+                            "application/json");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->get_header_value("Content-Type"), "application/json");
+  EXPECT_EQ(Json::parse(response->body, nullptr, false)["usage"]["completion_tokens"], 3) << response->body;
+  EXPECT_EQ(metric(server, "dsv3_requests_cancelled_total"), cancelled);
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+// HTTP/1.0 has no chunks: its whole reply comes with a Content-Length, as one body.
+TEST(Serve, AnHttp10ClientGetsAWholeReplyWithItsLength) {
+  ServerProcess server;
+  ASSERT_TRUE(server.ready()) << server.log();
+  RawClient client(server.port());
+  ASSERT_TRUE(client.post("/v1/completions", Json{{"prompt", "Hello"}, {"max_tokens", 3}, {"temperature", 0}}.dump(),
+                          "HTTP/1.0"));
+  std::string body;
+  std::string head = client.read(body);
+  std::smatch length;
+  ASSERT_TRUE(std::regex_search(head, length, std::regex("\r\nContent-Length: ([0-9]+)\r\n"))) << head;
+  head = client.read(body, std::stoul(length[1]));
+  EXPECT_TRUE(head.starts_with("HTTP/1.1 200 ")) << head;
+  EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
+  EXPECT_NE(head.find("Content-Type: application/json\r\n"), std::string::npos) << head;
+  EXPECT_EQ(body.size(), std::stoul(length[1]));
+  EXPECT_EQ(Json::parse(body, nullptr, false)["usage"]["completion_tokens"], 3) << body;
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 
