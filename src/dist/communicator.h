@@ -29,6 +29,10 @@ class Communicator {
   virtual void all_reduce_sum(std::span<float> values) = 0;
   // Every rank's `bytes` become root's.
   virtual void broadcast(std::span<std::byte> bytes, int root) = 0;
+  // The same, for a wait that may last (a rank idle until rank 0's next step): past a moment, the
+  // waiting ranks sleep between polls instead of spinning a core. Every rank must call this one,
+  // not broadcast(), for the same message.
+  virtual void broadcast_patiently(std::span<std::byte> bytes, int root) { broadcast(bytes, root); }
   // Rank 0 receives every rank's `local` (all the same length), concatenated in rank order; the
   // other ranks receive an empty vector.
   virtual std::vector<std::byte> gather(std::span<const std::byte> local) = 0;

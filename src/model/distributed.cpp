@@ -55,10 +55,11 @@ class Message {
     return {chars.begin(), chars.end()};
   }
 
-  // Rank 0 sends, every other rank receives: the length, then the bytes.
+  // Rank 0 sends, every other rank receives: the length (the others may wait long for it: an
+  // idle server), then the bytes.
   void broadcast(dist::Communicator& comm) {
     auto size = static_cast<std::int64_t>(bytes_.size());
-    comm.broadcast(std::span(&size, 1), 0);
+    comm.broadcast_patiently(std::as_writable_bytes(std::span(&size, 1)), 0);
     bytes_.resize(static_cast<std::size_t>(size));
     comm.broadcast(std::span<std::byte>(bytes_), 0);
   }
