@@ -73,6 +73,27 @@ function streamedText(events, field) {
   return text;
 }
 
+// The pid of our mpirun job's rank `rank` (its environment says which rank it is).
+function rankProcess(rank) {
+  for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    try {
+      const environ = fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+      const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (environ.includes(`OMPI_COMM_WORLD_RANK=${rank}`) && cmdline.startsWith(binary) && cmdline.includes(model))
+        return pid;
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  throw new Error(`no process of rank ${rank}`);
+}
+
+// User + system CPU seconds of a process so far (/proc/PID/stat, clock ticks of 1/100 s).
+function cpuSeconds(pid) {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 async function main() {
   const one = await startServer(binary, ['serve']);
   const ranks = await startServer(mpirun, ['--oversubscribe', '-np', '2', binary, 'serve', '--mtp', '2']);
@@ -98,6 +119,14 @@ async function main() {
   const [ta, tb] = [await post(one, '/tokenize', { prompt: prompts[0] }), await post(ranks, '/tokenize', { prompt: prompts[0] })];
   assert.deepEqual(tb, ta);
   ok('the same /tokenize answer');
+
+  // Idle, rank 1 waits for rank 0's next step asleep: a core spinning in MPI would use ~3 s of CPU here.
+  const follower = rankProcess(1);
+  const before = cpuSeconds(follower);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  const used = cpuSeconds(follower) - before;
+  assert.ok(used < 0.5, `rank 1 used ${used.toFixed(2)} s of CPU in 3 s while the server was idle`);
+  ok(`an idle rank 1 sleeps (${used.toFixed(3)} s of CPU in 3 s)`);
   console.log(`serve_ranks: all ${checks} checks passed`);
 }
 
