@@ -63,6 +63,27 @@ TEST(CliModel, InfoDescribesTheModel) {
   EXPECT_NE(v3.output.find("fp8 e4m3"), std::string::npos) << v3.output;
 }
 
+// info --ranks N: each rank's heads and vocabulary rows tile the model; DeepSeek-V3's FP8
+// checkpoint cuts over 16 ranks but not 32 (its shared expert's 2048 columns are 16 scale blocks).
+TEST(CliModel, InfoRanksShowsEachRanksPart) {
+  const auto tiny = run("info --model " + test::tiny_model_dir().string() + " --ranks 3");
+  ASSERT_EQ(tiny.exit_code, 0) << tiny.output;
+  EXPECT_NE(tiny.output.find("across 3 ranks"), std::string::npos) << tiny.output;
+  EXPECT_NE(tiny.output.find("rank 0 "), std::string::npos) << tiny.output;
+  EXPECT_NE(tiny.output.find("heads [2, 4), vocabulary rows [682, 1024)"), std::string::npos) << tiny.output;
+  EXPECT_NE(tiny.output.find("640.00 B per token on every rank"), std::string::npos) << tiny.output;
+  const std::string v3 = (test::shared_dir() / "bench" / "deepseek-v3-671b.json").string();
+  const auto sixteen = run("info --model " + v3 + " --ranks 16");
+  ASSERT_EQ(sixteen.exit_code, 0) << sixteen.output;
+  EXPECT_NE(sixteen.output.find("rank 15 "), std::string::npos) << sixteen.output;
+  EXPECT_NE(sixteen.output.find("heads [120, 128)"), std::string::npos) << sixteen.output;
+  const auto too_many = run("info --model " + v3 + " --ranks 32");
+  EXPECT_NE(too_many.exit_code, 0);
+  EXPECT_NE(too_many.output.find("shared_experts.gate_proj.weight: 2048 columns cannot be split over 32 ranks"),
+            std::string::npos)
+      << too_many.output;
+}
+
 // info reports the KV cache the engine allocates: LatentCache holds a row per token for every
 // layer, the MTP module's included.
 TEST(CliModel, InfoKvCacheIsTheEnginesFigure) {
