@@ -11,11 +11,17 @@ rm -rf "$work" && mkdir -p "$work" || exit 1
 "$mpirun" --oversubscribe -np 2 "$dsv3" generate --model "$work/model" --prompt-ids 1,2,3 --max-tokens 30000 \
   >"$work/out.log" 2>&1 &
 job=$!
+# The job's processes, read from /proc (no procps on a bare Debian): "$1" given, those of that rank.
+job_processes() {
+  for d in /proc/[0-9]*; do
+    tr '\0' ' ' 2>/dev/null <"$d/cmdline" | grep -q -- "^$dsv3 generate --model $work/model" || continue
+    [ -z "$1" ] || tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$1" || continue
+    echo "${d#/proc/}"
+  done
+}
 rank1=
 for _ in $(seq 200); do
-  for p in $(pgrep -f -- "$dsv3 generate --model $work/model"); do
-    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=1 && rank1=$p
-  done
+  rank1=$(job_processes 1)
   [ -n "$rank1" ] && break
   sleep 0.05
 done
@@ -36,6 +42,6 @@ cat "$work/out.log" | tail -5
 echo "kill_rank: mpirun exited $rc, ${elapsed_ms} ms after rank 1 was killed"
 [ "$rc" -ne 0 ] || fail "mpirun exited 0 although a rank was killed"
 [ "$elapsed_ms" -le 10000 ] || fail "the job took ${elapsed_ms} ms to end (more than 10 s)"
-left=$(pgrep -f -- "$dsv3 generate --model $work/model" | wc -l)
+left=$(job_processes | wc -l)
 [ "$left" -eq 0 ] || fail "$left process(es) of the job still running"
 echo "kill_rank: ok"
