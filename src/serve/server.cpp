@@ -314,6 +314,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
   for (std::size_t c = 0; c < request.choices(); ++c) {
     states.emplace_back(tokenizer_, params[c], options_.end_of_sequence_ids, endpoint == Endpoint::chat,
                         request.starts_thinking[c / static_cast<std::size_t>(request.n)], request.parse_tool_calls);
+    if (!request.forced_tool_call.empty()) states.back().force_tool_call(request.forced_tool_call);
     states.back().submitted = submitted;
   }
   // The first items decide between an error answer and a reply.
