@@ -231,13 +231,13 @@ bool plain_function_name(const std::string& name) {
 
 ToolChoice parse_tool_choice(const Json& body, const Json& tools, const Tokenizer& tokenizer) {
   const char* shape = "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function";
-  std::vector<std::string> names;  // the tools' functions
+  std::vector<std::string> names;  // the tools' functions, each once
   if (tools.is_array())
     for (const Json& tool : tools)
       if (const Json* f = field(tool, "function"); f && f->is_object())
-        if (const Json* n = field(*f, "name"); n && n->is_string() &&
-                                               std::find(names.begin(), names.end(), n->get<std::string>()) == names.end())
-          names.push_back(n->get<std::string>());
+        if (const Json* n = field(*f, "name"); n && n->is_string()) names.push_back(n->get<std::string>());
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
   ToolChoice choice;
   const Json* given = field(body, "tool_choice");
   if (!given) return choice;
@@ -401,8 +401,7 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
     throw bad("tool_choice", "a forced 'tool_choice' (\"required\" or a named function) cannot be combined with chat "
                              "prefix completion (an assistant message with \"prefix\": true): the reply would have to "
                              "continue both");
-  const bool tool_choice_none = tool_choice.none;
-  request.parse_tool_calls = !tools.is_null() && !tool_choice_none;
+  request.parse_tool_calls = !tools.is_null() && !tool_choice.none;
   parse_sampling(body, limits, request);
   request.logprobs = boolean(body, "logprobs", false);
   const auto top = integer(body, "top_logprobs", 0, kMostTopLogprobs);
