@@ -25,6 +25,12 @@ struct ChoiceState {
     if (chat) splitter.emplace(starts_thinking);
     if (tool_calls) tools.emplace();
   }
+  // The reply starts inside a tool call the request forced (GenerationRequest::forced_tool_call):
+  // the parser starts with that text, and no thinking block is looked for in a call.
+  void force_tool_call(const std::string& prefix) {
+    splitter.reset();
+    tools->force(prefix);
+  }
   Tokenizer::StreamDecoder decoder;
   StopChecker stops;
   std::optional<ThinkingSplitter> splitter;

@@ -2,11 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 
 #include "core/error.h"
 #include "engine/thinking.h"
+#include "serve/tool_calls.h"
 
 namespace dsv3::serve {
 namespace {
@@ -211,6 +214,72 @@ std::string content_text(const Json& content, const std::string& param) {
   return text;
 }
 
+// tool_choice: "none", "auto", "required", or {"type": "function", "function": {"name": NAME}}
+// with NAME one of the tools' functions. "required" and a named function are enforced by starting
+// the reply with a tool call (ToolChoice::forced: the function's name, or "" when the model is to
+// write it); "required" with a single function in `tools` forces that one.
+struct ToolChoice {
+  bool none = false;
+  std::optional<std::string> forced;
+};
+
+bool plain_function_name(const std::string& name) {
+  return !name.empty() && name.size() <= 64 &&
+         std::all_of(name.begin(), name.end(),
+                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
+}
+
+ToolChoice parse_tool_choice(const Json& body, const Json& tools, const Tokenizer& tokenizer) {
+  const char* shape = "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function";
+  std::vector<std::string> names;  // the tools' functions, each once
+  if (tools.is_array())
+    for (const Json& tool : tools)
+      if (const Json* f = field(tool, "function"); f && f->is_object())
+        if (const Json* n = field(*f, "name"); n && n->is_string()) names.push_back(n->get<std::string>());
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  ToolChoice choice;
+  const Json* given = field(body, "tool_choice");
+  if (!given) return choice;
+  if (given->is_string()) {
+    const std::string value = given->get<std::string>();
+    if (value != "none" && value != "auto" && value != "required") throw bad("tool_choice", shape);
+    choice.none = value == "none";
+    if (value == "required") {
+      if (tools.is_null()) throw bad("tool_choice", "'tool_choice' \"required\" needs 'tools'");
+      choice.forced = names.size() == 1 && plain_function_name(names.front()) ? names.front() : std::string();
+    }
+  } else if (given->is_object()) {
+    const Json* function = field(*given, "function");
+    const Json* name = function && function->is_object() ? field(*function, "name") : nullptr;
+    if (!name || !name->is_string())
+      throw bad("tool_choice.function.name",
+                "a named 'tool_choice' needs {\"type\": \"function\", \"function\": {\"name\": ...}}");
+    if (std::find(names.begin(), names.end(), name->get<std::string>()) == names.end())
+      throw bad("tool_choice.function.name",
+                fmt::format("'tool_choice' names the function '{}', which is not among 'tools'", name->get<std::string>()));
+    choice.forced = name->get<std::string>();
+    // The name goes into the prompt as text: OpenAI's rule for function names keeps it one plain word.
+    if (!plain_function_name(*choice.forced))
+      throw bad("tool_choice.function.name",
+                fmt::format("'tool_choice' names the function '{}': a function name to force must be 1 to 64 of "
+                            "a-z, A-Z, 0-9, '_' and '-'",
+                            *choice.forced));
+  } else {
+    throw bad("tool_choice", shape);
+  }
+  if (choice.forced)
+    for (const std::string_view token : forced_tool_call_tokens()) {
+      const auto id = tokenizer.token_to_id(token);
+      if (!id || tokenizer.encode(token) != std::vector<std::int32_t>{*id})
+        throw bad("tool_choice", fmt::format("'tool_choice' \"required\" or a named function is enforced by starting "
+                                             "the reply with a DeepSeek-V3 tool call, and this tokenizer has no {} "
+                                             "token; use \"auto\"",
+                                             token));
+    }
+  return choice;
+}
+
 }  // namespace
 
 Json error_body(const ApiError& error) {
@@ -327,36 +396,12 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
       if (!(*given)[i].is_object()) throw bad(fmt::format("tools[{}]", i), "every tool must be an object");
     if (!given->empty()) tools = *given;
   }
-  bool tool_choice_none = false;
-  if (const Json* choice = field(body, "tool_choice")) {
-    if (choice->is_string()) {
-      const std::string value = choice->get<std::string>();
-      if (value != "none" && value != "auto" && value != "required")
-        throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
-      tool_choice_none = value == "none";
-      if (value == "required" && tools.is_null())
-        throw bad("tool_choice", "'tool_choice' \"required\" needs 'tools'");
-    } else if (choice->is_object()) {
-      // {"type": "function", "function": {"name": NAME}}, NAME one of the tools' functions.
-      const Json* function = field(*choice, "function");
-      const Json* name = function && function->is_object() ? field(*function, "name")
-                                                           : nullptr;
-      if (!name || !name->is_string())
-        throw bad("tool_choice.function.name", "a named 'tool_choice' needs {\"type\": \"function\", \"function\": "
-                                               "{\"name\": ...}}");
-      bool known = false;
-      if (tools.is_array())
-        for (const Json& tool : tools)
-          if (const Json* f = field(tool, "function"); f && f->is_object())
-            if (const Json* n = field(*f, "name"); n && *n == *name) known = true;
-      if (!known)
-        throw bad("tool_choice.function.name",
-                  fmt::format("'tool_choice' names the function '{}', which is not among 'tools'", name->get<std::string>()));
-    } else {
-      throw bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or a named function");
-    }
-  }
-  request.parse_tool_calls = !tools.is_null() && !tool_choice_none;
+  const ToolChoice tool_choice = parse_tool_choice(body, tools, *limits.tokenizer);
+  if (tool_choice.forced && prefix)
+    throw bad("tool_choice", "a forced 'tool_choice' (\"required\" or a named function) cannot be combined with chat "
+                             "prefix completion (an assistant message with \"prefix\": true): the reply would have to "
+                             "continue both");
+  request.parse_tool_calls = !tools.is_null() && !tool_choice.none;
   parse_sampling(body, limits, request);
   request.logprobs = boolean(body, "logprobs", false);
   const auto top = integer(body, "top_logprobs", 0, kMostTopLogprobs);
@@ -376,6 +421,13 @@ GenerationRequest parse_chat_request(const Json& body, const ModelLimits& limits
     throw bad("messages", fmt::format("the chat template cannot render these messages: {}", e.what()));
   }
   if (prefix) rendered += *prefix;
+  if (tool_choice.forced) {
+    if (prompt_opens_thinking(rendered))
+      throw bad("tool_choice", "this chat template opens a thinking block (<think>) where the reply starts, so a "
+                               "forced 'tool_choice' cannot put a tool call there; use \"auto\"");
+    request.forced_tool_call = forced_tool_call_prefix(*tool_choice.forced);
+    rendered += request.forced_tool_call;
+  }
   request.prompts.push_back(encode_text(*limits.tokenizer, rendered, false, "messages"));
   request.starts_thinking.push_back(prompt_opens_thinking(rendered));
   resolve_max_tokens(body, limits, request);

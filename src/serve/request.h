@@ -56,6 +56,9 @@ struct GenerationRequest {
   bool include_usage = false;
   bool logprobs = false;          // report log-probabilities (params.logprobs is the top-N)
   bool parse_tool_calls = false;  // tools were given (and tool_choice is not "none")
+  // tool_choice "required" or a named function: the start of a tool call the prompt ends with, so
+  // that the reply continues inside it (its tokens count as prompt tokens, never as completion).
+  std::string forced_tool_call;
   std::vector<std::int32_t> max_tokens;  // per prompt: what was asked, or the room left
 
   std::size_t choices() const { return prompts.size() * static_cast<std::size_t>(n); }

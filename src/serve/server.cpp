@@ -286,18 +286,21 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
       endpoint == Endpoint::chat ? parse_chat_request(body, limits_) : parse_completion_request(body, limits_);
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<SamplingParams> params;
+  // Each sequence must fit the cache alone, not all together: when running sequences outgrow it,
+  // the engine preempts the newest and computes them again later, so choices can take turns.
   std::int64_t reserved = 0;
   for (std::size_t c = 0; c < request.choices(); ++c) {
     prompts.push_back(request.prompt_of(c));
     params.push_back(request.params_of(c));
-    reserved += scheduler_.reservation(static_cast<std::int64_t>(prompts.back().size()), *params.back().max_tokens);
+    reserved = std::max(reserved, scheduler_.reservation(static_cast<std::int64_t>(prompts.back().size()),
+                                                         *params.back().max_tokens));
   }
   if (reserved > scheduler_.capacity_tokens())
     throw ApiError(400,
-                   fmt::format("the request needs {} tokens of KV cache ({} sequences of prompt + max_tokens), and the "
-                               "cache holds {} (--kv-cache-tokens)",
-                               reserved, request.choices(), scheduler_.capacity_tokens()),
-                   request.choices() > 1 ? "n" : "max_tokens", "cache_too_small");
+                   fmt::format("a sequence of this request needs {} tokens of KV cache (its prompt + max_tokens), and "
+                               "the cache holds {} (--kv-cache-tokens)",
+                               reserved, scheduler_.capacity_tokens()),
+                   "max_tokens", "cache_too_small");
   auto job = std::make_shared<Job>(std::move(prompts), params);
   switch (scheduler_.submit(job)) {
     case Scheduler::Submitted::queue_full:
@@ -314,6 +317,7 @@ void Server::generate(const httplib::Request& http_request, httplib::Response& r
   for (std::size_t c = 0; c < request.choices(); ++c) {
     states.emplace_back(tokenizer_, params[c], options_.end_of_sequence_ids, endpoint == Endpoint::chat,
                         request.starts_thinking[c / static_cast<std::size_t>(request.n)], request.parse_tool_calls);
+    if (!request.forced_tool_call.empty()) states.back().force_tool_call(request.forced_tool_call);
     states.back().submitted = submitted;
   }
   // The first items decide between an error answer and a reply.

@@ -57,6 +57,35 @@ bool parse_tool_call(std::string_view text, ToolCall& call) {
   return true;
 }
 
+ToolCall parse_forced_tool_call(std::string_view text) {
+  const std::size_t separator = text.find(kSeparator);
+  const std::string_view rest = separator == std::string_view::npos ? text : text.substr(separator + kSeparator.size());
+  const std::size_t newline = rest.find('\n');
+  std::string_view arguments = newline == std::string_view::npos ? std::string_view() : trim(rest.substr(newline));
+  if (arguments.starts_with("```")) {
+    arguments.remove_prefix(3);
+    if (arguments.starts_with("json")) arguments.remove_prefix(4);
+    arguments = trim(arguments);
+  }
+  if (arguments.ends_with("```")) arguments = trim(arguments.substr(0, arguments.size() - 3));
+  return {std::string(trim(rest.substr(0, newline))), std::string(arguments)};
+}
+
+std::string forced_tool_call_prefix(const std::string& name) {
+  std::string prefix = std::string(kCallsBegin) + std::string(kCallBegin) + "function" + std::string(kSeparator);
+  if (!name.empty()) prefix += name + "\n```json\n";
+  return prefix;
+}
+
+std::vector<std::string_view> forced_tool_call_tokens() { return {kCallsBegin, kCallBegin, kSeparator}; }
+
+void ToolCallParser::force(std::string_view prefix) {
+  forced_ = true;
+  pending_ += prefix;
+  ToolCallUpdate nothing;  // the prefix opens the block: no content, and no call is complete yet
+  drain(nothing, false);
+}
+
 ToolCallUpdate ToolCallParser::add(std::string_view text) {
   ToolCallUpdate update;
   pending_ += text;
@@ -100,16 +129,24 @@ void ToolCallParser::drain(ToolCallUpdate& update, bool at_end) {
     }
     if (next.starts_with(kCallBegin)) {
       const std::size_t end = next.find(kCallEnd);
+      const bool forced_call = forced_ && calls_ == 0;
       if (end == std::string_view::npos) {
         if (!at_end) return;  // the call is still coming
+        if (forced_call) {  // cut short: still the call the request forced
+          update.calls.push_back(parse_forced_tool_call(next.substr(kCallBegin.size())));
+          ++calls_;
+          pending_.clear();
+          return;
+        }
         update.content += pending_;  // an unfinished call, as text
         pending_.clear();
         return;
       }
       ToolCall call;
       const std::string_view inner = next.substr(kCallBegin.size(), end - kCallBegin.size());
-      if (parse_tool_call(inner, call)) {
-        update.calls.push_back(std::move(call));
+      const bool parsed = parse_tool_call(inner, call);
+      if (parsed || forced_call) {
+        update.calls.push_back(parsed ? std::move(call) : parse_forced_tool_call(inner));
         ++calls_;
       } else {
         update.content += std::string(next.substr(0, end + kCallEnd.size()));

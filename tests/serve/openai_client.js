@@ -191,6 +191,25 @@ async function main() {
   assert.ok(['stop', 'length', 'tool_calls'].includes(withTools.choices[0].finish_reason));
   ok('tool definitions are accepted');
 
+  // A named tool_choice: the reply is that function's call (a random model would not call it),
+  // whole or streamed; the SDK's own ChatCompletionStream puts the streamed deltas back together.
+  const forcedBody = { ...chatBody, max_tokens: 8, tools, tool_choice: { type: 'function', function: { name: 'get_weather' } } };
+  const forced = (await client.chat.completions.create(forcedBody)).choices[0];
+  assert.ok(['tool_calls', 'length'].includes(forced.finish_reason), forced.finish_reason);
+  assert.ok(forced.message.tool_calls.length >= 1, JSON.stringify(forced.message));
+  const call = forced.message.tool_calls[0];
+  assert.match(call.id, /^call_[0-9a-f]{16}$/);
+  assert.equal(call.type, 'function');
+  assert.equal(call.function.name, 'get_weather');
+  assert.equal(typeof call.function.arguments, 'string');
+  const assembled = (await client.chat.completions.stream(forcedBody).finalChatCompletion()).choices[0];
+  assert.equal(assembled.finish_reason, forced.finish_reason);
+  assert.equal(assembled.message.content || '', forced.message.content || '');
+  assert.deepEqual(assembled.message.tool_calls.map((c) => [c.type, c.function]),
+    forced.message.tool_calls.map((c) => [c.type, c.function]));
+  for (const c of assembled.message.tool_calls) assert.match(c.id, /^call_[0-9a-f]{16}$/);
+  ok('a named tool_choice makes the reply that function\'s call, streamed (assembled by the SDK) or not');
+
   // An earlier tool call and its result go back through the template.
   const history = await client.chat.completions.create({ ...chatBody, tools, messages: [
     { role: 'user', content: 'Weather in Paris?' },

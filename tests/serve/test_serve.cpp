@@ -138,6 +138,13 @@ std::vector<BadRequest> bad_requests() {
       chat("tool_choice without a function name",
            R"("tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function"})",
            "tool_choice.function.name"),
+      chat("tool_choice forcing a function name that is not one word",
+           R"("tools":[{"type":"function","function":{"name":"get weather"}}],"tool_choice":{"type":"function","function":{"name":"get weather"}})",
+           "tool_choice.function.name"),
+      {"tool_choice forcing a call with chat prefix completion", "POST", "/v1/chat/completions",
+       R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","content":"The","prefix":true}],
+           "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"})",
+       "Bearer " + kApiKey, "tool_choice"},
       {"tool call without a function", "POST", "/v1/chat/completions",
        R"({"messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[{"id":"a"}]}]})",
        "Bearer " + kApiKey, "messages[1].tool_calls[0].function"},
@@ -224,13 +231,14 @@ TEST(Serve, MalformedRequestsGet4xxJsonErrorsAndTheServerKeepsServing) {
                           {{"messages", {{{"role", "user"}, {"content", "Still there?"}}}}, {"max_tokens", 5}}, &status);
   EXPECT_EQ(status, 200) << reply.dump();
   EXPECT_EQ(reply["usage"]["completion_tokens"], 5);
-  // A tool_choice naming one of the tools is accepted.
+  // A tool_choice naming one of the tools is accepted, and that function is called.
   const Json named = post(keyed, "/v1/chat/completions",
                           Json::parse(R"({"messages":[{"role":"user","content":"Weather?"}],"max_tokens":3,
                                           "tools":[{"type":"function","function":{"name":"get_weather"}}],
                                           "tool_choice":{"type":"function","function":{"name":"get_weather"}}})"),
                           &status);
   EXPECT_EQ(status, 200) << named.dump();
+  EXPECT_EQ(named["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather") << named.dump();
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 

@@ -1,7 +1,8 @@
 // `dsv3 serve`'s KV cache end to end: a second request that shares a long prefix with the first
 // takes it from the cache (usage and /metrics say how much) and answers as a server without the
 // prefix cache does; a cache too small for every running request preempts and recomputes some,
-// and each still gets its single-request result.
+// and each still gets its single-request result; so do the choices of one request (n) that fit
+// the cache only one at a time, while a single sequence too long for the cache is a 400.
 #include "serve_support.h"
 
 namespace dsv3 {
@@ -147,6 +148,39 @@ TEST(ServeCache, ASmallCachePreemptsAndEveryRequestGetsItsSingleRequestResult) {
   EXPECT_GT(metric(server, "dsv3_preemptions_total"), 0);
   EXPECT_GT(metric(server, "dsv3_engine_most_batch"), 1);
   std::printf("preemptions: %lld\n", static_cast<long long>(metric(server, "dsv3_preemptions_total")));
+  EXPECT_EQ(server.stop(), 0) << server.log();
+}
+
+TEST(ServeCache, ChoicesThatFitTheCacheOnlyOneAtATimeAreServedAndEachGetsTheSingleResult) {
+  // Each choice needs about 150 of the 256 cache tokens by its end; three cannot run together.
+  ServerProcess server("--kv-cache-tokens 256 --max-batch 4");
+  ASSERT_TRUE(server.ready()) << server.log();
+  const std::string prompt = "The history of the lighthouse keeper";
+  const int max_tokens = 130;
+  auto client = server.client();
+  auto complete = [&](int n, int tokens) {
+    int status = 0;
+    Json body = post(client, "/v1/completions",
+                     {{"prompt", prompt}, {"max_tokens", tokens}, {"temperature", 0}, {"ignore_eos", true}, {"n", n}},
+                     &status);
+    return std::pair(status, body);
+  };
+  const auto [alone_status, alone] = complete(1, max_tokens);
+  ASSERT_EQ(alone_status, 200) << alone.dump();
+  const auto [status, three] = complete(3, max_tokens);
+  ASSERT_EQ(status, 200) << three.dump() << "\n" << server.log();
+  ASSERT_EQ(three["choices"].size(), 3u);
+  for (const Json& choice : three["choices"]) EXPECT_EQ(choice["text"], alone["choices"][0]["text"]);
+  EXPECT_EQ(three["usage"]["completion_tokens"], 3 * max_tokens);
+  EXPECT_GT(metric(server, "dsv3_preemptions_total"), 0) << "the three choices did not fit together";
+  // One sequence that cannot fit alone is still refused, naming max_tokens.
+  int code = 0;
+  const Json ids = post(client, "/tokenize", {{"prompt", prompt}}, &code);
+  ASSERT_EQ(code, 200);
+  const auto [too_long_status, too_long] = complete(1, 256 - ids["count"].get<int>());
+  EXPECT_EQ(too_long_status, 400) << too_long.dump();
+  EXPECT_EQ(too_long["error"]["code"], "cache_too_small") << too_long.dump();
+  EXPECT_EQ(too_long["error"]["param"], "max_tokens") << too_long.dump();
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
 

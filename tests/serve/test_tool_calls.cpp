@@ -1,5 +1,6 @@
 // The DeepSeek-V3 tool-call parser on replies written for the purpose, fed whole, split at every
-// byte position, and one byte at a time: the same content and calls every way.
+// byte position, and one byte at a time: the same content and calls every way; also replies whose
+// start the server forced into a call (tool_choice "required" or a named function).
 #include <gtest/gtest.h>
 
 #include <string>
@@ -15,8 +16,10 @@ struct Parsed {
   std::vector<ToolCall> calls;
 };
 
-Parsed feed(const std::vector<std::string>& pieces) {
+// `forced`: the text the server forced the reply to start with ("" for none).
+Parsed feed(const std::vector<std::string>& pieces, const std::string& forced = "") {
   ToolCallParser parser;
+  if (!forced.empty()) parser.force(forced);
   Parsed parsed;
   auto take = [&](const ToolCallUpdate& update) {
     parsed.content += update.content;
@@ -27,18 +30,19 @@ Parsed feed(const std::vector<std::string>& pieces) {
   return parsed;
 }
 
-void expect_every_split(const std::string& reply, const std::string& content, const std::vector<ToolCall>& calls) {
-  const Parsed whole = feed({reply});
+void expect_every_split(const std::string& reply, const std::string& content, const std::vector<ToolCall>& calls,
+                        const std::string& forced = "") {
+  const Parsed whole = feed({reply}, forced);
   EXPECT_EQ(whole.content, content);
   EXPECT_EQ(whole.calls, calls);
   for (std::size_t at = 0; at <= reply.size(); ++at) {
-    const Parsed split = feed({reply.substr(0, at), reply.substr(at)});
+    const Parsed split = feed({reply.substr(0, at), reply.substr(at)}, forced);
     EXPECT_EQ(split.content, content) << "split at " << at;
     EXPECT_EQ(split.calls, calls) << "split at " << at;
   }
   std::vector<std::string> bytes;
   for (const char c : reply) bytes.emplace_back(1, c);
-  const Parsed one_by_one = feed(bytes);
+  const Parsed one_by_one = feed(bytes, forced);
   EXPECT_EQ(one_by_one.content, content);
   EXPECT_EQ(one_by_one.calls, calls);
 }
@@ -79,6 +83,45 @@ TEST(ToolCalls, TextWithoutCallsPassesThroughIncludingMarkerLookalikes) {
   // After the block, further text is text.
   const std::string reply = kBegin + kCall + "f" + kSep + "{}" + kCallEnd + kEnd + " done";
   expect_every_split(reply, " done", {{"f", "{}"}});
+}
+
+TEST(ToolCalls, TheForcedPrefixIsTheTemplatesFormatCutAfterTheNameOrTheSeparator) {
+  EXPECT_EQ(forced_tool_call_prefix("get_weather"), kBegin + kCall + "function" + kSep + "get_weather\n```json\n");
+  EXPECT_EQ(forced_tool_call_prefix(""), kBegin + kCall + "function" + kSep);
+  EXPECT_EQ(forced_tool_call_tokens(), (std::vector<std::string_view>{kBegin, kCall, kSep}));
+}
+
+TEST(ToolCalls, AForcedNamedCallThatTheModelFinishesIsThatCall) {
+  const std::string forced = forced_tool_call_prefix("get_weather");
+  expect_every_split("{\"city\": \"Paris\"}\n```" + kCallEnd + kEnd, "", {{"get_weather", "{\"city\": \"Paris\"}"}},
+                     forced);
+  // A second call after it is parsed as usual; text after the block is content.
+  const std::string second = kCall + "function" + kSep + "get_time\n```json\n{}\n```" + kCallEnd;
+  expect_every_split("{}\n```" + kCallEnd + "\n" + second + kEnd + " ok", " ok", {{"get_weather", "{}"}, {"get_time", "{}"}},
+                     forced);
+}
+
+TEST(ToolCalls, AForcedCallIsACallEvenCutShortOrNotJson) {
+  const std::string forced = forced_tool_call_prefix("get_weather");
+  // Cut by max_tokens: the arguments so far, as OpenAI returns a forced call cut short.
+  expect_every_split("{\"city\": \"Pa", "", {{"get_weather", "{\"city\": \"Pa"}}, forced);
+  expect_every_split("", "", {{"get_weather", ""}}, forced);
+  // Ended, but not JSON: still the forced call, its arguments as written (without the fence).
+  expect_every_split("not json\n```" + kCallEnd + kEnd, "", {{"get_weather", "not json"}}, forced);
+  // Only the forced call is kept whatever it holds: a second call that does not parse is text.
+  const std::string bad = kCall + "function" + kSep + "f\n```json\n{oops\n```" + kCallEnd;
+  expect_every_split("{}\n```" + kCallEnd + bad + kEnd, bad, {{"get_weather", "{}"}}, forced);
+}
+
+TEST(ToolCalls, ARequiredCallTakesTheNameTheModelWrites) {
+  const std::string forced = forced_tool_call_prefix("");
+  expect_every_split("get_time\n```json\n{\"zone\": \"UTC\"}\n```" + kCallEnd + kEnd, "",
+                     {{"get_time", "{\"zone\": \"UTC\"}"}}, forced);
+  // Cut short in the name or the arguments; or a name that is no function at all: still a call,
+  // as written (the client checks the name, as with OpenAI's).
+  expect_every_split("get_ti", "", {{"get_ti", ""}}, forced);
+  expect_every_split("get_time\n```json\n{\"zo", "", {{"get_time", "{\"zo"}}, forced);
+  expect_every_split("no such tool here\n{}" + kCallEnd, "", {{"no such tool here", "{}"}}, forced);
 }
 
 }  // namespace
