@@ -9,9 +9,8 @@
 const assert = require('assert/strict');
 const { execFileSync, spawn } = require('child_process');
 const fs = require('fs');
-const net = require('net');
-const os = require('os');
 const path = require('path');
+const { harness, freePort } = require('../node_harness.js');
 
 const [binary, sourceDir, dataDir, screenshotDir] = process.argv.slice(2);
 const chromium = '/usr/bin/chromium';
@@ -22,25 +21,7 @@ if (!fs.existsSync(chromium) || !fs.existsSync(playwrightPath)) {
 }
 const { chromium: playwright } = require(playwrightPath);
 
-const servers = [];
-const temp = fs.mkdtempSync(path.join(os.tmpdir(), 'dsv3-test-page-'));
-process.on('exit', () => {
-  for (const server of servers) server.kill('SIGKILL');
-  fs.rmSync(temp, { recursive: true, force: true });
-});
-setTimeout(() => { console.error('FAILED: timed out after 240 s'); process.exit(1); }, 240000).unref();
-
-let checks = 0;
-function ok(name) { ++checks; console.log(`ok ${checks} ${name}`); }
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    }).on('error', reject);
-  });
-}
+const { servers, temp, ok, checks } = harness('page', 240);
 
 // Starts `dsv3 serve` and waits (bounded) until /health answers; returns its base URL.
 async function startServer(model, extra) {
@@ -280,7 +261,7 @@ async function main() {
   } finally {
     await browser.close();
   }
-  console.log(`all ${checks} checks passed; screenshots in ${screenshotDir}`);
+  console.log(`all ${checks()} checks passed; screenshots in ${screenshotDir}`);
 }
 
 main().then(() => process.exit(0), (e) => { console.error('FAILED:', e && e.stack ? e.stack : e); process.exit(1); });

@@ -7,30 +7,11 @@
 const assert = require('assert/strict');
 const { spawn } = require('child_process');
 const fs = require('fs');
-const net = require('net');
-const os = require('os');
 const path = require('path');
+const { harness, freePort } = require('../node_harness.js');
 
 const [mpirun, binary, model] = process.argv.slice(2);
-const servers = [];
-const temp = fs.mkdtempSync(path.join(os.tmpdir(), 'dsv3-test-serve-ranks-'));
-process.on('exit', () => {
-  for (const server of servers) server.kill('SIGKILL');
-  fs.rmSync(temp, { recursive: true, force: true });
-});
-setTimeout(() => { console.error('FAILED: timed out after 150 s'); process.exit(1); }, 150000).unref();
-
-let checks = 0;
-function ok(name) { ++checks; console.log(`ok ${checks} ${name}`); }
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    }).on('error', reject);
-  });
-}
+const { servers, temp, ok, checks } = harness('serve-ranks', 150);
 
 // Starts a server (command, args) and waits (bounded) until /health answers; returns its URL.
 async function startServer(command, args) {
@@ -127,7 +108,7 @@ async function main() {
   const used = cpuSeconds(follower) - before;
   assert.ok(used < 0.5, `rank 1 used ${used.toFixed(2)} s of CPU in 3 s while the server was idle`);
   ok(`an idle rank 1 sleeps (${used.toFixed(3)} s of CPU in 3 s)`);
-  console.log(`serve_ranks: all ${checks} checks passed`);
+  console.log(`serve_ranks: all ${checks()} checks passed`);
 }
 
 main().then(() => process.exit(0), (error) => {
