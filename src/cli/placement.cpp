@@ -20,15 +20,19 @@
 namespace dsv3::cli {
 namespace {
 
-std::vector<std::vector<double>> read_stats(const std::string& path) {
+// A JSON file; errors name it and what it should hold.
+nlohmann::json read_json(const std::string& path, const char* what) {
   std::ifstream in(path);
-  if (!in) fail("{}: cannot open the expert statistics", path);
-  nlohmann::json json;
+  if (!in) fail("{}: cannot open the {}", path, what);
   try {
-    json = nlohmann::json::parse(in);
+    return nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: not JSON: {}", path, e.what());
   }
+}
+
+std::vector<std::vector<double>> read_stats(const std::string& path) {
+  const nlohmann::json json = read_json(path, "expert statistics");
   if (!json.is_object() || !json.contains("layers") || !json["layers"].is_array() || json["layers"].empty())
     fail("{}: expected {{\"layers\": [[count per expert], ...]}} with at least one layer", path);
   std::vector<std::vector<double>> layers;
@@ -70,14 +74,7 @@ std::vector<std::vector<double>> read_all_stats(const std::vector<std::string>& 
 }  // namespace
 
 std::vector<dist::LayerPlacement> read_placement_plan(const std::string& path, int ranks) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open the placement plan", path);
-  nlohmann::json plan;
-  try {
-    plan = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: not JSON: {}", path, e.what());
-  }
+  const nlohmann::json plan = read_json(path, "placement plan");
   if (!plan.is_object() || !plan.contains("ranks") || !plan["ranks"].is_number_integer() || !plan.contains("layers") ||
       !plan["layers"].is_array())
     fail("{}: not a plan written by dsv3 placement (\"ranks\" and \"layers\" expected)", path);
