@@ -5,6 +5,8 @@
 // packing than multiplying, and that allocates. Compiled for that target here only.
 #include "kernels/cpu/internal.h"
 
+#include "core/numeric.h"
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -91,10 +93,20 @@ void latent_accumulate(const float* p, std::int64_t heads, std::int64_t count, c
       accumulate_block<1, 1>(p, count, keys, width, value_dim, h, d, acc);
 }
 
+// BF16 cache rows as float32, the same bits as bf16_to_float: 16 at a time, the tail one by one.
+void widen_bf16(const std::uint16_t* bits, std::int64_t count, float* out) {
+  std::int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
+    _mm512_storeu_si512(out + i, _mm512_slli_epi32(wide, 16));
+  }
+  for (; i < count; ++i) out[i] = bf16_to_float(bits[i]);
+}
+
 }  // namespace
 
 const LatentKernels* avx512_latent_kernels() {
-  static const LatentKernels kernels{latent_scores, latent_accumulate};
+  static const LatentKernels kernels{latent_scores, latent_accumulate, widen_bf16};
   return &kernels;
 }
 
