@@ -1,8 +1,9 @@
 // The two small products of decode's latent attention for AVX-512 (attention.cpp calls them on a
 // chunk of gathered float32 key rows): the scores of every head against every key, and the
-// probability-weighted sum of the keys' c_kv. Register-blocked 4 heads at a time, they replace a
-// BLAS call that, for these shapes (16 heads x 256 keys x 288), spends more time choosing and
-// packing than multiplying, and that allocates. Compiled for that target here only.
+// probability-weighted sum of the keys' c_kv; and the widening of BF16 cache rows that gathers
+// them. Register-blocked 4 heads at a time, the products replace a BLAS call that, for these
+// shapes (16 heads x 256 keys x 288), spends more time choosing and packing than multiplying, and
+// that allocates. Compiled for that target here only.
 #include "kernels/cpu/internal.h"
 
 #include "core/numeric.h"
@@ -16,6 +17,13 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 #endif
+// GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
+// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
 namespace {
@@ -42,8 +50,16 @@ void scores_block(const float* q, const float* keys, std::int64_t width, std::in
       for (int k = 0; k < K; ++k) acc[h][k] = _mm512_fmadd_ps(query, key[k], acc[h][k]);
     }
   }
-  for (int h = 0; h < H; ++h)
-    for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * _mm512_reduce_add_ps(acc[h][k]);
+  if constexpr (H * K == 16) {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) v[i] = acc[i / K][i % K];
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, avx512::reduce_add_16(v));
+    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
+  } else {
+    for (int h = 0; h < H; ++h)
+      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h][k]);
+  }
 }
 
 void latent_scores(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
@@ -112,6 +128,7 @@ const LatentKernels* avx512_latent_kernels() {
 
 }  // namespace dsv3::kernels
 
+#pragma GCC diagnostic pop
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -21,6 +21,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu/reduce_avx512.h"
+
 namespace dsv3::kernels {
 namespace {
 
@@ -111,8 +113,21 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
     const auto mask = static_cast<__mmask16>((1u << (cols - c)) - 1);
     accumulate<D, R, M, false>(rows, x, cols, c, mask, acc);
   }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+  if constexpr (R * M < 8) {
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = avx512::reduce_add(acc[r][m]);
+  } else {
+    // 16 accumulators' sums at a time: the horizontal sums cost ~1/8 of the FMAs otherwise.
+    for (int g = 0; g < R * M; g += 16) {
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i)
+        v[i] = g + i < R * M ? acc[(g + i) / M][(g + i) % M] : _mm512_setzero_ps();
+      alignas(64) float sums[16];
+      _mm512_store_ps(sums, avx512::reduce_add_16(v));
+      for (int i = 0; i < 16 && g + i < R * M; ++i)
+        y[((g + i) % M) * w.rows + n0 + (g + i) / M] = sums[avx512::reduce_add_16_lane(i)];
+    }
+  }
 }
 
 // `count` (1..M) activation rows against R weight rows.
