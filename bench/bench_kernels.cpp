@@ -102,11 +102,12 @@ void report(benchmark::State& state, const Weights& w, double read_bandwidth_bef
 }
 
 // args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8, 1 = exact arithmetic
-// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on.
+// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on / 2 = oneDNN at any row count.
 void BM_Linear(benchmark::State& state) {
   const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
-  const bool exact = state.range(4) != 0;
+  const bool exact = state.range(4) == 1, force_gemm = state.range(4) == 2;
   kernels::set_exact_arithmetic(exact);
+  if (force_gemm) kernels::set_min_gemm_rows_for_testing(1);
   const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
   std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
   const double read_bandwidth = measure_read_bandwidth(2);
@@ -116,11 +117,12 @@ void BM_Linear(benchmark::State& state) {
     next = (next + 1) % w.matrices.size();
     benchmark::DoNotOptimize(y.data());
   }
+  if (force_gemm) kernels::set_min_gemm_rows_for_testing(std::nullopt);
   report(state, w, read_bandwidth);
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * n * k) * static_cast<double>(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
   state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
-                 (exact || rows < kernels::min_gemm_rows() ? " exact" : " onednn"));
+                 (exact || (!force_gemm && rows < kernels::min_gemm_rows()) ? " exact" : " onednn"));
 }
 
 // The implementation before the GEMV kernels, as the baseline: dequantise 64-row panels, then sgemm.
@@ -172,9 +174,18 @@ void gemm_sweep(benchmark::internal::Benchmark* b) {
         for (std::int64_t exact : {1, 0}) b->Args({rows, n, 1024, dtype, exact});
 }
 
+// Batched decode's widest linear, bench-1b's output head (vocab 129280 x hidden 1024): the GEMV
+// kernels against oneDNN at the row counts of a batch of 1 to 32 sequences.
+void head_sweep(benchmark::internal::Benchmark* b) {
+  for (std::int64_t dtype : {0, 1})
+    for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32})
+      for (std::int64_t exact : {1, 2}) b->Args({rows, 129280, 1024, dtype, exact});
+}
+
 BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(decode_shapes)->UseRealTime();
 BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 BENCHMARK(BM_Linear)->Name("GemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(gemm_sweep)->UseRealTime();
+BENCHMARK(BM_Linear)->Name("HeadRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(head_sweep)->UseRealTime();
 BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 
 // Prefill attention of bench-1b's shape (16 heads, q/k 96 = 64 nope + 32 rope, v 64) over a

@@ -408,6 +408,36 @@ TEST(Kernels, Fp8LinearGivesEachRowTheSameBitsWhateverRowsShareItsCall) {
   }
 }
 
+// A batch's decode step: 2..17 activation rows go through the kernels' many-row blocking (and
+// its ragged remainders of rows and output rows) on every ISA and dtype; each row matches the
+// reference and is bitwise what it is alone, so a sequence's logits do not depend on its batch.
+TEST(Kernels, LinearOfABatchsRowsMatchesReferenceAndEachRowAlone) {
+  const bool was_exact = kernels::exact_arithmetic();
+  kernels::set_exact_arithmetic(true);  // fast mode hands 32+ rows to oneDNN; these are all GEMV
+  EachIsa each;
+  for (auto isa : each.isas) {
+    kernels::set_isa_for_testing(isa);
+    for (DType dtype : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+      for (const auto& [out, in] : {std::array<std::int64_t, 2>{7, 33}, {131, 130}, {257, 1000}}) {
+        const StoredWeight w =
+            store_weight(test::random_values(static_cast<std::size_t>(out * in), 42, 0.05f), out, in, dtype);
+        const auto x = test::random_values(static_cast<std::size_t>(17 * in), 41);
+        std::vector<float> alone(static_cast<std::size_t>(17 * out));
+        for (std::int64_t r = 0; r < 17; ++r) kernels::linear(x.data() + r * in, 1, w.matrix, alone.data() + r * out);
+        for (std::int64_t rows = 2; rows <= 17; ++rows) {
+          SCOPED_TRACE(fmt::format("{} {} rows={} out={} in={}", kernels::isa_name(isa), dtype_name(dtype), rows, out, in));
+          std::vector<float> y(static_cast<std::size_t>(rows * out), NAN);
+          kernels::linear(x.data(), rows, w.matrix, y.data());
+          const auto expected = linear_reference(x, rows, w.values, out, in);
+          EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 2e-6);
+          EXPECT_TRUE(std::equal(y.begin(), y.end(), alone.begin())) << "a row differs from itself computed alone";
+        }
+      }
+    }
+  }
+  kernels::set_exact_arithmetic(was_exact);
+}
+
 TEST(Kernels, LinearRowsComputesExactlyItsSliceOfLinear) {
   const std::int64_t rows = 3, out = 300, in = 200;  // slices cross the FP8 128-row blocks
   const auto x = test::random_values(static_cast<std::size_t>(rows * in), 21);

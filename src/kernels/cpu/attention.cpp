@@ -95,7 +95,11 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       float* target = rows.data() + (position - first) * width;
       if (pages.dtype == DType::BF16) {
         const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
-        for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
+        if (simd) {
+          simd->widen_bf16(bits, run * width, target);
+        } else {
+          for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
+        }
       } else {
         std::memcpy(target, source, static_cast<std::size_t>(run * width) * sizeof(float));
       }

@@ -1,9 +1,12 @@
 // The two small products of decode's latent attention for AVX-512 (attention.cpp calls them on a
 // chunk of gathered float32 key rows): the scores of every head against every key, and the
-// probability-weighted sum of the keys' c_kv. Register-blocked 4 heads at a time, they replace a
-// BLAS call that, for these shapes (16 heads x 256 keys x 288), spends more time choosing and
-// packing than multiplying, and that allocates. Compiled for that target here only.
+// probability-weighted sum of the keys' c_kv; and the widening of BF16 cache rows that gathers
+// them. Register-blocked 4 heads at a time, the products replace a BLAS call that, for these
+// shapes (16 heads x 256 keys x 288), spends more time choosing and packing than multiplying, and
+// that allocates. Compiled for that target here only.
 #include "kernels/cpu/internal.h"
+
+#include "core/numeric.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -14,6 +17,13 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 #endif
+// GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
+// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
 namespace {
@@ -40,8 +50,16 @@ void scores_block(const float* q, const float* keys, std::int64_t width, std::in
       for (int k = 0; k < K; ++k) acc[h][k] = _mm512_fmadd_ps(query, key[k], acc[h][k]);
     }
   }
-  for (int h = 0; h < H; ++h)
-    for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * _mm512_reduce_add_ps(acc[h][k]);
+  if constexpr (H * K == 16) {
+    __m512 v[16];
+    for (int i = 0; i < 16; ++i) v[i] = acc[i / K][i % K];
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, avx512::reduce_add_16(v));
+    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
+  } else {
+    for (int h = 0; h < H; ++h)
+      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h][k]);
+  }
 }
 
 void latent_scores(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
@@ -91,15 +109,26 @@ void latent_accumulate(const float* p, std::int64_t heads, std::int64_t count, c
       accumulate_block<1, 1>(p, count, keys, width, value_dim, h, d, acc);
 }
 
+// BF16 cache rows as float32, the same bits as bf16_to_float: 16 at a time, the tail one by one.
+void widen_bf16(const std::uint16_t* bits, std::int64_t count, float* out) {
+  std::int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
+    _mm512_storeu_si512(out + i, _mm512_slli_epi32(wide, 16));
+  }
+  for (; i < count; ++i) out[i] = bf16_to_float(bits[i]);
+}
+
 }  // namespace
 
 const LatentKernels* avx512_latent_kernels() {
-  static const LatentKernels kernels{latent_scores, latent_accumulate};
+  static const LatentKernels kernels{latent_scores, latent_accumulate, widen_bf16};
   return &kernels;
 }
 
 }  // namespace dsv3::kernels
 
+#pragma GCC diagnostic pop
 #if defined(__clang__)
 #pragma clang attribute pop
 #else

@@ -109,6 +109,9 @@ struct LatentKernels {
                  float scale, float* scores);
   void (*accumulate)(const float* p, std::int64_t heads, std::int64_t count, const float* keys, std::int64_t width,
                      std::int64_t value_dim, float* acc);
+  // out[i] = bf16_to_float(bits[i]) for i < count: the gather of BF16 cache rows, which a batch's
+  // decode step runs over every sequence's whole context.
+  void (*widen_bf16)(const std::uint16_t* bits, std::int64_t count, float* out);
 };
 const LatentKernels* avx512_latent_kernels();  // nullptr when the build is not for x86-64
 
