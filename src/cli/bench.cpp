@@ -21,6 +21,7 @@
 #include "kernels/ops.h"
 #include "kernels/profiling.h"
 #include "model/distributed.h"
+#include "model/shard.h"
 
 namespace dsv3::cli {
 namespace {
@@ -66,6 +67,27 @@ double bytes_per_decoded_token(const Weights& w) {
   const double linear_bytes = static_cast<double>(dtype_size(w.layers.back().attention.o_proj.dtype));
   return (static_cast<double>(params.read_per_token) - head) * linear_bytes +
          head * static_cast<double>(dtype_size(w.lm_head.dtype));
+}
+
+// Across ranks, the share of a decode step's weight bytes (and so of its linear work) this rank
+// holds: its part of each tensor a step reads, the routed experts counted at k/E as in
+// read_per_token; the embedding (one row per token) and the MTP module (not run) left out.
+double rank_share(const Weights& w) {
+  const ModelConfig& c = w.config;
+  const Shard whole = whole_shard(c);
+  double mine = 0, all = 0;
+  for (const CheckpointTensor& t : checkpoint_layout(c)) {
+    const TensorView* view = w.store.find(t.name);
+    if (!view || t.kind != CheckpointTensor::Kind::matrix || t.mtp_depth >= 0 ||
+        t.role == CheckpointTensor::Role::embed_tokens)
+      continue;
+    const double read = t.mlp == CheckpointTensor::Mlp::routed_expert
+                            ? static_cast<double>(c.num_experts_per_tok) / static_cast<double>(c.n_routed_experts)
+                            : 1.0;
+    mine += read * static_cast<double>(held_bytes(t, view->dtype, w.shard, c));
+    all += read * static_cast<double>(held_bytes(t, view->dtype, whole, c));
+  }
+  return all > 0 ? mine / all : 1.0;
 }
 
 // With `profiler` (the backend `model` computes on), each phase's op times are kept.
@@ -241,12 +263,14 @@ int bench(const BenchOptions& options) {
   const std::int64_t peak_memory = peak_memory_bytes();  // before the bandwidth probe's buffer
   const double bandwidth_after = read_bandwidth();
   const double bandwidth = std::max(bandwidth_before, bandwidth_after);
-  const double bytes_per_token = bytes_per_decoded_token(model.weights());
+  // Across ranks each rank streams (and multiplies) only its share, at the rate it measured.
+  const double share = ranks.size() > 1 ? rank_share(model.weights()) : 1.0;
+  const double bytes_per_token = share * bytes_per_decoded_token(model.weights());
   // Prefill's linear work per prompt token (the output head runs on the last row only; attention
   // is not counted).
   const ParameterCount params = count_parameters(c);
   const double prefill_flop_per_token =
-      2.0 * static_cast<double>(params.read_per_token - c.vocab_size * c.hidden_size);
+      share * 2.0 * static_cast<double>(params.read_per_token - c.vocab_size * c.hidden_size);
   const double gemm_in_use = kernels::exact_arithmetic() || !kernels::gemm_uses_bf16() ? gemm_f32 : gemm_bf16;
 
   const Measurement& plain = runs.front();
@@ -318,8 +342,10 @@ int bench(const BenchOptions& options) {
   fmt::print("gemm rate      {:.0f} GFLOP/s FP32{} at {} x {} x {}\n", gemm_f32 / 1e9,
              gemm_bf16 > 0 ? fmt::format(", {:.0f} GFLOP/s BF16", gemm_bf16 / 1e9) : std::string(), gemm_rows,
              c.hidden_size, c.intermediate_size);
-  fmt::print("roofline       {:.1f} GB/s / {:.1f} MB of weights per decode step = {:.1f} tokens/s\n", bandwidth / 1e9,
-             bytes_per_token / 1e6, roofline);
+  fmt::print("roofline       {:.1f} GB/s / {:.1f} MB of weights per decode step{} = {:.1f} tokens/s\n", bandwidth / 1e9,
+             bytes_per_token / 1e6,
+             ranks.size() > 1 ? fmt::format(" (rank 0's share, {:.1f}%: each rank streams its own)", 100 * share) : "",
+             roofline);
   fmt::print("prefill        {:.1f} tokens/s = {:.2f} of the {} GEMM rate ({:.0f} GFLOP/s of linears), time to first "
              "token {:.3f} s\n",
              prefill_rate(plain, batch), prefill_rate(plain, batch) * prefill_flop_per_token / gemm_in_use,
