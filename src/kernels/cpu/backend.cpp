@@ -379,10 +379,17 @@ class CpuBackend final : public Backend {
     // Counting sort, stable: an expert's rows keep token order.
     std::span<std::int64_t> next = workspace.array<std::int64_t>(n_experts);
     std::copy_n(dispatch.offsets.begin(), n_experts, next.begin());
-    for (std::int64_t slot = 0; slot < routes; ++slot) {
-      const std::int64_t row = next[experts[slot]]++;
-      dispatch.slots[row] = slot;
-      std::memcpy(dispatch.rows.row(row), x.row(slot / top_k), static_cast<std::size_t>(x.cols) * sizeof(float));
+    for (std::int64_t slot = 0; slot < routes; ++slot) dispatch.slots[next[experts[slot]]++] = slot;
+    // The copies (a prefill's are megabytes) over the cores; a decode step's few rows stay on this one.
+    auto copy = [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t row = first; row < last; ++row)
+        std::memcpy(dispatch.rows.row(row), x.row(dispatch.slots[row] / top_k),
+                    static_cast<std::size_t>(x.cols) * sizeof(float));
+    };
+    if (routes * x.cols < (std::int64_t{1} << 16)) {
+      copy(0, routes);
+    } else {
+      ThreadPool::global().parallel_for(routes, 64, copy);
     }
     return dispatch;
   }
