@@ -452,11 +452,12 @@ TEST(Serve, AnHttp10ClientGetsAWholeReplyWithItsLength) {
   std::string head = client.read(body);
   std::smatch length;
   ASSERT_TRUE(std::regex_search(head, length, std::regex("\r\nContent-Length: ([0-9]+)\r\n"))) << head;
-  head = client.read(body, std::stoul(length[1]));
+  const std::size_t content_length = std::stoul(length[1]);  // `length` points into `head`, read again below
+  head = client.read(body, content_length);
   EXPECT_TRUE(head.starts_with("HTTP/1.1 200 ")) << head;
   EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
   EXPECT_NE(head.find("Content-Type: application/json\r\n"), std::string::npos) << head;
-  EXPECT_EQ(body.size(), std::stoul(length[1]));
+  EXPECT_EQ(body.size(), content_length);
   EXPECT_EQ(Json::parse(body, nullptr, false)["usage"]["completion_tokens"], 3) << body;
   EXPECT_EQ(server.stop(), 0) << server.log();
 }
