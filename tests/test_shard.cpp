@@ -32,7 +32,7 @@ TEST(Shard, EveryHeadColumnRowAndExpertIsOnExactlyOneRank) {
       EXPECT_EQ(s.vocab.begin, vocab);
       EXPECT_EQ(s.vocab_bounds[r], s.vocab.begin);
       EXPECT_EQ(s.vocab_bounds[r + 1], s.vocab.end);
-      EXPECT_GE(s.vocab_stride, s.vocab.size());
+      EXPECT_GE(s.vocab_stride(), s.vocab.size());
       EXPECT_GT(s.heads.size(), 0);
       heads = s.heads.end, dense = s.dense.end, shared = s.shared.end, vocab = s.vocab.end;
       for (std::int64_t layer = 0; layer < static_cast<std::int64_t>(s.experts.size()); ++layer)

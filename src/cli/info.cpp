@@ -33,10 +33,7 @@ std::string human(double value, const char* unit) {
 // holds alike (latent projections, norms, routers, the MTP's eh_proj).
 void print_ranks(const ModelConfig& c, const TensorStore* store, int ranks, const std::string& placement) {
   const auto stored = [store](const CheckpointTensor& t) { return store ? store->find(t.name) : nullptr; };
-  const auto dtype_of = [&](const CheckpointTensor& t) {
-    if (const TensorView* view = stored(t)) return view->dtype;
-    return c.quantization.fp8 && t.fp8_in_official_checkpoints ? DType::F8_E4M3 : DType::BF16;
-  };
+  const auto dtype_of = [&](const CheckpointTensor& t) { return stored_dtype(store, t, c); };
   const std::vector<dist::LayerPlacement> plan = placement.empty() ? std::vector<dist::LayerPlacement>()
                                                                    : read_placement_plan(placement, ranks);
   const std::vector<CheckpointTensor> layout = checkpoint_layout(c);

@@ -84,6 +84,10 @@ class TensorStore {
   std::map<std::string, const TensorView*> index_;
 };
 
+// Reads one byte of every page of [data, data + bytes), so mapped pages are in memory before
+// they are first used.
+void read_pages(const std::byte* data, std::size_t bytes);
+
 // A [T] tensor of token ids (I64 or I32) as int64; errors name the file, tensor, shape or dtype.
 std::vector<std::int64_t> read_token_ids(const TensorView& view);
 

@@ -1,6 +1,7 @@
 #include "model/distributed.h"
 
 #include <cstring>
+#include <exception>
 #include <map>
 #include <optional>
 #include <set>
@@ -187,6 +188,7 @@ static StepOutput announced(dist::Communicator* comm, F&& compute) {
   } catch (const std::exception& e) {
     comm->abort(e.what());
   }
+  std::terminate();  // not reached: abort() ends the job (GCC does not see [[noreturn]] through the virtual)
 }
 
 StepOutput Model::step(std::span<const StepSegment> segments, LatentCache& cache, kernels::Workspace& workspace,
@@ -323,12 +325,10 @@ Model load_shard(const ShardedLoad& load, dist::Communicator& comm, const kernel
   const std::int64_t before = resident_memory_bytes();
   Weights weights = Weights::load(load.model_dir);
   const TensorStore& store = weights.store;
-  Shard shard = make_shard(weights.config, comm.rank(), comm.size(),
-                           [&store](const CheckpointTensor& t) {
-                             const TensorView* view = store.find(t.name);
-                             return view ? view->dtype : DType::BF16;
-                           },
-                           load.placement);
+  const ModelConfig& config = weights.config;
+  Shard shard = make_shard(
+      config, comm.rank(), comm.size(),
+      [&store, &config](const CheckpointTensor& t) { return stored_dtype(&store, t, config); }, load.placement);
   cut_weights(weights, std::move(shard));
   if (load.read_in) read_in_held(weights, progress);
   release_unheld(weights);

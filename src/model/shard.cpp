@@ -72,14 +72,13 @@ Matrix rows_of(const Matrix& m, IndexRange keep) {
   return out;
 }
 
-Matrix columns_of(const Matrix& m, IndexRange keep, const TensorStore& store) {
+Matrix columns_of(const Matrix& m, IndexRange keep) {
   const std::size_t element = dtype_size(m.dtype);
   const auto row_bytes = static_cast<std::size_t>(keep.size()) * element;
   auto values = std::make_shared<std::vector<std::byte>>(row_bytes * static_cast<std::size_t>(m.rows));
   for (std::int64_t r = 0; r < m.rows; ++r)
     std::memcpy(values->data() + r * row_bytes, m.data + static_cast<std::size_t>(r * m.cols + keep.begin) * element,
                 row_bytes);
-  store.release(m.data, m.bytes());
   Matrix out = m;
   out.cols = keep.size();
   out.data = values->data();
@@ -97,6 +96,17 @@ Matrix columns_of(const Matrix& m, IndexRange keep, const TensorStore& store) {
 }
 
 }  // namespace
+
+std::int64_t Shard::vocab_stride() const {
+  std::int64_t widest = 0;
+  for (std::size_t r = 0; r + 1 < vocab_bounds.size(); ++r) widest = std::max(widest, vocab_bounds[r + 1] - vocab_bounds[r]);
+  return widest;
+}
+
+DType stored_dtype(const TensorStore* store, const CheckpointTensor& t, const ModelConfig& c) {
+  if (const TensorView* view = store ? store->find(t.name) : nullptr) return view->dtype;
+  return c.quantization.fp8 && t.fp8_in_official_checkpoints ? DType::F8_E4M3 : DType::BF16;
+}
 
 bool Shard::holds(std::int64_t layer, std::int64_t logical) const {
   if (layer < 0 || layer >= static_cast<std::int64_t>(experts.size())) return false;
@@ -137,10 +147,11 @@ Shard make_shard(const ModelConfig& c, int rank, int ranks, const std::function<
   if (shared)
     s.shared = split(shared->shape[0], fp8(shared) ? block_rows : 1, rank, ranks, shared->name, "columns");
   const CheckpointTensor* embed = first_of(layout, Role::embed_tokens);
-  s.vocab = split(c.vocab_size, fp8(embed) ? block_rows : 1, rank, ranks, embed->name, "vocabulary rows");
-  const std::int64_t vocab_unit = fp8(embed) ? block_rows : 1, vocab_units = c.vocab_size / vocab_unit;
-  for (int r = 0; r <= ranks; ++r) s.vocab_bounds.push_back(vocab_unit * (vocab_units * r / ranks));
-  s.vocab_stride = vocab_unit * ((vocab_units + ranks - 1) / ranks);
+  // Every rank's vocabulary rows: this rank's logits are gathered beside the others'.
+  for (int r = 0; r < ranks; ++r)
+    s.vocab_bounds.push_back(split(c.vocab_size, fp8(embed) ? block_rows : 1, r, ranks, embed->name, "vocabulary rows").begin);
+  s.vocab_bounds.push_back(c.vocab_size);
+  s.vocab = {s.vocab_bounds[rank], s.vocab_bounds[rank + 1]};
 
   const std::int64_t layers = c.num_hidden_layers + c.num_nextn_predict_layers;
   s.experts.resize(static_cast<std::size_t>(layers));
@@ -214,7 +225,7 @@ void cut_weights(Weights& w, Shard shard) {
     if (m.empty()) continue;
     const TensorCut cut = cut_of(t, shard, c);
     if (cut.kind == Kind::rows) m = rows_of(m, cut.range);
-    if (cut.kind == Kind::columns) m = columns_of(m, cut.range, w.store);
+    if (cut.kind == Kind::columns) m = columns_of(m, cut.range);
     if (cut.kind == Kind::absent) m = Matrix{};
   }
   if (c.tie_word_embeddings) w.lm_head = w.embed_tokens;
@@ -269,12 +280,8 @@ void read_in_held(const Weights& w, const std::function<void(std::int64_t, std::
   held.erase(std::unique(held.begin(), held.end()), held.end());
   std::int64_t total = 0, done = 0;
   for (const Matrix* m : held) total += static_cast<std::int64_t>(m->bytes());
-  volatile unsigned char sink = 0;
   for (const Matrix* m : held) {
-    const auto* data = reinterpret_cast<const unsigned char*>(m->data);
-    unsigned char sum = 0;
-    for (std::size_t offset = 0; offset < m->bytes(); offset += 4096) sum ^= data[offset];
-    sink = sink ^ sum;
+    read_pages(m->data, m->bytes());
     done += static_cast<std::int64_t>(m->bytes());
     if (progress) progress(done, total);
   }

@@ -16,6 +16,7 @@
 #include "dist/placement.h"
 #include "io/checkpoint_layout.h"
 #include "io/model_config.h"
+#include "io/safetensors.h"
 
 namespace dsv3 {
 
@@ -49,15 +50,20 @@ struct Shard {
   IndexRange shared;        // the shared experts' intermediate columns
   IndexRange vocab;         // embedding and output-head rows
   std::vector<std::int64_t> vocab_bounds;  // rank r's vocabulary rows are [bounds[r], bounds[r + 1])
-  std::int64_t vocab_stride = 0;  // the widest rank's vocabulary slice (gathered logits are padded to it)
   // Per decoder layer (the MTP modules' layers included, at their indices): the MoE layers'
   // expert copies; empty for dense layers.
   std::vector<ExpertCopies> experts;
 
   bool whole() const { return ranks == 1; }
+  // The widest rank's vocabulary slice: gathered logits are padded to it.
+  std::int64_t vocab_stride() const;
   // Whether this rank holds a copy of `logical` in decoder layer `layer`.
   bool holds(std::int64_t layer, std::int64_t logical) const;
 };
+
+// How `tensor` is stored in `store`; for a tensor the store lacks (a config alone), as DeepSeek's
+// checkpoints store it: FP8 where `config` is quantised and the official checkpoints use it.
+DType stored_dtype(const TensorStore* store, const CheckpointTensor& tensor, const ModelConfig& config);
 
 // The single-process shard: everything, one copy per expert.
 Shard whole_shard(const ModelConfig& config);
@@ -80,7 +86,7 @@ TensorCut cut_of(const CheckpointTensor& tensor, const Shard& shard, const Model
 std::int64_t held_bytes(const CheckpointTensor& tensor, DType dtype, const Shard& shard, const ModelConfig& config);
 
 // Cuts full weights (views of the mapped checkpoint) down to the shard: row cuts stay views, so
-// the rest of the matrix is never read; column cuts are copied out and the source pages released;
+// the rest of the matrix is never read; column cuts are copied out (release_unheld gives back the source);
 // routed experts become the shard's physical copies, those of other ranks empty.
 void cut_weights(Weights& weights, Shard shard);
 

@@ -82,7 +82,7 @@ void output_head(Context& ctx, const Matrix& head_weight, std::span<const float>
   const Shard& shard = *ctx.shard;
   Tensor mine = ctx.workspace.tensor(offsets.back(), shard.vocab.size());
   ctx.backend.linear(selected, head_weight, mine);
-  Tensor local = ctx.workspace.tensor(offsets.back(), shard.vocab_stride);
+  Tensor local = ctx.workspace.tensor(offsets.back(), shard.vocab_stride());
   ctx.backend.fill(local, 0.0f);
   ctx.backend.copy_rows(mine, local.columns(0, shard.vocab.size()));
   const std::vector<float> all = ctx.comm->gather(std::span<const float>(local.data, static_cast<std::size_t>(local.size())));
