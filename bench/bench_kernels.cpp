@@ -188,6 +188,45 @@ BENCHMARK(BM_Linear)->Name("GemmRows")->ArgNames({"rows", "N", "K", "fp8", "exac
 BENCHMARK(BM_Linear)->Name("HeadRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(head_sweep)->UseRealTime();
 BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 
+// A prefill's routed experts, bench-1b's shape: 512 tokens x 6 of 64 experts (384 x 1024), random
+// routes (about 48 rows per expert), BF16 or FP8 weights streamed from memory as in a prefill.
+// args: tokens, BF16 / FP8, exact arithmetic (the GEMV kernels) / fast (oneDNN from min_gemm_rows rows).
+void BM_MoeExperts(benchmark::State& state) {
+  constexpr std::int64_t top_k = 6, n_experts = 64, hidden = 1024, intermediate = 384;
+  const std::int64_t tokens = state.range(0);
+  const DType dtype = state.range(1) ? DType::F8_E4M3 : DType::BF16;
+  kernels::set_exact_arithmetic(state.range(2) == 1);
+  const Weights gate_up = make_weights(intermediate, hidden, dtype), down = make_weights(hidden, intermediate, dtype);
+  std::vector<MlpWeights> experts;
+  for (std::int64_t e = 0; e < n_experts; ++e) {
+    const auto at = [](const Weights& w, std::int64_t i) { return w.matrices[static_cast<std::size_t>(i) % w.matrices.size()]; };
+    experts.push_back({at(gate_up, 2 * e), at(gate_up, 2 * e + 1), at(down, e)});
+  }
+  std::mt19937 rng(11);
+  std::vector<std::int32_t> routes;
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    std::vector<std::int32_t> all(n_experts);
+    for (std::int32_t e = 0; e < n_experts; ++e) all[static_cast<std::size_t>(e)] = e;
+    std::shuffle(all.begin(), all.end(), rng);
+    routes.insert(routes.end(), all.begin(), all.begin() + top_k);
+  }
+  const kernels::Backend& backend = kernels::default_backend();
+  std::vector<float> x(static_cast<std::size_t>(tokens * hidden), 0.5f), out(static_cast<std::size_t>(tokens * top_k * hidden));
+  kernels::Workspace workspace(backend);
+  for (auto _ : state) {
+    workspace.reset();
+    const kernels::Dispatch dispatch =
+        backend.moe_dispatch(kernels::Tensor(x.data(), tokens, hidden), routes, n_experts, top_k, workspace);
+    backend.moe_experts(dispatch, experts, kernels::Tensor(out.data(), tokens * top_k, hidden), workspace, {}, {});
+    benchmark::DoNotOptimize(out.data());
+  }
+  kernels::set_exact_arithmetic(false);
+  state.counters["GFLOP/s"] = benchmark::Counter(6.0 * static_cast<double>(tokens * top_k * hidden * intermediate) *
+                                                     static_cast<double>(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_MoeExperts)->ArgNames({"tokens", "fp8", "exact"})->ArgsProduct({{128, 512, 2048}, {0, 1}, {0, 1}})->UseRealTime()->Unit(benchmark::kMillisecond);
+
 // Prefill attention of bench-1b's shape (16 heads, q/k 96 = 64 nope + 32 rope, v 64) over a
 // `tokens`-token prompt, causal; FLOP/s counts the unmasked half of QKᵀ and PV. With DSV3_ISA=scalar
 // the softmax's exponentials take the scalar path (the products are oneDNN's either way).
