@@ -152,6 +152,14 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
   EXPECT_EQ(batches.at(1).at("batch").get<int>(), 3);
   EXPECT_GT(batches.at(1).at("decode_tokens_s").get<double>(), 0.0);
   EXPECT_FALSE(report.at("machine").at("cpu").get<std::string>().empty());
+  // --head-fp8: the BF16 head re-quantised at load, so a decode step streams fewer bytes.
+  const auto fp8_head = run("bench --model " + test::tiny_model_dir().string() +
+                            " --prompt-len 8 --gen-len 4 --head-fp8 --json 2>/dev/null");
+  ASSERT_EQ(fp8_head.exit_code, 0) << fp8_head.output;
+  const auto fp8_report = nlohmann::json::parse(fp8_head.output);
+  EXPECT_EQ(report.at("head_dtype").get<std::string>(), "BF16");
+  EXPECT_EQ(fp8_report.at("head_dtype").get<std::string>(), "F8_E4M3");
+  EXPECT_LT(fp8_report.at("weight_bytes_per_token").get<double>(), report.at("weight_bytes_per_token").get<double>());
   const auto too_long = run("bench --model " + test::tiny_model_dir().string() + " --prompt-len 2000");
   EXPECT_EQ(too_long.exit_code, 1);
   EXPECT_NE(too_long.output.find("exceeds the model's 1024 positions"), std::string::npos) << too_long.output;

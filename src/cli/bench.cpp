@@ -20,6 +20,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 #include "kernels/profiling.h"
+#include "model/weights.h"
 #include "model/distributed.h"
 #include "model/shard.h"
 
@@ -306,6 +307,7 @@ int bench(const BenchOptions& options) {
       {"model", options.model},
       {"arithmetic", arithmetic},
       {"weights_dtype", dtype_name(model.weights().layers.back().attention.o_proj.dtype)},
+      {"head_dtype", dtype_name(model.weights().lm_head.dtype)},
       {"prompt_len", options.prompt_len},
       {"gen_len", options.gen_len},
       {"batch", batch},
@@ -343,8 +345,9 @@ int bench(const BenchOptions& options) {
     return 0;
   }
   fmt::print("machine        {} ({}), {} threads\n", cpu_model(), cpu_features(), ThreadPool::global().size());
-  fmt::print("model          {} ({} weights), loaded in {:.2f} s\n", options.model,
-             report["weights_dtype"].get<std::string>(), load_seconds);
+  fmt::print("model          {} ({} weights, output head {}{}), loaded in {:.2f} s\n", options.model,
+             report["weights_dtype"].get<std::string>(), report["head_dtype"].get<std::string>(),
+             output_heads_fp8() ? " by --head-fp8" : "", load_seconds);
   fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
              ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");
   fmt::print("arithmetic     {}\n", arithmetic);
@@ -413,6 +416,7 @@ const bool registered = register_command(
        app.add_flag("--profile", options->profile,
                     "Time every op of the first batch size's run and print where prefill and decode steps go");
        add_exact_flag(app);
+       add_head_fp8_flag(app);
        return [options] { return bench(*options); };
      }});
 

@@ -27,6 +27,8 @@ bool register_command(Command command);
 // --exact, for the commands that run the model: FP32 activations throughout (parity work), where
 // the default multiplies many-row linears through a GEMM library (kernels/ops.h).
 void add_exact_flag(CLI::App& app);
+// --head-fp8 (model/weights.h, quantize_output_heads_fp8) for the commands that load through load_model.
+void add_head_fp8_flag(CLI::App& app);
 
 // The ranks this run spans: under mpirun several (rank 0 runs the command, the others follow the
 // model it loads: model/distributed.h), otherwise one process.

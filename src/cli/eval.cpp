@@ -58,6 +58,7 @@ const bool registered = register_command(
            ->capture_default_str();
        app.add_option("--out", options->out, "Also write the figures as JSON here (the default model keeps eval.json)");
        add_exact_flag(app);
+       add_head_fp8_flag(app);
        return [options] { return run_eval(*options); };
      }});
 

@@ -73,6 +73,7 @@ const bool registered = register_command(
        auto options = std::make_shared<ForwardOptions>();
        app.add_option("--model", options->model, "Model directory")->required();
        add_exact_flag(app);
+       add_head_fp8_flag(app);
        app.add_option("--input", options->input, "Safetensors with input_ids_<name> (I64/I32 [T])")->required();
        app.add_option("--output", options->output, "Safetensors to write logits_<name> / mtp_logits_<name>")
            ->required();

@@ -10,6 +10,7 @@
 #include "core/machine.h"
 #include "core/progress.h"
 #include "model/distributed.h"
+#include "model/weights.h"
 
 namespace dsv3::cli {
 
@@ -18,6 +19,7 @@ void GenerationOptions::add_to(CLI::App& app, float default_temperature) {
   app.add_option("--model", model, "Model directory (config.json + safetensors)")->required();
   app.add_option("--tokenizer", tokenizer, "Tokenizer directory (default: the model directory)");
   add_exact_flag(app);
+  add_head_fp8_flag(app);
   constexpr std::int32_t most_int = std::numeric_limits<std::int32_t>::max();
   constexpr float most_float = std::numeric_limits<float>::max();
   add_number(app, "--max-tokens", max_tokens, "Most tokens to generate", 1, most_int)->capture_default_str();
@@ -113,6 +115,7 @@ Model load_model(const std::string& dir, bool read_in, const kernels::Backend& b
   // On a terminal the weights are read in now, with progress, rather than on first use.
   if (read_in || bar.visible())
     weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
+  if (output_heads_fp8()) quantize_output_heads_fp8(weights);
   Model model(std::move(weights), backend);
   model.resident_weight_bytes = resident_memory_bytes() - before;
   return model;

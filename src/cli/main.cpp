@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "kernels/ops.h"
 #include "model/distributed.h"
+#include "model/weights.h"
 
 namespace dsv3::cli {
 namespace {
@@ -40,6 +41,12 @@ bool register_command(Command command) {
 void add_exact_flag(CLI::App& app) {
   app.add_flag_callback("--exact", [] { dsv3::kernels::set_exact_arithmetic(true); },
                         "Exact arithmetic: FP32 activations throughout, no GEMM library (as DSV3_EXACT=1)");
+}
+
+void add_head_fp8_flag(CLI::App& app) {
+  app.add_flag_callback("--head-fp8", [] { dsv3::set_output_heads_fp8(true); },
+                        "Re-quantise a BF16 output head to FP8 with 128x128 block scales at load: about half "
+                        "its bytes per decode step, at some logits precision (as DSV3_HEAD_FP8=1)");
 }
 
 }  // namespace dsv3::cli

@@ -332,6 +332,7 @@ Model load_shard(const ShardedLoad& load, dist::Communicator& comm, const kernel
   cut_weights(weights, std::move(shard));
   if (load.read_in) read_in_held(weights, progress);
   release_unheld(weights);
+  if (output_heads_fp8()) quantize_output_heads_fp8(weights);  // each rank its vocabulary rows
   Model model(std::move(weights), backend, &comm);
   model.resident_weight_bytes = resident_memory_bytes() - before;
   return model;

@@ -1,11 +1,17 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <memory>
+#include <string_view>
+#include <cstdlib>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 
 #include "core/error.h"
 #include "core/numeric.h"
+#include "core/thread_pool.h"
+#include "io/fp8_blocks.h"
 
 namespace dsv3 {
 namespace {
@@ -200,5 +206,84 @@ Weights::Slot Weights::slot(const CheckpointTensor& t) const {
   const auto found = slot_of(*this, t);
   return {found.matrix, found.vector};
 }
+
+namespace {
+
+// `source` (BF16, F16) as an FP8 matrix owning its codes and scales, 128 rows at a time, on the
+// pool's threads.
+Matrix quantized_fp8(const Matrix& source) {
+  constexpr std::int64_t kBlock = 128;
+  struct Owned {
+    std::vector<std::uint8_t> codes;
+  };
+  auto owned = std::make_shared<Owned>();
+  owned->codes.resize(static_cast<std::size_t>(source.rows * source.cols));
+  const std::int64_t bands = (source.rows + kBlock - 1) / kBlock, scale_cols = (source.cols + kBlock - 1) / kBlock;
+  auto scales = std::make_shared<std::vector<float>>(static_cast<std::size_t>(bands * scale_cols));
+  ThreadPool::global().parallel_for(bands, 1, [&](std::int64_t first, std::int64_t last) {
+    std::vector<float> band;
+    for (std::int64_t b = first; b < last; ++b) {
+      const std::int64_t begin = b * kBlock, end = std::min(source.rows, begin + kBlock);
+      band.resize(static_cast<std::size_t>((end - begin) * source.cols));
+      for (std::int64_t i = 0; i < (end - begin) * source.cols; ++i) {
+        std::uint16_t bits;
+        std::memcpy(&bits, source.data + (begin * source.cols + i) * 2, sizeof bits);
+        band[static_cast<std::size_t>(i)] = source.dtype == DType::BF16 ? bf16_to_float(bits) : f16_to_float(bits);
+      }
+      const Fp8Blocks blocks = quantize_fp8_blocks(band.data(), end - begin, source.cols, kBlock, kBlock);
+      std::copy(blocks.codes.begin(), blocks.codes.end(), owned->codes.begin() + begin * source.cols);
+      std::copy(blocks.scales.begin(), blocks.scales.end(), scales->begin() + b * scale_cols);
+    }
+  });
+  Matrix m;
+  m.name = source.name;
+  m.dtype = DType::F8_E4M3;
+  m.rows = source.rows;
+  m.cols = source.cols;
+  m.data = reinterpret_cast<const std::byte*>(owned->codes.data());
+  m.scales = std::move(scales);
+  m.block_rows = kBlock;
+  m.block_cols = kBlock;
+  m.owner = std::move(owned);
+  return m;
+}
+
+std::atomic<int>& heads_fp8_setting() {
+  static std::atomic<int> setting = [] {
+    const char* value = std::getenv("DSV3_HEAD_FP8");
+    const std::string_view text = value ? value : "";
+    if (text.empty() || text == "0") return 0;
+    if (text == "1") return 1;
+    fail("DSV3_HEAD_FP8={}: expected 1 or 0", text);
+  }();
+  return setting;
+}
+
+}  // namespace
+
+void quantize_output_heads_fp8(Weights& weights) {
+  std::vector<Matrix*> heads{&weights.lm_head};
+  for (MtpWeights& m : weights.mtp) heads.push_back(&m.shared_head_head);
+  std::vector<std::pair<const std::byte*, Matrix>> done;  // a copy sharing the head's tensor shares its result
+  for (Matrix* head : heads) {
+    if (head->empty() || (head->dtype != DType::BF16 && head->dtype != DType::F16)) continue;
+    const auto same = std::find_if(done.begin(), done.end(), [&](const auto& d) { return d.first == head->data; });
+    if (same != done.end()) {
+      *head = same->second;
+      continue;
+    }
+    const Matrix source = *head;
+    *head = quantized_fp8(source);
+    done.emplace_back(source.data, *head);
+    const bool embedding_too = source.data == weights.embed_tokens.data ||
+                               std::any_of(weights.mtp.begin(), weights.mtp.end(),
+                                           [&](const MtpWeights& m) { return m.embed_tokens.data == source.data; });
+    if (!source.owner && !embedding_too) weights.store.release(source.data, source.bytes());
+  }
+}
+
+bool output_heads_fp8() { return heads_fp8_setting().load(std::memory_order_relaxed) != 0; }
+
+void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8 ? 1 : 0, std::memory_order_relaxed); }
 
 }  // namespace dsv3

@@ -89,4 +89,15 @@ struct Weights {
   Slot slot(const CheckpointTensor& t) const;
 };
 
+// The output head, and the MTP modules' stored copies of it, re-quantised to FP8 E4M3 with 128 x
+// 128 block scales, as DeepSeek's FP8 checkpoints store every other linear (they keep the head
+// BF16). Opt-in (`--head-fp8`): it halves the bytes a decode step streams for the head (bench-1b:
+// 265 of a step's 412 MB in FP8) at the cost of the head's rounding. Heads already FP8, or F32
+// (training's), are left alone; the source's mapped pages are given back.
+void quantize_output_heads_fp8(Weights& weights);
+// Whether the commands that load a model for inference do that: set by --head-fp8, first read from
+// DSV3_HEAD_FP8 (1 or 0) so that ranks and child processes agree.
+bool output_heads_fp8();
+void set_output_heads_fp8(bool fp8);
+
 }  // namespace dsv3
