@@ -76,6 +76,12 @@ struct WeightKernels {
   // their sum. The SIMD paths evaluate exp as 2^n · p(r) with a degree-6 polynomial on
   // |r| <= ln2 / 2 (about 1 ulp); the attention ops call it for every score row.
   float (*exp_sum)(float* values, std::int64_t count, float shift);
+  // out[m * out_stride + c] = Σ_i coeffs[m * coeff_stride + i] · weight[first + i, c] for m < rows,
+  // i < count, every column c: weight rows combined, read in their storage dtype and widened in
+  // registers, each row's sum in the order of i (MLA's absorbed query, W_UKᵀ q). nullptr where an
+  // instruction set has none (the caller then dequantises and multiplies).
+  void (*combine_rows)(const Matrix& weight, std::int64_t first, std::int64_t count, const float* coeffs,
+                       std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) = nullptr;
 };
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.

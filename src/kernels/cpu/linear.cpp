@@ -144,6 +144,26 @@ void set_isa_for_testing(std::optional<Isa> isa) {
 
 float exp_sum(float* values, std::int64_t count, float shift) { return weight_kernels().exp_sum(values, count, shift); }
 
+void combine_rows(const Matrix& weight, std::int64_t first, std::int64_t count, const float* coeffs,
+                  std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) {
+  check_weight(weight);
+  if (first < 0 || count < 0 || first + count > weight.rows)
+    fail("{}: rows [{}, {}) outside [0, {})", weight.name, first, first + count, weight.rows);
+  const WeightKernels& kernels = weight_kernels();
+  if (kernels.combine_rows) return kernels.combine_rows(weight, first, count, coeffs, coeff_stride, rows, out, out_stride);
+  // Elsewhere: row by row, dequantised into a per-thread buffer, in the same order of i.
+  std::vector<float>& row = thread_buffer(static_cast<std::size_t>(weight.cols));
+  for (std::int64_t m = 0; m < rows; ++m) std::fill_n(out + m * out_stride, weight.cols, 0.0f);
+  for (std::int64_t i = 0; i < count; ++i) {
+    kernels.dequantize(weight, first + i, first + i + 1, row.data());
+    for (std::int64_t m = 0; m < rows; ++m) {
+      const float factor = coeffs[m * coeff_stride + i];
+      float* target = out + m * out_stride;
+      for (std::int64_t c = 0; c < weight.cols; ++c) target[c] += factor * row[static_cast<std::size_t>(c)];
+    }
+  }
+}
+
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out) {
   check_weight(weight);
   weight_kernels().dequantize(weight, begin, end, out);

@@ -232,6 +232,52 @@ void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, flo
   }
 }
 
+// Up to kCombineChunks x 16 columns at a time in registers, one activation row at a time: the
+// weight rows (MLA's W_UK of one head, 64 x 512 at most for DeepSeek-V3) stay in L1 for the next.
+constexpr std::int64_t kCombineChunks = 16;
+
+template <DType D>
+void combine_rows_typed(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                        std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) {
+  const std::int64_t cols = w.cols;
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const float* coeff = coeffs + m * coeff_stride;
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kCombineChunks * kLanes) {
+      const std::int64_t chunks = std::min(kCombineChunks, (cols - c0 + kLanes - 1) / kLanes);
+      __m512 acc[kCombineChunks];
+      for (std::int64_t k = 0; k < kCombineChunks; ++k) acc[k] = _mm512_setzero_ps();
+      for (std::int64_t i = 0; i < count; ++i) {
+        const std::int64_t r = first + i;
+        const std::byte* row = w.data + r * cols * element_bytes<D>();
+        for (std::int64_t k = 0; k < chunks; ++k) {
+          const std::int64_t c = c0 + k * kLanes;
+          float factor = coeff[i];
+          if constexpr (kScaled)
+            factor *= (*w.scales)[(r / w.block_rows) * w.scale_cols() + c / w.block_cols] * kFp8ScaleFold;
+          const __m512 v = c + kLanes <= cols
+                               ? load_weights<D, true>(row, c, 0xffff)
+                               : load_weights<D, false>(row, c, static_cast<__mmask16>((1u << (cols - c)) - 1));
+          acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(factor), v, acc[k]);
+        }
+      }
+      for (std::int64_t k = 0; k < chunks; ++k) {
+        const std::int64_t c = c0 + k * kLanes;
+        float* target = out + m * out_stride + c;
+        if (c + kLanes <= cols) _mm512_storeu_ps(target, acc[k]);
+        else _mm512_mask_storeu_ps(target, static_cast<__mmask16>((1u << (cols - c)) - 1), acc[k]);
+      }
+    }
+  }
+}
+
+void combine_rows(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                  std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) {
+  for_weight_dtype(w, [&](auto dtype) {
+    combine_rows_typed<decltype(dtype)::value>(w, first, count, coeffs, coeff_stride, rows, out, out_stride);
+  });
+}
+
 void gemv(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   for_weight_dtype(w, [&](auto dtype) { gemv_typed<decltype(dtype)::value>(x, rows, w, n_begin, n_end, y); });
 }
@@ -281,7 +327,7 @@ float exp_and_sum(float* values, std::int64_t count, float shift) {
 }  // namespace
 
 const WeightKernels* avx512_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize, exp_and_sum};
+  static const WeightKernels kernels{gemv, dequantize, exp_and_sum, combine_rows};
   return &kernels;
 }
 

@@ -53,6 +53,12 @@ void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::i
 // shift >= every value; returns their sum. The SIMD paths are within ~2 ulp of std::exp.
 float exp_sum(float* values, std::int64_t count, float shift);
 
+// out[m * out_stride + c] = Σ_i coeffs[m * coeff_stride + i] · weight[first + i, c] for m < rows and
+// i < count, on the calling thread: a combination of weight rows (MLA's absorbed query multiplies
+// q_nope by W_UK, rows of kv_b_proj), each output's sum in the order of i whatever `rows` is.
+void combine_rows(const Matrix& weight, std::int64_t first, std::int64_t count, const float* coeffs,
+                  std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride);
+
 // Rows [begin, end) of `weight` as float32 into out[(end - begin) * weight.cols].
 void dequantize_rows(const Matrix& weight, std::int64_t begin, std::int64_t end, float* out);
 
