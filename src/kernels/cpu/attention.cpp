@@ -20,30 +20,38 @@ constexpr std::int64_t kQueryBlock = 128;
 void attention_causal(const float* q, const float* k, const float* v, const AttentionShape& shape, float scale,
                       float* out) {
   use_single_threaded_blas();
+  const RowMax row_max = active_isa() == Isa::avx512 ? avx512_row_max() : nullptr;
   const std::int64_t tokens = shape.tokens;
   const std::int64_t blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
+  const std::int64_t out_stride = shape.heads * shape.v_dim;
   ThreadPool::global().parallel_for(shape.heads * blocks, 1, [&](std::int64_t first, std::int64_t last) {
-    std::vector<float>& scores = thread_buffer(static_cast<std::size_t>(kQueryBlock * (shape.query_offset + tokens)));
+    // The scores [kQueryBlock, keys], then each row's 1 / softmax denominator.
+    std::vector<float>& scratch =
+        thread_buffer(static_cast<std::size_t>(kQueryBlock * (shape.query_offset + tokens + 1)));
     for (std::int64_t task = first; task < last; ++task) {
       const std::int64_t head = task / blocks;
       const std::int64_t q_begin = (task % blocks) * kQueryBlock;
       const std::int64_t q_rows = std::min(kQueryBlock, tokens - q_begin);
       const std::int64_t keys = shape.query_offset + q_begin + q_rows;  // causal: later keys are never needed
+      float* scores = scratch.data();
+      float* inverse = scores + q_rows * keys;
       // scores[i, j] = scale * q_i · k_j
       sgemm(true, q_rows, keys, shape.qk_dim, scale, q + q_begin * shape.q_stride + head * shape.q_head_stride,
-            shape.q_stride, k + head * shape.k_head_stride, shape.k_stride, 0.0f, scores.data(), keys);
+            shape.q_stride, k + head * shape.k_head_stride, shape.k_stride, 0.0f, scores, keys);
       for (std::int64_t i = 0; i < q_rows; ++i) {
-        float* row = scores.data() + i * keys;
+        float* row = scores + i * keys;
         const std::int64_t visible = shape.query_offset + q_begin + i + 1;
-        const float max_score = *std::max_element(row, row + visible);
-        const float total = exp_sum(row, visible, max_score);
-        const float inverse = 1.0f / total;
-        for (std::int64_t j = 0; j < visible; ++j) row[j] *= inverse;
+        const float max_score = row_max ? row_max(row, visible) : *std::max_element(row, row + visible);
+        inverse[i] = 1.0f / exp_sum(row, visible, max_score);
         std::fill(row + visible, row + keys, 0.0f);
       }
-      const std::int64_t out_stride = shape.heads * shape.v_dim;
-      sgemm(false, q_rows, shape.v_dim, keys, 1.0f, scores.data(), keys, v + head * shape.v_head_stride,
-            shape.v_stride, 0.0f, out + q_begin * out_stride + head * shape.v_dim, out_stride);
+      // The unnormalised exponentials times v, then each row divided by its sum (v_dim values a
+      // row rather than keys).
+      float* target = out + q_begin * out_stride + head * shape.v_dim;
+      sgemm(false, q_rows, shape.v_dim, keys, 1.0f, scores, keys, v + head * shape.v_head_stride, shape.v_stride,
+            0.0f, target, out_stride);
+      for (std::int64_t i = 0; i < q_rows; ++i)
+        for (std::int64_t d = 0; d < shape.v_dim; ++d) target[i * out_stride + d] *= inverse[i];
     }
   });
 }

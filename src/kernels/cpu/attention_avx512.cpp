@@ -11,6 +11,8 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <limits>
+
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
 #else
@@ -119,7 +121,16 @@ void widen_bf16(const std::uint16_t* bits, std::int64_t count, float* out) {
   for (; i < count; ++i) out[i] = bf16_to_float(bits[i]);
 }
 
+float row_max(const float* row, std::int64_t count) {
+  __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (std::int64_t j = 0; j < count; j += kLanes)
+    best = _mm512_max_ps(best, _mm512_mask_loadu_ps(best, tail_mask(count - j), row + j));
+  return _mm512_reduce_max_ps(best);
+}
+
 }  // namespace
+
+RowMax avx512_row_max() { return row_max; }
 
 const LatentKernels* avx512_latent_kernels() {
   static const LatentKernels kernels{latent_scores, latent_accumulate, widen_bf16};
@@ -139,6 +150,7 @@ const LatentKernels* avx512_latent_kernels() {
 
 namespace dsv3::kernels {
 const LatentKernels* avx512_latent_kernels() { return nullptr; }
+RowMax avx512_row_max() { return nullptr; }
 }  // namespace dsv3::kernels
 
 #endif
