@@ -61,7 +61,7 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 namespace dsv3::kernels {
 namespace {
 // Keys per step of attention_latent: a multiple of the page size, near this.
-constexpr std::int64_t kLatentChunk = 256;
+constexpr std::int64_t kLatentChunk = 64;
 }  // namespace
 
 std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width) {
@@ -80,6 +80,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
                       float* scratch) {
   const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
   if (!simd) use_single_threaded_blas();
+  const RowMax row_max = simd ? avx512_row_max() : nullptr;
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
   // Gathered key rows [kLatentChunk, width], then the scores [heads, kLatentChunk].
   const std::span<float> rows(scratch, static_cast<std::size_t>(kLatentChunk * width));
@@ -123,7 +124,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
     }
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
-      const float chunk_max = *std::max_element(row, row + count);
+      const float chunk_max = row_max ? row_max(row, count) : *std::max_element(row, row + count);
       const float new_max = std::max(partial.max[h], chunk_max);
       const float rescale = std::exp(partial.max[h] - new_max);  // 0 on the first chunk
       const float sum = exp_sum(row, count, new_max);
