@@ -60,12 +60,14 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 
 namespace dsv3::kernels {
 namespace {
-// Keys per step of attention_latent: a multiple of the page size, near this.
-constexpr std::int64_t kLatentChunk = 64;
+// Keys per step of attention_latent: a multiple of the page size. The AVX-512 products take 64,
+// whose gathered rows stay in the core's caches between the two products; OpenBLAS calls need
+// more keys to run at speed.
+constexpr std::int64_t kLatentChunk = 64, kLatentChunkBlas = 256;
 }  // namespace
 
 std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width) {
-  return kLatentChunk * width + heads * kLatentChunk;
+  return kLatentChunkBlas * width + heads * kLatentChunkBlas;
 }
 
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
@@ -81,27 +83,36 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
   if (!simd) use_single_threaded_blas();
   const RowMax row_max = simd ? avx512_row_max() : nullptr;
+  const std::int64_t chunk = simd ? kLatentChunk : kLatentChunkBlas;
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
-  // Gathered key rows [kLatentChunk, width], then the scores [heads, kLatentChunk].
-  const std::span<float> rows(scratch, static_cast<std::size_t>(kLatentChunk * width));
-  const std::span<float> scores(scratch + kLatentChunk * width, static_cast<std::size_t>(heads * kLatentChunk));
+  // Gathered key rows [chunk, width], then the scores [heads, chunk].
+  const std::span<float> rows(scratch, static_cast<std::size_t>(chunk * width));
+  const std::span<float> scores(scratch + chunk * width, static_cast<std::size_t>(heads * chunk));
   std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
   std::fill_n(partial.sum, heads, 0.0f);
   std::fill_n(partial.acc, heads * value_dim, 0.0f);
 
   const std::size_t element = dtype_size(pages.dtype);
-  // Keys are taken kLatentChunk at a time, gathered from their pages into float32, so the two
-  // matrix products per chunk are large enough to run at speed.
-  for (std::int64_t first = key_begin; first < key_end; first += kLatentChunk) {
-    const std::int64_t count = std::min(kLatentChunk, key_end - first);
+  const auto row_bytes = static_cast<std::size_t>(width) * element;
+  // Calls body(source, run, offset) for each stretch of keys [first, first + count) that lies in
+  // one page: `run` rows from `source`, the stretch's offset from `first`.
+  const auto for_each_run = [&](std::int64_t first, std::int64_t count, auto&& body) {
     for (std::int64_t position = first; position < first + count;) {
       const std::int64_t slot = position % block_tokens;
       const std::int64_t run = std::min(block_tokens - slot, first + count - position);
       const std::int64_t block = pages.blocks[static_cast<std::size_t>(position / block_tokens)];
-      const std::byte* source =
-          pages.storage +
-          static_cast<std::size_t>((block * pages.block_stride_rows + pages.layer_offset_rows + slot) * width) * element;
-      float* target = rows.data() + (position - first) * width;
+      body(pages.storage + static_cast<std::size_t>(block * pages.block_stride_rows + pages.layer_offset_rows + slot) *
+                               row_bytes,
+           run, position - first);
+      position += run;
+    }
+  };
+  // Keys are taken `chunk` at a time, gathered from their pages into float32, so the two matrix
+  // products per chunk are large enough to run at speed.
+  for (std::int64_t first = key_begin; first < key_end; first += chunk) {
+    const std::int64_t count = std::min(chunk, key_end - first);
+    for_each_run(first, count, [&](const std::byte* source, std::int64_t run, std::int64_t offset) {
+      float* target = rows.data() + offset * width;
       if (pages.dtype == DType::BF16) {
         const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
         if (simd) {
@@ -110,10 +121,9 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
           for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
         }
       } else {
-        std::memcpy(target, source, static_cast<std::size_t>(run * width) * sizeof(float));
+        std::memcpy(target, source, static_cast<std::size_t>(run) * row_bytes);
       }
-      position += run;
-    }
+    });
     // scores[h, j] = scale * q[h] · row_j for this chunk's rows
     if (simd) {
       simd->scores(q, heads, rows.data(), count, width, scale, scores.data());
