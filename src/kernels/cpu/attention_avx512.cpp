@@ -1,9 +1,11 @@
 // The two small products of decode's latent attention for AVX-512 (attention.cpp calls them on a
 // chunk of gathered float32 key rows): the scores of every head against every key, and the
-// probability-weighted sum of the keys' c_kv; and the widening of BF16 cache rows that gathers
-// them. Register-blocked 4 heads at a time, the products replace a BLAS call that, for these
-// shapes (16 heads x 256 keys x 288), spends more time choosing and packing than multiplying, and
-// that allocates. Compiled for that target here only.
+// probability-weighted sum of the keys' c_kv; the widening of BF16 cache rows that gathers them;
+// and the softmax rows' maximum, for both attention ops. Register-blocked 4 heads at a time, the
+// products replace a BLAS call that, for these shapes (16 heads x 64 keys x 288), spends more time
+// choosing and packing than multiplying, and that allocates. Every small loop over a block's
+// registers is unrolled by pragma: left to GCC 12, arrays of accumulators lived on the stack and
+// each step stored them all, which halved the products' speed. Compiled for that target here only.
 #include "kernels/cpu/internal.h"
 
 #include "core/numeric.h"
@@ -41,17 +43,17 @@ template <int H, int K>
 void scores_block(const float* q, const float* keys, std::int64_t width, std::int64_t count, float scale,
                   std::int64_t h0, std::int64_t j0, float* scores) {
   __m512 acc[H * K];
-#pragma GCC unroll 16
+  #pragma GCC unroll 16
   for (int i = 0; i < H * K; ++i) acc[i] = _mm512_setzero_ps();
   // Whole vectors unmasked (GCC keeps few masks in registers), then the tail of the width masked.
   const auto step = [&](std::int64_t c, __mmask16 mask) __attribute__((always_inline)) {
     __m512 key[K];
-#pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int k = 0; k < K; ++k) key[k] = _mm512_maskz_loadu_ps(mask, keys + (j0 + k) * width + c);
-#pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int h = 0; h < H; ++h) {
       const __m512 query = _mm512_maskz_loadu_ps(mask, q + (h0 + h) * width + c);
-#pragma GCC unroll 16
+      #pragma GCC unroll 16
       for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(query, key[k], acc[h * K + k]);
     }
   };
@@ -59,20 +61,19 @@ void scores_block(const float* q, const float* keys, std::int64_t width, std::in
   for (; c + kLanes <= width; c += kLanes) step(c, static_cast<__mmask16>(0xffff));
   if (c < width) step(c, tail_mask(width - c));
   if constexpr (H * K == 16) {
-    // Copied out in an unrolled loop, so that acc's indices are constants early enough for GCC to
-    // keep it in registers (handed to reduce_add_16 itself, or copied in a rolled loop, it lived on
-    // the stack and every step stored all 16).
+    // Copied out (rather than acc handed to reduce_add_16 by reference), so that acc stays in
+    // registers through the loop above.
     __m512 v[16];
-#pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) v[i] = acc[i];
     alignas(64) float sums[16];
     _mm512_store_ps(sums, avx512::reduce_add_16(v));
-  #pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
   } else {
-  #pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int h = 0; h < H; ++h)
-#pragma GCC unroll 16
+      #pragma GCC unroll 16
       for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
   }
 }
@@ -99,27 +100,27 @@ void accumulate_block(const float* p, std::int64_t count, const float* keys, std
                       std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
   // Only a tail block (V = 1, past the last whole 16 values) masks: GCC keeps few masks in registers.
   __mmask16 mask[V];
-#pragma GCC unroll 16
+  #pragma GCC unroll 16
   for (int v = 0; v < V; ++v) mask[v] = Tail ? tail_mask(value_dim - d0 - v * kLanes) : static_cast<__mmask16>(0xffff);
   __m512 sum[H][V];
-#pragma GCC unroll 16
-  for (int h = 0; h < H; ++h)
   #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h)
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) sum[h][v] = _mm512_maskz_loadu_ps(mask[v], acc + (h0 + h) * value_dim + d0 + v * kLanes);
   for (std::int64_t j = 0; j < count; ++j) {
     __m512 key[V];
-  #pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) key[v] = _mm512_maskz_loadu_ps(mask[v], keys + j * width + d0 + v * kLanes);
-  #pragma GCC unroll 16
+    #pragma GCC unroll 16
     for (int h = 0; h < H; ++h) {
       const __m512 weight = _mm512_set1_ps(p[(h0 + h) * count + j]);
-#pragma GCC unroll 16
+      #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) sum[h][v] = _mm512_fmadd_ps(weight, key[v], sum[h][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int h = 0; h < H; ++h)
   #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h)
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(acc + (h0 + h) * value_dim + d0 + v * kLanes, mask[v], sum[h][v]);
 }
 
