@@ -252,7 +252,7 @@ BENCHMARK(BM_AttentionLatent)->ArgName("keys")->Arg(512)->Arg(4096)->UseRealTime
 
 // A decode step's latent attention for `sequences` sequences of bench-1b (12 layers, 16 heads,
 // 256 + 32, BF16 pages of 16 tokens) with 576 cached keys each, every (sequence, layer) a task
-// over the thread pool as the CPU backend runs them: the caches (12 MB at 16 sequences) come from
+// over the thread pool as the CPU backend runs them: the caches (64 MB at 16 sequences) come from
 // memory, not from a core's cache as above.
 void BM_AttentionLatentStep(benchmark::State& state) {
   const std::int64_t sequences = state.range(0), layers = 12, keys = 576, heads = 16, kv = 256, width = kv + 32,
