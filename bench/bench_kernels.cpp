@@ -289,6 +289,50 @@ void BM_AttentionLatent(benchmark::State& state) {
 }
 BENCHMARK(BM_AttentionLatent)->ArgName("keys")->Arg(512)->Arg(4096)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
+// A decode step's latent attention for `sequences` sequences of bench-1b (12 layers, 16 heads,
+// 256 + 32, BF16 pages of 16 tokens) with 576 cached keys each, every (sequence, layer) a task
+// over the thread pool as the CPU backend runs them: the caches (64 MB at 16 sequences) come from
+// memory, not from a core's cache as above.
+void BM_AttentionLatentStep(benchmark::State& state) {
+  const std::int64_t sequences = state.range(0), layers = 12, keys = 576, heads = 16, kv = 256, width = kv + 32,
+                     block = 16;
+  const std::int64_t blocks = keys / block;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // Each sequence's pages hold every layer's rows (LatentCache's layout); sequences interleave.
+  std::vector<std::uint16_t> storage(static_cast<std::size_t>(sequences * blocks * layers * block * width));
+  for (auto& x : storage) x = float_to_bf16(normal(rng));
+  std::vector<std::vector<std::int32_t>> tables(static_cast<std::size_t>(sequences));
+  for (std::int64_t s = 0; s < sequences; ++s)
+    for (std::int64_t b = 0; b < blocks; ++b) tables[s].push_back(static_cast<std::int32_t>(b * sequences + s));
+  std::vector<float> q(static_cast<std::size_t>(heads * width));
+  for (float& x : q) x = normal(rng);
+  const std::int64_t tasks = sequences * layers;
+  std::vector<float> results(static_cast<std::size_t>(tasks * heads * (2 + kv)));
+  for (auto _ : state) {
+    ThreadPool::global().parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t t = first; t < last; ++t) {
+        kernels::LatentPages pages;
+        pages.storage = reinterpret_cast<std::byte*>(storage.data());
+        pages.dtype = DType::BF16;
+        pages.width = width;
+        pages.block_tokens = block;
+        pages.block_stride_rows = layers * block;
+        pages.layer_offset_rows = (t % layers) * block;
+        pages.blocks = tables[static_cast<std::size_t>(t / layers)];
+        float* base = results.data() + t * heads * (2 + kv);
+        kernels::LatentPartial partial{base, base + heads, base + 2 * heads};
+        kernels::attention_latent(q.data(), heads, pages, 0, keys, kv, 0.1f, partial);
+      }
+    });
+    benchmark::DoNotOptimize(results.data());
+  }
+  const double flop = 2.0 * static_cast<double>(tasks * keys * heads * (width + kv));
+  state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
+                                                 benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionLatentStep)->ArgName("sequences")->Arg(1)->Arg(16)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 }  // namespace
 }  // namespace dsv3
 

@@ -20,30 +20,38 @@ constexpr std::int64_t kQueryBlock = 128;
 void attention_causal(const float* q, const float* k, const float* v, const AttentionShape& shape, float scale,
                       float* out) {
   use_single_threaded_blas();
+  const RowMax row_max = active_isa() == Isa::avx512 ? avx512_row_max() : nullptr;
   const std::int64_t tokens = shape.tokens;
   const std::int64_t blocks = (tokens + kQueryBlock - 1) / kQueryBlock;
+  const std::int64_t out_stride = shape.heads * shape.v_dim;
   ThreadPool::global().parallel_for(shape.heads * blocks, 1, [&](std::int64_t first, std::int64_t last) {
-    std::vector<float>& scores = thread_buffer(static_cast<std::size_t>(kQueryBlock * (shape.query_offset + tokens)));
+    // The scores [kQueryBlock, keys], then each row's 1 / softmax denominator.
+    std::vector<float>& scratch =
+        thread_buffer(static_cast<std::size_t>(kQueryBlock * (shape.query_offset + tokens + 1)));
     for (std::int64_t task = first; task < last; ++task) {
       const std::int64_t head = task / blocks;
       const std::int64_t q_begin = (task % blocks) * kQueryBlock;
       const std::int64_t q_rows = std::min(kQueryBlock, tokens - q_begin);
       const std::int64_t keys = shape.query_offset + q_begin + q_rows;  // causal: later keys are never needed
+      float* scores = scratch.data();
+      float* inverse = scores + q_rows * keys;
       // scores[i, j] = scale * q_i · k_j
       sgemm(true, q_rows, keys, shape.qk_dim, scale, q + q_begin * shape.q_stride + head * shape.q_head_stride,
-            shape.q_stride, k + head * shape.k_head_stride, shape.k_stride, 0.0f, scores.data(), keys);
+            shape.q_stride, k + head * shape.k_head_stride, shape.k_stride, 0.0f, scores, keys);
       for (std::int64_t i = 0; i < q_rows; ++i) {
-        float* row = scores.data() + i * keys;
+        float* row = scores + i * keys;
         const std::int64_t visible = shape.query_offset + q_begin + i + 1;
-        const float max_score = *std::max_element(row, row + visible);
-        const float total = exp_sum(row, visible, max_score);
-        const float inverse = 1.0f / total;
-        for (std::int64_t j = 0; j < visible; ++j) row[j] *= inverse;
+        const float max_score = row_max ? row_max(row, visible) : *std::max_element(row, row + visible);
+        inverse[i] = 1.0f / exp_sum(row, visible, max_score);
         std::fill(row + visible, row + keys, 0.0f);
       }
-      const std::int64_t out_stride = shape.heads * shape.v_dim;
-      sgemm(false, q_rows, shape.v_dim, keys, 1.0f, scores.data(), keys, v + head * shape.v_head_stride,
-            shape.v_stride, 0.0f, out + q_begin * out_stride + head * shape.v_dim, out_stride);
+      // The unnormalised exponentials times v, then each row divided by its sum (v_dim values a
+      // row rather than keys).
+      float* target = out + q_begin * out_stride + head * shape.v_dim;
+      sgemm(false, q_rows, shape.v_dim, keys, 1.0f, scores, keys, v + head * shape.v_head_stride, shape.v_stride,
+            0.0f, target, out_stride);
+      for (std::int64_t i = 0; i < q_rows; ++i)
+        for (std::int64_t d = 0; d < shape.v_dim; ++d) target[i * out_stride + d] *= inverse[i];
     }
   });
 }
@@ -52,12 +60,14 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 
 namespace dsv3::kernels {
 namespace {
-// Keys per step of attention_latent: a multiple of the page size, near this.
-constexpr std::int64_t kLatentChunk = 256;
+// Keys per step of attention_latent: a multiple of the page size. The AVX-512 products take 64,
+// whose gathered rows stay in the core's caches between the two products; OpenBLAS calls need
+// more keys to run at speed.
+constexpr std::int64_t kLatentChunk = 64, kLatentChunkBlas = 256;
 }  // namespace
 
 std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width) {
-  return kLatentChunk * width + heads * kLatentChunk;
+  return kLatentChunkBlas * width + heads * kLatentChunkBlas;
 }
 
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
@@ -72,27 +82,37 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
                       float* scratch) {
   const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
   if (!simd) use_single_threaded_blas();
+  const RowMax row_max = simd ? avx512_row_max() : nullptr;
+  const std::int64_t chunk = simd ? kLatentChunk : kLatentChunkBlas;
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
-  // Gathered key rows [kLatentChunk, width], then the scores [heads, kLatentChunk].
-  const std::span<float> rows(scratch, static_cast<std::size_t>(kLatentChunk * width));
-  const std::span<float> scores(scratch + kLatentChunk * width, static_cast<std::size_t>(heads * kLatentChunk));
+  // Gathered key rows [chunk, width], then the scores [heads, chunk].
+  const std::span<float> rows(scratch, static_cast<std::size_t>(chunk * width));
+  const std::span<float> scores(scratch + chunk * width, static_cast<std::size_t>(heads * chunk));
   std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
   std::fill_n(partial.sum, heads, 0.0f);
   std::fill_n(partial.acc, heads * value_dim, 0.0f);
 
   const std::size_t element = dtype_size(pages.dtype);
-  // Keys are taken kLatentChunk at a time, gathered from their pages into float32, so the two
-  // matrix products per chunk are large enough to run at speed.
-  for (std::int64_t first = key_begin; first < key_end; first += kLatentChunk) {
-    const std::int64_t count = std::min(kLatentChunk, key_end - first);
+  const auto row_bytes = static_cast<std::size_t>(width) * element;
+  // Calls body(source, run, offset) for each stretch of keys [first, first + count) that lies in
+  // one page: `run` rows from `source`, the stretch's offset from `first`.
+  const auto for_each_run = [&](std::int64_t first, std::int64_t count, auto&& body) {
     for (std::int64_t position = first; position < first + count;) {
       const std::int64_t slot = position % block_tokens;
       const std::int64_t run = std::min(block_tokens - slot, first + count - position);
       const std::int64_t block = pages.blocks[static_cast<std::size_t>(position / block_tokens)];
-      const std::byte* source =
-          pages.storage +
-          static_cast<std::size_t>((block * pages.block_stride_rows + pages.layer_offset_rows + slot) * width) * element;
-      float* target = rows.data() + (position - first) * width;
+      body(pages.storage + static_cast<std::size_t>(block * pages.block_stride_rows + pages.layer_offset_rows + slot) *
+                               row_bytes,
+           run, position - first);
+      position += run;
+    }
+  };
+  // Keys are taken `chunk` at a time, gathered from their pages into float32, so the two matrix
+  // products per chunk are large enough to run at speed.
+  for (std::int64_t first = key_begin; first < key_end; first += chunk) {
+    const std::int64_t count = std::min(chunk, key_end - first);
+    for_each_run(first, count, [&](const std::byte* source, std::int64_t run, std::int64_t offset) {
+      float* target = rows.data() + offset * width;
       if (pages.dtype == DType::BF16) {
         const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
         if (simd) {
@@ -101,10 +121,9 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
           for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
         }
       } else {
-        std::memcpy(target, source, static_cast<std::size_t>(run * width) * sizeof(float));
+        std::memcpy(target, source, static_cast<std::size_t>(run) * row_bytes);
       }
-      position += run;
-    }
+    });
     // scores[h, j] = scale * q[h] · row_j for this chunk's rows
     if (simd) {
       simd->scores(q, heads, rows.data(), count, width, scale, scores.data());
@@ -115,7 +134,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
     }
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
-      const float chunk_max = *std::max_element(row, row + count);
+      const float chunk_max = row_max ? row_max(row, count) : *std::max_element(row, row + count);
       const float new_max = std::max(partial.max[h], chunk_max);
       const float rescale = std::exp(partial.max[h] - new_max);  // 0 on the first chunk
       const float sum = exp_sum(row, count, new_max);

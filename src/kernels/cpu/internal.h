@@ -120,6 +120,10 @@ struct LatentKernels {
   void (*widen_bf16)(const std::uint16_t* bits, std::int64_t count, float* out);
 };
 const LatentKernels* avx512_latent_kernels();  // nullptr when the build is not for x86-64
+// The largest of row[0, count) (count >= 1) on AVX-512, for the attention ops' softmax rows
+// (std::max_element does not vectorise: it must keep the first of equal values).
+using RowMax = float (*)(const float* row, std::int64_t count);
+RowMax avx512_row_max();  // nullptr when the build is not for x86-64
 
 const WeightKernels& scalar_weight_kernels();
 const WeightKernels* avx2_weight_kernels();    // nullptr when the build is not for x86-64
