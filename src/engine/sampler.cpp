@@ -27,6 +27,25 @@ float checked_max(std::span<const float> logits) {
   return max;
 }
 
+// The first arg-max of a row, after checked_max's checks: one pass where checked_max then argmax
+// took two (greedy decoding runs it over every sequence's row of the vocabulary at every step).
+std::int32_t checked_argmax(std::span<const float> logits) {
+  float best = -std::numeric_limits<float>::infinity();
+  std::size_t best_index = 0;
+  bool rejected = false;  // a NaN or +inf somewhere
+  for (std::size_t i = 0; i < logits.size(); ++i) {
+    const float logit = logits[i];
+    rejected |= !(logit < std::numeric_limits<float>::infinity());
+    if (logit > best) {
+      best = logit;
+      best_index = i;
+    }
+  }
+  // checked_max names the first offending token; it throws for every row that gets here.
+  if (rejected || best == -std::numeric_limits<float>::infinity()) checked_max(logits);
+  return static_cast<std::int32_t>(best_index);
+}
+
 struct Candidate {
   float weight;
   std::int32_t token;
@@ -220,13 +239,13 @@ void target_distribution(std::span<const float> logits, const PenaltyCounts& cou
     fail("sampling: output row has {} entries, the logits row {}", out.size(), logits.size());
   std::copy(logits.begin(), logits.end(), out.begin());
   apply_penalties(out, counts, params);
-  const float max = checked_max(out);
   if (params.greedy()) {
-    const std::int32_t best = argmax(out);
+    const std::int32_t best = checked_argmax(out);
     std::fill(out.begin(), out.end(), 0.0f);
     out[best] = 1.0f;
     return;
   }
+  const float max = checked_max(out);
   // Subtracting the maximum before dividing keeps tiny temperatures from overflowing.
   for (float& value : out) value = std::exp((value - max) / params.temperature);
   const bool filtered = (params.top_k > 0 && static_cast<std::size_t>(params.top_k) < out.size()) ||
@@ -312,6 +331,13 @@ float token_logprob(std::span<const float> logits, std::int32_t token) {
 
 std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
                           Rng& rng, std::span<float> scratch) {
+  if (params.greedy() && !uses_history(params) && params.logit_bias.empty()) {
+    // The arg-max of the logits themselves: target_distribution's one-hot row without writing it.
+    if (logits.empty()) fail("sampling: empty logits row");
+    if (scratch.size() != logits.size())
+      fail("sampling: output row has {} entries, the logits row {}", scratch.size(), logits.size());
+    return checked_argmax(logits);
+  }
   target_distribution(logits, counts, params, scratch);
   return params.greedy() ? argmax(scratch) : draw(scratch, rng);
 }
