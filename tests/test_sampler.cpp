@@ -187,6 +187,14 @@ TEST(Sampler, GreedySampleTokenIsTheFirstArgMaxAndRejectsWhatTheDistributionReje
     const std::vector<float> one_hot = distribution(logits, params);
     EXPECT_EQ(one_hot[first_max], 1.0f);
   }
+  // Both zeros compare equal: the first of them is the arg-max, whichever its sign.
+  for (const float first_zero : {-0.0f, 0.0f}) {
+    std::vector<float> logits(1000, -1.0f), scratch(logits.size());
+    logits[100] = first_zero;
+    logits[700] = -first_zero;
+    Rng rng(1);
+    EXPECT_EQ(sample_token(logits, {}, params, rng, scratch), 100) << "first zero " << first_zero;
+  }
   const auto message = [&](const std::vector<float>& logits) {
     std::vector<float> scratch(logits.size());
     Rng rng(1);
