@@ -360,6 +360,10 @@ TEST_P(OpHarness, RowOpsGiveTheSameBitsWhateverTheSplit) {
       }
     }
   }
+  // No frequencies: nothing to rotate, and nothing to size the pool's tasks by.
+  DeviceTensor no_columns(device(), 4, 0);
+  const std::vector<std::int64_t> positions{0, 1, 2, 3};
+  EXPECT_NO_THROW(device().rope(no_columns.view, 1, positions, {}));
 }
 
 TEST_P(OpHarness, MatmulBothTransposesWithBetaAndLeadingDimensions) {

@@ -60,6 +60,13 @@ void for_rows(std::int64_t rows, std::int64_t cols, std::int64_t min_values, Bod
   ThreadPool::global().parallel_for(rows, grain, body);
 }
 
+// moe_combine's map from route to dispatched row, kept per calling thread so that it is allocated
+// once, at the largest step's size.
+std::vector<std::int64_t>& combine_rows() {
+  thread_local std::vector<std::int64_t> rows;
+  return rows;
+}
+
 // A SwiGLU MLP on the calling thread's share: linear parallelises itself unless it runs inside a
 // parallel task (nested loops run inline).
 void swiglu_mlp(const Backend& backend, const MlpWeights& w, Tensor x, Tensor gate, Tensor up, Tensor act, Tensor out) {
@@ -134,7 +141,7 @@ class CpuBackend final : public Backend {
     // of a position's rows.
     const auto count = static_cast<std::int64_t>(positions.size());
     const std::int64_t min_positions =
-        std::max<std::int64_t>(1, kNormValuesPerTask / (rows_per_position * x.cols + 4 * half));
+        std::max<std::int64_t>(1, kNormValuesPerTask / std::max<std::int64_t>(1, rows_per_position * x.cols + 4 * half));
     for_rows(count, 1, min_positions, [&](std::int64_t first, std::int64_t last) {
       thread_local std::vector<float> cos_values, sin_values;
       cos_values.resize(static_cast<std::size_t>(half));
@@ -492,22 +499,29 @@ class CpuBackend final : public Backend {
       fail("moe_combine: {} weights and [{}, {}] expert rows into [{}, {}]", weights.size(), out.rows, out.cols, y.rows,
            y.cols);
     // Rows are in expert order: the sum's order does not depend on how experts were scheduled.
-    // The pool splits the columns, so each task still adds every row in that order.
-    auto combine = [&](std::int64_t begin, std::int64_t end) {
-      for (std::int64_t row = 0; row < out.rows; ++row) {
-        const std::int64_t slot = dispatch.slots[row];
-        float* target = y.row(slot / dispatch.top_k);
-        const float* source = out.row(row);
-        const float gate = weights[slot];
-        for (std::int64_t i = begin; i < end; ++i) target[i] += gate * source[i];
+    // Token by token, each adding its rows in that order (ascending row), so tokens can be split
+    // over the pool and each token's row of y is read and written once, not once per route.
+    const std::int64_t top_k = dispatch.top_k;
+    std::vector<std::int64_t>& row_of = combine_rows();  // [slot] -> its row; this thread's, shared with the tasks
+    row_of.assign(static_cast<std::size_t>(out.rows), -1);
+    for (std::int64_t row = 0; row < out.rows; ++row) {
+      const std::int64_t slot = dispatch.slots[row];
+      if (slot < 0 || slot >= out.rows || row_of[slot] >= 0)
+        fail("moe_combine: route {} dispatched twice or outside [0, {})", slot, out.rows);
+      row_of[slot] = row;
+    }
+    for_rows(y.rows, top_k * y.cols, kCopyValuesPerTask, [&](std::int64_t first, std::int64_t last) {
+      for (std::int64_t t = first; t < last; ++t) {
+        const auto rows =
+            std::span(row_of).subspan(static_cast<std::size_t>(t * top_k), static_cast<std::size_t>(top_k));
+        std::sort(rows.begin(), rows.end());
+        float* target = y.row(t);
+        for (const std::int64_t row : rows) {
+          const float* source = out.row(row);
+          const float gate = weights[dispatch.slots[row]];
+          for (std::int64_t i = 0; i < y.cols; ++i) target[i] += gate * source[i];
+        }
       }
-    };
-    constexpr std::int64_t kColumnBlock = 64;  // a cache line's worth of floats, 4 times
-    const std::int64_t blocks = (y.cols + kColumnBlock - 1) / kColumnBlock;
-    const std::int64_t min_blocks =
-        std::max<std::int64_t>(1, kCopyValuesPerTask / (std::max<std::int64_t>(out.rows, 1) * kColumnBlock));
-    for_rows(blocks, 1, min_blocks, [&](std::int64_t first, std::int64_t last) {
-      combine(first * kColumnBlock, std::min(last * kColumnBlock, y.cols));
     });
   }
 
