@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "fast_arithmetic.h"
 
 #include "op_harness.h"
@@ -273,6 +274,96 @@ TEST_P(OpHarness, ReadAddFillSwigluCopyAndGatherRowsOnViews) {
       EXPECT_TRUE(dst.spare_columns_intact()) << "gather_rows wrote outside its view";
     }
   }
+}
+
+// The row-wise ops split big inputs over the thread pool and run small ones on the calling thread.
+// Neither may change a bit: a row computed with 1, 2 or 3 threads, or alone, is the same row. The
+// sizes are split over the pool, with columns that are no multiple of any vector width or block.
+enum class RowOp { swiglu, rmsnorm, add, copy_rows, rope };
+
+std::vector<float> run_row_op(const Backend& backend, RowOp op, const std::vector<float>& a, const std::vector<float>& b,
+                              const std::vector<float>& weight, std::int64_t first, std::int64_t rows, std::int64_t cols) {
+  const auto slice = [&](const std::vector<float>& v) {
+    return std::vector<float>(v.begin() + first * cols, v.begin() + (first + rows) * cols);
+  };
+  DeviceTensor x(backend, slice(a), rows, cols, cols + 3), y(backend, slice(b), rows, cols);
+  switch (op) {
+    case RowOp::swiglu:
+      backend.swiglu(x.view, y.view, x.view);
+      return x.values();
+    case RowOp::rmsnorm:
+      backend.rmsnorm(x.view, weight, 1e-6f, y.view);
+      return y.values();
+    case RowOp::add:
+      backend.add(x.view, y.view);
+      return x.values();
+    case RowOp::copy_rows: {
+      DeviceTensor out(backend, 2 * rows, cols, cols + 1);
+      backend.copy_rows(x.view, out.view, 2);
+      return out.values();
+    }
+    case RowOp::rope: {
+      std::vector<double> inverse_frequencies(static_cast<std::size_t>(cols / 2));
+      for (std::size_t i = 0; i < inverse_frequencies.size(); ++i) inverse_frequencies[i] = std::pow(0.5, static_cast<double>(i));
+      std::vector<std::int64_t> positions(static_cast<std::size_t>(rows));
+      for (std::int64_t r = 0; r < rows; ++r) positions[static_cast<std::size_t>(r)] = 7 * (first + r);
+      backend.rope(x.view, 1, positions, {inverse_frequencies, 1.25, false});
+      return x.values();
+    }
+  }
+  return {};
+}
+
+TEST_P(OpHarness, RowOpsGiveTheSameBitsWhateverTheSplit) {
+  struct Size {
+    std::int64_t rows, cols;
+  };
+  const int threads = ThreadPool::global().size();
+  struct RestorePool {
+    int threads;
+    ~RestorePool() { ThreadPool::set_global_threads(threads); }
+  } restore{threads};
+  for (const Size size : {Size{515, 1030}, Size{33, 2818}, Size{1, 4098}}) {
+    const std::int64_t rows = size.rows, cols = size.cols;
+    const std::vector<float> a = random_values(static_cast<std::size_t>(rows * cols), rows, 3.0f);
+    const std::vector<float> b = random_values(a.size(), rows + 1, 3.0f);
+    const std::vector<float> weight = random_values(static_cast<std::size_t>(cols), 5);
+    for (const RowOp op : {RowOp::swiglu, RowOp::rmsnorm, RowOp::add, RowOp::copy_rows, RowOp::rope}) {
+      const std::string what = describe("row op", {{"op", static_cast<std::int64_t>(op)}, {"rows", rows}, {"cols", cols}});
+      const std::int64_t out_rows = op == RowOp::copy_rows ? 2 * rows : rows;
+      const std::vector<float> whole = run_row_op(device(), op, a, b, weight, 0, rows, cols);
+      const std::vector<float> want = run_row_op(reference(), op, a, b, weight, 0, rows, cols);
+      if (op == RowOp::add || op == RowOp::copy_rows) {
+        expect_identical(whole, want, cols, what + " against the reference");
+      } else {
+        // The bounds of the tests above: swiglu's exp and division; rmsnorm's mean of squares.
+        const double ulps = op == RowOp::swiglu ? 8 : op == RowOp::rmsnorm ? cols / 2 + 8 : 8;
+        std::vector<float> magnitude = absolute(want);
+        if (op == RowOp::rope)  // |a| + |b| of each rotated pair, times the factor
+          for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t i = 0; i < cols / 2; ++i)
+              magnitude[r * cols + i] = magnitude[r * cols + i + cols / 2] =
+                  1.25f * (std::fabs(a[r * cols + i]) + std::fabs(a[r * cols + i + cols / 2]));
+        expect_within(whole, want, magnitude, ulps * kUnit, cols, what + " against the reference");
+      }
+      for (int pool : {1, 3}) {
+        ThreadPool::set_global_threads(pool);
+        expect_identical(run_row_op(device(), op, a, b, weight, 0, rows, cols), whole, cols,
+                         what + " on " + std::to_string(pool) + " threads");
+      }
+      ThreadPool::set_global_threads(threads);
+      for (const std::int64_t r : {std::int64_t{0}, rows / 2, rows - 1}) {
+        const std::vector<float> alone = run_row_op(device(), op, a, b, weight, r, 1, cols);
+        const std::int64_t per_row = out_rows / rows;
+        expect_identical(alone, std::vector<float>(whole.begin() + r * per_row * cols, whole.begin() + (r + 1) * per_row * cols),
+                         cols, what + " row " + std::to_string(r) + " alone");
+      }
+    }
+  }
+  // No frequencies: nothing to rotate, and nothing to size the pool's tasks by.
+  DeviceTensor no_columns(device(), 4, 0);
+  const std::vector<std::int64_t> positions{0, 1, 2, 3};
+  EXPECT_NO_THROW(device().rope(no_columns.view, 1, positions, {}));
 }
 
 TEST_P(OpHarness, MatmulBothTransposesWithBetaAndLeadingDimensions) {

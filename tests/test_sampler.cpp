@@ -164,6 +164,61 @@ TEST(Sampler, GreedyAppliesPenaltiesFirst) {
   expect_distribution(distribution(logits, params, {{}, output}), {0, 0, 1});  // 3 - 2 = 1 < 2
 }
 
+// Greedy sampling without penalties reads the logits in one pass instead of building the one-hot
+// distribution: it must pick what target_distribution's one-hot row holds (the first arg-max, -inf
+// entries allowed), reject the same rows, and leave the scratch alone.
+TEST(Sampler, GreedySampleTokenIsTheFirstArgMaxAndRejectsWhatTheDistributionRejects) {
+  SamplingParams params;
+  params.temperature = 0.0f;
+  Rng filler(5);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<float> logits(4099);
+    for (float& logit : logits) logit = static_cast<float>(std::floor(filler.uniform() * 64.0));  // many ties
+    for (std::size_t i = 0; i < logits.size(); i += 7) logits[i] = -INFINITY;
+    std::size_t first_max = 0;
+    for (std::size_t i = 0; i < logits.size(); ++i)
+      if (logits[i] > logits[first_max]) first_max = i;
+    std::vector<float> scratch(logits.size(), -7.0f);
+    Rng rng(trial);
+    const Rng before = rng;
+    EXPECT_EQ(sample_token(logits, {}, params, rng, scratch), static_cast<std::int32_t>(first_max));
+    EXPECT_EQ(rng, before);
+    EXPECT_EQ(std::count(scratch.begin(), scratch.end(), -7.0f), static_cast<std::ptrdiff_t>(scratch.size()));
+    const std::vector<float> one_hot = distribution(logits, params);
+    EXPECT_EQ(one_hot[first_max], 1.0f);
+  }
+  // Both zeros compare equal: the first of them is the arg-max, whichever its sign.
+  for (const float first_zero : {-0.0f, 0.0f}) {
+    std::vector<float> logits(1000, -1.0f), scratch(logits.size());
+    logits[100] = first_zero;
+    logits[700] = -first_zero;
+    Rng rng(1);
+    EXPECT_EQ(sample_token(logits, {}, params, rng, scratch), 100) << "first zero " << first_zero;
+  }
+  const auto message = [&](const std::vector<float>& logits) {
+    std::vector<float> scratch(logits.size());
+    Rng rng(1);
+    try {
+      sample_token(logits, {}, params, rng, scratch);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(message({0.0f, 2.0f, NAN, INFINITY}).find("token 2 is NaN"), std::string::npos);
+  EXPECT_NE(message({0.0f, INFINITY, NAN}).find("token 1 is +inf"), std::string::npos);
+  EXPECT_NE(message({-INFINITY, -INFINITY}).find("no token has a finite logit"), std::string::npos);
+  EXPECT_NE(message({}).find("empty"), std::string::npos);
+  std::vector<float> short_scratch(2);
+  Rng rng(1);
+  EXPECT_THROW(sample_token(std::vector<float>{1.0f, 2.0f, 3.0f}, {}, params, rng, short_scratch), Error);
+  // With a bias the scratch holds the one-hot row as before.
+  params.logit_bias = {{0, 5.0f}};
+  std::vector<float> scratch(3, -7.0f);
+  EXPECT_EQ(sample_token(std::vector<float>{1.0f, 3.0f, 2.0f}, {}, params, rng, scratch), 0);
+  EXPECT_EQ(scratch, (std::vector<float>{1.0f, 0.0f, 0.0f}));
+}
+
 TEST(Sampler, TemperatureScalesLogits) {
   const auto logits = log_of({1, 2, 4});
   SamplingParams params;

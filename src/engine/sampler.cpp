@@ -1,7 +1,9 @@
 #include "engine/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "core/error.h"
@@ -25,6 +27,52 @@ float checked_max(std::span<const float> logits) {
   if (max == -std::numeric_limits<float>::infinity())
     fail("sampling: no token has a finite logit (all {} are -inf)", logits.size());
   return max;
+}
+
+// A float's bits as an integer in the same order as the floats (NaNs beyond the infinities, by
+// their sign; both zeros 0, as they compare equal): integer maxima vectorise, float ones
+// (comparisons that may trap) do not.
+std::int32_t ordered(float value) {
+  const auto bits = std::bit_cast<std::int32_t>(value);
+  return (bits ^ ((bits >> 31) & 0x7fffffff)) - (bits >> 31);
+}
+// The float of a key (+0 for 0).
+float from_ordered(std::int32_t key) {
+  if (key >= 0) return std::bit_cast<float>(key);
+  const std::int32_t bits = key - 1;
+  return std::bit_cast<float>(bits ^ 0x7fffffff);
+}
+
+// The first arg-max of a row, after checked_max's checks: greedy decoding runs it over every
+// sequence's row of the vocabulary at every step, where checked_max then argmax took two scalar
+// passes, a compare and branch per logit each. One vectorised pass over blocks notes the first
+// block that holds the maximum; only that block is searched again.
+std::int32_t checked_argmax(std::span<const float> logits) {
+  constexpr std::size_t kBlock = 256;
+  std::int32_t high = std::numeric_limits<std::int32_t>::min(), low = std::numeric_limits<std::int32_t>::max();
+  std::size_t best_block = 0;
+  for (std::size_t begin = 0; begin < logits.size(); begin += kBlock) {
+    const std::size_t end = std::min(begin + kBlock, logits.size());
+    std::int32_t block_high = std::numeric_limits<std::int32_t>::min();
+    for (std::size_t i = begin; i < end; ++i) {
+      const std::int32_t key = ordered(logits[i]);
+      block_high = std::max(block_high, key);
+      low = std::min(low, key);
+    }
+    if (block_high > high) {
+      high = block_high;
+      best_block = begin;
+    }
+  }
+  constexpr float kInfinity = std::numeric_limits<float>::infinity();
+  // +inf or a NaN at the top, a NaN with its sign set at the bottom, or nothing above -inf:
+  // checked_max throws for each, naming the first offending token.
+  if (high >= ordered(kInfinity) || low < ordered(-kInfinity) || high == ordered(-kInfinity)) checked_max(logits);
+  // The first of the maxima (of either zero's sign where the maximum is 0, as argmax has it).
+  const float best = from_ordered(high);
+  std::size_t i = best_block;
+  while (logits[i] != best) ++i;
+  return static_cast<std::int32_t>(i);
 }
 
 struct Candidate {
@@ -220,13 +268,13 @@ void target_distribution(std::span<const float> logits, const PenaltyCounts& cou
     fail("sampling: output row has {} entries, the logits row {}", out.size(), logits.size());
   std::copy(logits.begin(), logits.end(), out.begin());
   apply_penalties(out, counts, params);
-  const float max = checked_max(out);
   if (params.greedy()) {
-    const std::int32_t best = argmax(out);
+    const std::int32_t best = checked_argmax(out);
     std::fill(out.begin(), out.end(), 0.0f);
     out[best] = 1.0f;
     return;
   }
+  const float max = checked_max(out);
   // Subtracting the maximum before dividing keeps tiny temperatures from overflowing.
   for (float& value : out) value = std::exp((value - max) / params.temperature);
   const bool filtered = (params.top_k > 0 && static_cast<std::size_t>(params.top_k) < out.size()) ||
@@ -312,6 +360,13 @@ float token_logprob(std::span<const float> logits, std::int32_t token) {
 
 std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
                           Rng& rng, std::span<float> scratch) {
+  if (params.greedy() && !uses_history(params) && params.logit_bias.empty()) {
+    // The arg-max of the logits themselves: target_distribution's one-hot row without writing it.
+    if (logits.empty()) fail("sampling: empty logits row");
+    if (scratch.size() != logits.size())
+      fail("sampling: output row has {} entries, the logits row {}", scratch.size(), logits.size());
+    return checked_argmax(logits);
+  }
   target_distribution(logits, counts, params, scratch);
   return params.greedy() ? argmax(scratch) : draw(scratch, rng);
 }

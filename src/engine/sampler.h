@@ -126,6 +126,7 @@ struct SampledToken {
 SampledToken sample(std::span<const float> logits, const TokenHistory& history, const SamplingParams& params,
                     Rng& rng);
 // The token alone, with `scratch` (logits.size() floats) for the distribution: what sample() draws.
+// Greedy sampling without penalties or biases reads the logits alone and leaves scratch untouched.
 std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
                           Rng& rng, std::span<float> scratch);
 

@@ -2,7 +2,10 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <mutex>
 #include <vector>
 
@@ -39,21 +42,65 @@ void embedding(const Matrix& table, std::span<const std::int64_t> ids, float* ou
   }
 }
 
+namespace {
+
+constexpr std::int64_t kSquareLanes = 16;
+
+double sum_of_squares(const float* x, std::int64_t count) {
+  // kSquareLanes partial sums, element i in lane i % kSquareLanes, then the lanes in order: a
+  // fixed order (so every instruction set gets the same bits) that the compiler can vectorise,
+  // where one running sum is a chain of dependent additions. Each square of a float is exact
+  // in double, so fusing it into the addition changes nothing either.
+  double lanes[kSquareLanes] = {};
+  std::int64_t i = 0;
+  for (; i + kSquareLanes <= count; i += kSquareLanes)
+    for (std::int64_t j = 0; j < kSquareLanes; ++j) lanes[j] += static_cast<double>(x[i + j]) * x[i + j];
+  for (std::int64_t j = 0; i + j < count; ++j) lanes[j] += static_cast<double>(x[i + j]) * x[i + j];
+  double total = 0.0;
+  for (const double lane : lanes) total += lane;
+  return total;
+}
+
+}  // namespace
+
 void rmsnorm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps, float* out) {
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * dim;
-    double sum_squares = 0.0;
-    for (std::int64_t i = 0; i < dim; ++i) sum_squares += static_cast<double>(row[i]) * row[i];
-    const float inverse_rms = static_cast<float>(1.0 / std::sqrt(sum_squares / dim + eps));
+    const float inverse_rms = static_cast<float>(1.0 / std::sqrt(sum_of_squares(row, dim) / dim + eps));
     float* out_row = out + r * dim;
     for (std::int64_t i = 0; i < dim; ++i) out_row[i] = row[i] * inverse_rms * weight[i];
   }
 }
 
 void silu_mul(const float* gate, const float* up, std::int64_t count, float* out) {
-  for (std::int64_t i = 0; i < count; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  // silu(g) = g / (1 + exp(-g)), written with e = exp(-|g|) <= 1 so that nothing overflows:
+  // g / (1 + e) for g >= 0 and g·e / (1 + e) below. The exponentials go through exp_sum, on the
+  // active instruction set, a block at a time on the stack. The rest is written for the compiler
+  // to vectorise: into that block, which aliases neither input whether or not out is gate, and
+  // with its choices as bit masks (float comparisons may trap, so it would keep them as branches,
+  // and a random sign mispredicts half of them).
+  constexpr std::int64_t kBlock = 512;
+  // exp_sum clamps its argument at -87.3 (beyond, its result would underflow); there e is set to
+  // exactly 0, and silu(g) is 0 to within float32's smallest normal.
+  constexpr std::uint32_t kUnderflowBits = 0x42ae999a;  // 87.3f
+  constexpr std::uint32_t kOneBits = 0x3f800000;        // 1.0f
+  float block[kBlock];
+  for (std::int64_t begin = 0; begin < count; begin += kBlock) {
+    const std::int64_t n = std::min(kBlock, count - begin);
+    const float* g = gate + begin;
+    const float* u = up + begin;
+    for (std::int64_t i = 0; i < n; ++i) block[i] = -std::fabs(g[i]);
+    exp_sum(block, n, 0.0f);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto bits = std::bit_cast<std::uint32_t>(g[i]);
+      const std::uint32_t underflow = 0u - static_cast<std::uint32_t>((bits & 0x7fffffffu) > kUnderflowBits);
+      const std::uint32_t negative = 0u - (bits >> 31);  // -0 takes e = exp(0) = 1 as well
+      const std::uint32_t e_bits = std::bit_cast<std::uint32_t>(block[i]) & ~underflow;
+      const float e = std::bit_cast<float>(e_bits);
+      const float factor = std::bit_cast<float>((e_bits & negative) | (kOneBits & ~negative));  // g < 0 ? e : 1
+      block[i] = g[i] * factor / (1.0f + e) * u[i];
+    }
+    std::copy_n(block, n, out + begin);
   }
 }
 

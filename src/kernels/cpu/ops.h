@@ -68,7 +68,8 @@ void embedding(const Matrix& table, std::span<const std::int64_t> ids, float* ou
 // out[r] = x[r] / rms(x[r]) * weight, over `rows` rows of `dim`; out may alias x.
 void rmsnorm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps, float* out);
 
-// out = silu(gate) * up, elementwise (SwiGLU); out may alias gate.
+// out = silu(gate) * up, elementwise (SwiGLU); out may alias gate. The exponentials are exp_sum's,
+// on the active instruction set.
 void silu_mul(const float* gate, const float* up, std::int64_t count, float* out);
 
 // Causal attention (kernels/ops.h documents the shape); single sequence, all cores.
