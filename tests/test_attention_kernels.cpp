@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "each_isa.h"
 #include "core/error.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
@@ -21,15 +22,7 @@
 namespace dsv3 {
 namespace {
 
-// Every instruction set this CPU has, forced in turn; restores the automatic choice at the end.
-struct EachIsa {
-  std::vector<kernels::Isa> isas;
-  EachIsa() {
-    for (auto isa : {kernels::Isa::scalar, kernels::Isa::avx2, kernels::Isa::avx512})
-      if (kernels::isa_supported(isa)) isas.push_back(isa);
-  }
-  ~EachIsa() { kernels::set_isa_for_testing(std::nullopt); }
-};
+using test::EachIsa;
 
 // The float32 error bound of softmax attention (as tests/test_ops_attention.cpp derives it): a
 // score over `dim` products is off by at most (dim + 1)·u·S, S = scale·|q|·|k| (Cauchy-Schwarz);

@@ -10,6 +10,7 @@
 
 #include "engine/engine.h"
 #include "fast_arithmetic.h"
+#include "fixture_logits.h"
 #include "model/model.h"
 #include "support.h"
 
@@ -21,41 +22,7 @@ const Model& tiny_model() {
   return model;
 }
 
-struct LogitsError {
-  double median = 0, p99 = 0, worst = 0;
-  std::int64_t argmax_mismatches = 0, argmax_checked = 0;
-};
-
-// Relative L2 error per row over all four fixture sequences (every row: T = 1, 9, 64, 300).
-LogitsError logits_error() {
-  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
-  const Model& model = tiny_model();
-  const std::int64_t vocab = model.config().vocab_size;
-  std::vector<double> rows;
-  LogitsError error;
-  for (const auto& [name, view] : reference->tensors()) {
-    if (!name.starts_with("input_ids_")) continue;
-    const auto ids = test::read_i64(view);
-    const auto tokens = static_cast<std::int64_t>(ids.size());
-    const ForwardOutput out = model.forward(ids);
-    const auto expected = test::read_f32(reference->tensors().at("logits_" + name.substr(10)));
-    EXPECT_EQ(out.logits.size(), expected.size());
-    if (out.logits.size() != expected.size()) continue;
-    for (std::int64_t r = 0; r < tokens; ++r)
-      rows.push_back(test::relative_l2(out.logits.data() + r * vocab, expected.data() + r * vocab, vocab));
-    const auto compared = test::compare_rows(out.logits.data(), expected.data(), tokens, vocab);
-    error.argmax_mismatches += compared.argmax_mismatches;
-    error.argmax_checked += compared.argmax_checked;
-  }
-  std::sort(rows.begin(), rows.end());
-  if (!rows.empty())
-    error.median = rows[rows.size() / 2], error.p99 = rows[rows.size() * 99 / 100], error.worst = rows.back();
-  std::printf("logits relative L2 error over %zu rows: median %.3g, 99th percentile %.3g, worst %.3g; arg-max differs "
-              "on %lld of %lld rows\n",
-              rows.size(), error.median, error.p99, error.worst, static_cast<long long>(error.argmax_mismatches),
-              static_cast<long long>(error.argmax_checked));
-  return error;
-}
+test::LogitsError logits_error() { return test::fixture_logits_error(tiny_model()); }
 
 // Tokens of the fixture's greedy continuation reproduced before the first difference, and how
 // many steps are comparable at all (up to the first whose top-2 margin may flip in float32).
@@ -84,7 +51,7 @@ std::pair<std::size_t, std::size_t> greedy_agreement() {
 // FP32 GEMM: only the order of the sums differs from exact mode, so exact mode's bounds hold.
 TEST(FastArithmetic, Fp32GemmMatchesTransformersAtTheExactTolerances) {
   test::FastArithmetic fast(/*bf16=*/false, /*min_rows=*/1);
-  const LogitsError error = logits_error();
+  const test::LogitsError error = logits_error();
   EXPECT_LE(error.worst, 1e-3);
   EXPECT_EQ(error.argmax_mismatches, 0);
   EXPECT_GT(error.argmax_checked, 0);
@@ -103,7 +70,7 @@ TEST(FastArithmetic, Fp32GemmMatchesTransformersAtTheExactTolerances) {
 TEST(FastArithmetic, Bf16GemmStaysWithinItsMeasuredErrorOfTransformers) {
   if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/1);
-  const LogitsError error = logits_error();
+  const test::LogitsError error = logits_error();
   EXPECT_LE(error.median, 0.005);
   EXPECT_LE(error.worst, 0.35);
   EXPECT_LE(error.argmax_mismatches, 6);

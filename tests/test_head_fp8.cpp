@@ -12,6 +12,7 @@
 #include "core/numeric.h"
 #include "kernels/ops.h"
 #include "model/model.h"
+#include "fixture_logits.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -68,30 +69,10 @@ TEST(HeadFp8, LogitsStayNearTheReference) {
   Weights weights = Weights::load(test::tiny_model_dir());
   quantize_output_heads_fp8(weights);
   const Model model(std::move(weights));
-  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
-  const std::int64_t vocab = model.config().vocab_size;
-  std::vector<double> rows;
-  std::int64_t mismatches = 0, checked = 0;
-  for (const auto& [name, view] : reference->tensors()) {
-    if (!name.starts_with("input_ids_")) continue;
-    const auto ids = test::read_i64(view);
-    const auto tokens = static_cast<std::int64_t>(ids.size());
-    const ForwardOutput out = model.forward(ids);
-    const auto expected = test::read_f32(reference->tensors().at("logits_" + name.substr(10)));
-    ASSERT_EQ(out.logits.size(), expected.size());
-    for (std::int64_t r = 0; r < tokens; ++r)
-      rows.push_back(test::relative_l2(out.logits.data() + r * vocab, expected.data() + r * vocab, vocab));
-    const auto compared = test::compare_rows(out.logits.data(), expected.data(), tokens, vocab);
-    mismatches += compared.argmax_mismatches;
-    checked += compared.argmax_checked;
-  }
+  const test::LogitsError error = test::fixture_logits_error(model);
   kernels::set_exact_arithmetic(was_exact);
-  ASSERT_FALSE(rows.empty());
-  std::sort(rows.begin(), rows.end());
-  const double median = rows[rows.size() / 2], worst = rows.back();
-  std::printf("--head-fp8 logits relative L2 error over %zu rows: median %.3g, worst %.3g; arg-max differs on %lld "
-              "of %lld rows\n",
-              rows.size(), median, worst, static_cast<long long>(mismatches), static_cast<long long>(checked));
+  const double median = error.median, worst = error.worst;
+  const std::int64_t mismatches = error.argmax_mismatches, checked = error.argmax_checked;
   // E4M3 keeps 3 mantissa bits: each head weight moves by up to 1/16 of itself, about 2.5% on
   // average. Measured: median 2.65e-2, worst 2.9e-2 of a row's norm, arg-max different on 17 of
   // 369 rows (this random model's logits are nearly flat, so its top two are often close). The

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "each_isa.h"
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/cpu/ops.h"
@@ -73,16 +74,7 @@ StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows, std::i
   return stored;
 }
 
-// Every instruction set this CPU has, forced in turn, so AVX2 and scalar are checked on an
-// AVX-512 machine too; restores the automatic choice when it goes out of scope.
-struct EachIsa {
-  std::vector<kernels::Isa> isas;
-  EachIsa() {
-    for (auto isa : {kernels::Isa::scalar, kernels::Isa::avx2, kernels::Isa::avx512})
-      if (kernels::isa_supported(isa)) isas.push_back(isa);
-  }
-  ~EachIsa() { kernels::set_isa_for_testing(std::nullopt); }
-};
+using test::EachIsa;
 
 TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
   // {rows, out, in}: rows on both sides of the GEMV / sgemm switch, ragged lane and block edges.
