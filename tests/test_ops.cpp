@@ -41,8 +41,13 @@ std::shared_ptr<std::byte> device_memory(const Backend& backend, std::size_t byt
           [&backend](std::byte* data) { backend.release(data); }};
 }
 
-void to_device(void* device, const void* host, std::size_t bytes) { std::memcpy(device, host, bytes); }
-void to_host(void* host, const void* device, std::size_t bytes) { std::memcpy(host, device, bytes); }
+// Nothing to copy for an empty vector, whose data() may be null (memcpy's arguments may not).
+void to_device(void* device, const void* host, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(device, host, bytes);
+}
+void to_host(void* host, const void* device, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(host, device, bytes);
+}
 
 void upload(const std::vector<float>& values, Tensor t) {
   for (std::int64_t r = 0; r < t.rows; ++r)
