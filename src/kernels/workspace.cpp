@@ -1,10 +1,9 @@
 // Tensor views and the Workspace arena: the device-neutral part of the op interface.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 #include <new>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 
@@ -12,14 +11,7 @@ namespace dsv3::kernels {
 namespace {
 
 std::atomic<bool>& exact_setting() {
-  static std::atomic<bool> exact = [] {
-    const char* value = std::getenv("DSV3_EXACT");
-    if (value == nullptr || *value == '\0') return false;
-    const std::string_view text(value);
-    if (text == "1") return true;
-    if (text == "0") return false;
-    fail("DSV3_EXACT={}: expected 1 (exact FP32 arithmetic) or 0 (fast)", text);
-  }();
+  static std::atomic<bool> exact = env_flag("DSV3_EXACT", false);  // 1: exact FP32 arithmetic, 0: fast
   return exact;
 }
 

@@ -1,13 +1,12 @@
 #include "model/weights.h"
 
 #include <algorithm>
-#include <memory>
-#include <string_view>
-#include <cstdlib>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
@@ -213,11 +212,7 @@ namespace {
 // pool's threads.
 Matrix quantized_fp8(const Matrix& source) {
   constexpr std::int64_t kBlock = 128;
-  struct Owned {
-    std::vector<std::uint8_t> codes;
-  };
-  auto owned = std::make_shared<Owned>();
-  owned->codes.resize(static_cast<std::size_t>(source.rows * source.cols));
+  auto codes = std::make_shared<std::vector<std::uint8_t>>(static_cast<std::size_t>(source.rows * source.cols));
   const std::int64_t bands = (source.rows + kBlock - 1) / kBlock, scale_cols = (source.cols + kBlock - 1) / kBlock;
   auto scales = std::make_shared<std::vector<float>>(static_cast<std::size_t>(bands * scale_cols));
   ThreadPool::global().parallel_for(bands, 1, [&](std::int64_t first, std::int64_t last) {
@@ -231,7 +226,7 @@ Matrix quantized_fp8(const Matrix& source) {
         band[static_cast<std::size_t>(i)] = source.dtype == DType::BF16 ? bf16_to_float(bits) : f16_to_float(bits);
       }
       const Fp8Blocks blocks = quantize_fp8_blocks(band.data(), end - begin, source.cols, kBlock, kBlock);
-      std::copy(blocks.codes.begin(), blocks.codes.end(), owned->codes.begin() + begin * source.cols);
+      std::copy(blocks.codes.begin(), blocks.codes.end(), codes->begin() + begin * source.cols);
       std::copy(blocks.scales.begin(), blocks.scales.end(), scales->begin() + b * scale_cols);
     }
   });
@@ -240,22 +235,16 @@ Matrix quantized_fp8(const Matrix& source) {
   m.dtype = DType::F8_E4M3;
   m.rows = source.rows;
   m.cols = source.cols;
-  m.data = reinterpret_cast<const std::byte*>(owned->codes.data());
+  m.data = reinterpret_cast<const std::byte*>(codes->data());
   m.scales = std::move(scales);
   m.block_rows = kBlock;
   m.block_cols = kBlock;
-  m.owner = std::move(owned);
+  m.owner = std::move(codes);
   return m;
 }
 
-std::atomic<int>& heads_fp8_setting() {
-  static std::atomic<int> setting = [] {
-    const char* value = std::getenv("DSV3_HEAD_FP8");
-    const std::string_view text = value ? value : "";
-    if (text.empty() || text == "0") return 0;
-    if (text == "1") return 1;
-    fail("DSV3_HEAD_FP8={}: expected 1 or 0", text);
-  }();
+std::atomic<bool>& heads_fp8_setting() {
+  static std::atomic<bool> setting = env_flag("DSV3_HEAD_FP8", false);
   return setting;
 }
 
@@ -282,8 +271,8 @@ void quantize_output_heads_fp8(Weights& weights) {
   }
 }
 
-bool output_heads_fp8() { return heads_fp8_setting().load(std::memory_order_relaxed) != 0; }
+bool output_heads_fp8() { return heads_fp8_setting().load(std::memory_order_relaxed); }
 
-void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8 ? 1 : 0, std::memory_order_relaxed); }
+void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8, std::memory_order_relaxed); }
 
 }  // namespace dsv3

@@ -59,12 +59,8 @@ constexpr std::int64_t kSiluValuesPerTask = std::int64_t{1} << 14;  // swiglu: a
 // body(first, last) over [0, rows) in tasks of at least `min_values` values of rows of `cols`.
 template <typename Body>
 void for_rows(std::int64_t rows, std::int64_t cols, std::int64_t min_values, Body&& body) {
-  const std::int64_t grain = std::max<std::int64_t>(1, min_values / std::max<std::int64_t>(cols, 1));
-  if (rows <= grain) {
-    body(std::int64_t{0}, rows);
-    return;
-  }
-  ThreadPool::global().parallel_for(rows, grain, body);
+  // The pool runs a loop of no more than `grain` rows on the calling thread, waking nobody.
+  ThreadPool::global().parallel_for(rows, std::max<std::int64_t>(1, min_values / std::max<std::int64_t>(cols, 1)), body);
 }
 
 // moe_combine's map from route to dispatched row, kept per calling thread so that it is allocated
