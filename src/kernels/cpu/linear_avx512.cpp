@@ -32,13 +32,22 @@ constexpr int kOutputRows = 4;
 // Activation rows per pass over a step's weights: 4 x 4 accumulators leave registers for the rest.
 constexpr int kActivationRows = 4;
 // With more activation rows than that (a batch's decode step), widening the weights to float32
-// costs about as much as the FMAs they feed: 4 x 6 accumulators (29 registers with the 4 weights
-// and 1 activation vector) share each widened vector among 6 rows. bench_kernels HeadRows
-// (129280 x 1024, 16 rows, one thread, CPU time on a loaded host): BF16 65 -> 60 ms, FP8 67 ->
-// 56 ms; 3 x 8, 2 x 8 and 2 x 12 ran BF16 at 97-110 ms. Each output's sum keeps its order (one
-// accumulator per output, columns in order), so a row's result does not depend on its neighbours.
-constexpr int kWideOutputRows = 4;
-constexpr int kWideActivationRows = 6;
+// costs about as much as the FMAs they feed, so each widened vector feeds several activation rows:
+// 4 x 6 accumulators for BF16 (29 registers with the 4 weights and 1 activation vector), 2 x 8 for
+// FP8, whose widening takes twice the instructions. Each output's sum keeps its order (one
+// accumulator per output, columns in order), so a row's result does not depend on its neighbours,
+// nor on the block shape. BF16 at 3 x 8 or 2 x 8 ran twice as slow from 12 rows on: 8 activation
+// rows 4 KiB apart (K = 1024) and the weight rows 2 KiB apart share too few L1 ways.
+template <DType D>
+constexpr int kWideOutputRows = D == DType::F8_E4M3 ? 2 : 4;
+template <DType D>
+constexpr int kWideActivationRows = D == DType::F8_E4M3 ? 8 : 6;
+// ...and the weight rows go in chunks of about this many bytes, each chunk against one block of
+// activation rows after another: the chunk is read from memory once and then from L2, and the
+// block's activations stay in L1. Going over all rows for each block instead read the activations
+// from L2, three times the bytes of the weights. bench_kernels HeadRows (129280 x 1024, 16 rows, 2
+// threads, best of 3): BF16 29.5 -> 23.7 ms; FP8 (with 2 x 8 rather than 4 x 6) 26.5 -> 23.3 ms.
+constexpr std::int64_t kWideChunkBytes = 256 << 10;
 
 #define DSV3_INLINE inline __attribute__((always_inline))
 
@@ -87,8 +96,32 @@ DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::i
   }
 }
 
+// BF16 columns [col, col + 32) of R weight rows against M activation rows whose 32 columns there
+// are stored even ones first, then odd ones (see pair_columns): one 64-byte load holds both halves,
+// and each widens in one instruction (a shift for the even columns, a mask for the odd), half of
+// what widening 16 columns in order takes. Lane j adds column col + 2j, then col + 2j + 1.
+template <int R, int M>
+DSV3_INLINE void accumulate_bf16_pairs(const std::byte* const* rows, const float* x, std::int64_t cols, std::int64_t col,
+                                       __m512 (&acc)[R][M]) {
+  __m512 w[R];
+  for (int r = 0; r < R; ++r)
+    w[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(rows[r] + col * 2), 16));
+  for (int m = 0; m < M; ++m) {
+    const __m512 xv = _mm512_loadu_ps(x + m * cols + col);
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], xv, acc[r][m]);
+  }
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  for (int r = 0; r < R; ++r)
+    w[r] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(rows[r] + col * 2), high));
+  for (int m = 0; m < M; ++m) {
+    const __m512 xv = _mm512_loadu_ps(x + m * cols + col + kLanes);
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], xv, acc[r][m]);
+  }
+}
+
 // y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows (FP8: unscaled
-// codes against activations that carry the block scales, see gemv_typed).
+// codes against activations that carry the block scales; BF16: activations in pairs; see
+// gemv_typed).
 template <DType D, int R, int M>
 void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   constexpr std::int64_t kBytes = element_bytes<D>();
@@ -105,6 +138,12 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   std::int64_t c = 0;
+  if constexpr (D == DType::BF16) {
+    for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      accumulate_bf16_pairs<R, M>(rows, x, cols, c, acc);
+    }
+  }
   for (; c + kLanes <= cols; c += kLanes) {
     for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
     accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, acc);
@@ -156,26 +195,69 @@ void rows_range_blocked(const float* x, std::int64_t rows, const Matrix& w, std:
 }
 
 template <DType D>
+void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                     float* y) {
+  constexpr int R = kWideOutputRows<D>, M = kWideActivationRows<D>;
+  const std::int64_t chunk = std::max<std::int64_t>(R, kWideChunkBytes / (w.cols * element_bytes<D>()) / R * R);
+  for (std::int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
+    const std::int64_t c1 = std::min(n_end, c0 + chunk);
+    for (std::int64_t m0 = 0; m0 < rows; m0 += M) {
+      const std::int64_t count = std::min<std::int64_t>(M, rows - m0);
+      const float* xm = x + m0 * w.cols;
+      float* ym = y + m0 * w.rows;
+      std::int64_t n = c0;
+      for (; n + R <= c1; n += R) block_rows<D, R, M>(count, xm, w, n, ym);
+      for (; n < c1; ++n) block_rows<D, 1, M>(count, xm, w, n, ym);
+    }
+  }
+}
+
+template <DType D>
 void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
-  if (rows > kActivationRows)
-    return rows_range_blocked<D, kWideOutputRows, kWideActivationRows>(x, rows, w, n_begin, n_end, y);
+  if (rows > kActivationRows) return rows_range_wide<D>(x, rows, w, n_begin, n_end, y);
   rows_range_blocked<D, kOutputRows, kActivationRows>(x, rows, w, n_begin, n_end, y);
 }
 
 // FP8: every weight row of one band of block_rows shares its scale per column block, so the scales
 // (and the F16 conversion's 2^8) are folded into a scaled copy of the activations once per band,
 // and the inner loop is conversion + FMA only.
+// An activation row as accumulate_bf16_pairs reads it: each whole 32 columns as their 16 even
+// columns, then their 16 odd ones; the last cols % 32 as they are.
+void pair_columns(const float* in, std::int64_t cols, float* out) {
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  std::int64_t c = 0;
+  for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
+    const __m512 lo = _mm512_loadu_ps(in + c), hi = _mm512_loadu_ps(in + c + kLanes);
+    _mm512_storeu_ps(out + c, _mm512_permutex2var_ps(lo, even, hi));
+    _mm512_storeu_ps(out + c + kLanes, _mm512_permutex2var_ps(lo, odd, hi));
+  }
+  std::copy(in + c, in + cols, out + c);
+}
+
 template <DType D>
 void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                 float* y) {
-  if constexpr (D != DType::F8_E4M3) {
+  if constexpr (D == DType::BF16) {
+    // The activations in pairs, as many rows at a time as the stack holds (all of a decode step's).
+    const std::int64_t cols = w.cols;
+    alignas(64) float stack[kStackScratchFloats];
+    float* paired = nullptr;
+    const std::int64_t group =
+        activation_group(stack, rows, cols, rows > kActivationRows ? kWideActivationRows<D> : kActivationRows, paired);
+    for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
+      const std::int64_t count = std::min(group, rows - m0);
+      for (std::int64_t m = 0; m < count; ++m) pair_columns(x + (m0 + m) * cols, cols, paired + m * cols);
+      rows_range<D>(paired, count, w, n_begin, n_end, y + m0 * w.rows);
+    }
+  } else if constexpr (D != DType::F8_E4M3) {
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
     const std::int64_t cols = w.cols;
     alignas(64) float stack[kStackScratchFloats];  // the scaled activations of `group` rows at a time
     float* scaled = nullptr;
     const std::int64_t group =
-        activation_group(stack, rows, cols, rows > kActivationRows ? kWideActivationRows : kActivationRows, scaled);
+        activation_group(stack, rows, cols, rows > kActivationRows ? kWideActivationRows<D> : kActivationRows, scaled);
     for (std::int64_t n = n_begin; n < n_end;) {
       const std::int64_t band = n / w.block_rows;
       const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
