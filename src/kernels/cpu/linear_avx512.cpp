@@ -314,43 +314,67 @@ void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, flo
   }
 }
 
-// Up to kCombineChunks x 16 columns at a time in registers, one activation row at a time: the
-// weight rows (MLA's W_UK of one head, 64 x 512 at most for DeepSeek-V3) stay in L1 for the next.
-constexpr std::int64_t kCombineChunks = 16;
+// kCombineVectors x 16 columns of kCombineRows activation rows at a time in registers: each weight
+// vector is widened once for all of them, and the weight rows (MLA's W_UK of one head, 64 x 512 at
+// most for DeepSeek-V3) stay in L1 for the next columns and rows. Every output's sum runs over i in
+// order, whichever rows and columns share a block.
+constexpr std::int64_t kCombineVectors = 4;
+constexpr int kCombineRows = 6;
+
+template <DType D, int M>
+void combine_block(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                   std::int64_t coeff_stride, std::int64_t c0, float* out, std::int64_t out_stride) {
+  const std::int64_t cols = w.cols;
+  constexpr bool kScaled = D == DType::F8_E4M3;
+  const std::int64_t vectors = std::min(kCombineVectors, (cols - c0 + kLanes - 1) / kLanes);
+  __mmask16 mask[kCombineVectors];
+  for (std::int64_t k = 0; k < kCombineVectors; ++k) {
+    const std::int64_t left = cols - c0 - k * kLanes;
+    mask[k] = left >= kLanes ? static_cast<__mmask16>(0xffff) : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
+  }
+  __m512 acc[M][kCombineVectors];
+  for (int m = 0; m < M; ++m)
+    for (std::int64_t k = 0; k < kCombineVectors; ++k) acc[m][k] = _mm512_setzero_ps();
+  for (std::int64_t i = 0; i < count; ++i) {
+    const std::int64_t r = first + i;
+    const std::byte* row = w.data + r * cols * element_bytes<D>();
+    __m512 v[kCombineVectors];
+    for (std::int64_t k = 0; k < kCombineVectors; ++k)
+      v[k] = k < vectors ? (mask[k] == 0xffff ? load_weights<D, true>(row, c0 + k * kLanes, 0xffff)
+                                              : load_weights<D, false>(row, c0 + k * kLanes, mask[k]))
+                         : _mm512_setzero_ps();
+    for (int m = 0; m < M; ++m) {
+      const float coeff = coeffs[m * coeff_stride + i];
+      for (std::int64_t k = 0; k < kCombineVectors; ++k) {
+        float factor = coeff;
+        if constexpr (kScaled)
+          factor *= (*w.scales)[(r / w.block_rows) * w.scale_cols() + (c0 + k * kLanes) / w.block_cols] * kFp8ScaleFold;
+        acc[m][k] = _mm512_fmadd_ps(_mm512_set1_ps(factor), v[k], acc[m][k]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (std::int64_t k = 0; k < vectors; ++k)
+      _mm512_mask_storeu_ps(out + m * out_stride + c0 + k * kLanes, mask[k], acc[m][k]);
+}
+
+template <DType D, int M>
+void combine_rows_tail(std::int64_t rows, const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                       std::int64_t coeff_stride, std::int64_t c0, float* out, std::int64_t out_stride) {
+  if constexpr (M > 1) {
+    if (rows < M) return combine_rows_tail<D, M - 1>(rows, w, first, count, coeffs, coeff_stride, c0, out, out_stride);
+  }
+  combine_block<D, M>(w, first, count, coeffs, coeff_stride, c0, out, out_stride);
+}
 
 template <DType D>
 void combine_rows_typed(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
                         std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) {
-  const std::int64_t cols = w.cols;
-  constexpr bool kScaled = D == DType::F8_E4M3;
-  for (std::int64_t m = 0; m < rows; ++m) {
-    const float* coeff = coeffs + m * coeff_stride;
-    for (std::int64_t c0 = 0; c0 < cols; c0 += kCombineChunks * kLanes) {
-      const std::int64_t chunks = std::min(kCombineChunks, (cols - c0 + kLanes - 1) / kLanes);
-      __m512 acc[kCombineChunks];
-      for (std::int64_t k = 0; k < kCombineChunks; ++k) acc[k] = _mm512_setzero_ps();
-      for (std::int64_t i = 0; i < count; ++i) {
-        const std::int64_t r = first + i;
-        const std::byte* row = w.data + r * cols * element_bytes<D>();
-        for (std::int64_t k = 0; k < chunks; ++k) {
-          const std::int64_t c = c0 + k * kLanes;
-          float factor = coeff[i];
-          if constexpr (kScaled)
-            factor *= (*w.scales)[(r / w.block_rows) * w.scale_cols() + c / w.block_cols] * kFp8ScaleFold;
-          const __m512 v = c + kLanes <= cols
-                               ? load_weights<D, true>(row, c, 0xffff)
-                               : load_weights<D, false>(row, c, static_cast<__mmask16>((1u << (cols - c)) - 1));
-          acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(factor), v, acc[k]);
-        }
-      }
-      for (std::int64_t k = 0; k < chunks; ++k) {
-        const std::int64_t c = c0 + k * kLanes;
-        float* target = out + m * out_stride + c;
-        if (c + kLanes <= cols) _mm512_storeu_ps(target, acc[k]);
-        else _mm512_mask_storeu_ps(target, static_cast<__mmask16>((1u << (cols - c)) - 1), acc[k]);
-      }
-    }
-  }
+  for (std::int64_t c0 = 0; c0 < w.cols; c0 += kCombineVectors * kLanes)
+    for (std::int64_t m0 = 0; m0 < rows; m0 += kCombineRows)
+      combine_rows_tail<D, kCombineRows>(std::min<std::int64_t>(kCombineRows, rows - m0), w, first, count,
+                                         coeffs + m0 * coeff_stride, coeff_stride, c0, out + m0 * out_stride,
+                                         out_stride);
 }
 
 void combine_rows(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
