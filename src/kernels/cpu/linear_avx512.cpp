@@ -347,8 +347,10 @@ void combine_block(const Matrix& w, std::int64_t first, std::int64_t count, cons
       const float coeff = coeffs[m * coeff_stride + i];
       for (std::int64_t k = 0; k < kCombineVectors; ++k) {
         float factor = coeff;
-        if constexpr (kScaled)
-          factor *= (*w.scales)[(r / w.block_rows) * w.scale_cols() + (c0 + k * kLanes) / w.block_cols] * kFp8ScaleFold;
+        if constexpr (kScaled) {  // a vector past the row's end (v[k] = 0) takes the last block's scale
+          const std::int64_t col = std::min(c0 + k * kLanes, cols - 1);
+          factor *= (*w.scales)[(r / w.block_rows) * w.scale_cols() + col / w.block_cols] * kFp8ScaleFold;
+        }
         acc[m][k] = _mm512_fmadd_ps(_mm512_set1_ps(factor), v[k], acc[m][k]);
       }
     }
