@@ -218,9 +218,6 @@ void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
   rows_range_blocked<D, kOutputRows, kActivationRows>(x, rows, w, n_begin, n_end, y);
 }
 
-// FP8: every weight row of one band of block_rows shares its scale per column block, so the scales
-// (and the F16 conversion's 2^8) are folded into a scaled copy of the activations once per band,
-// and the inner loop is conversion + FMA only.
 // An activation row as accumulate_bf16_pairs reads it: each whole 32 columns as their 16 even
 // columns, then their 16 odd ones; the last cols % 32 as they are.
 void pair_columns(const float* in, std::int64_t cols, float* out) {
@@ -235,6 +232,9 @@ void pair_columns(const float* in, std::int64_t cols, float* out) {
   std::copy(in + c, in + cols, out + c);
 }
 
+// BF16: the activations in pairs (above). FP8: every weight row of one band of block_rows shares its
+// scale per column block, so the scales (and the F16 conversion's 2^8) are folded into a scaled copy
+// of the activations once per band, and the inner loop is conversion + FMA only.
 template <DType D>
 void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                 float* y) {
