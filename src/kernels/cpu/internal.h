@@ -62,6 +62,9 @@ inline std::int64_t lanes_for(const ThreadPool& pool, std::int64_t tasks) {
   return std::max<std::int64_t>(1, std::min<std::int64_t>(tasks, pool.size()));
 }
 
+// See WeightKernels::combine_rows below: the widest vector of floats a kernel scales as one.
+constexpr std::int64_t kCombineFp8BlockMultiple = 16;
+
 // One instruction set's weight-streaming kernels (linear_scalar.cpp, linear_avx2.cpp,
 // linear_avx512.cpp). Each lives in its own file so that its template instantiations, compiled
 // for its target, stay internal to that file.
@@ -79,7 +82,9 @@ struct WeightKernels {
   // out[m * out_stride + c] = Σ_i coeffs[m * coeff_stride + i] · weight[first + i, c] for m < rows,
   // i < count, every column c: weight rows combined, read in their storage dtype and widened in
   // registers, each row's sum in the order of i (MLA's absorbed query, W_UKᵀ q). nullptr where an
-  // instruction set has none (the caller then dequantises and multiplies).
+  // instruction set has none (the caller then dequantises and multiplies). FP8 weights only with
+  // blocks a multiple of kCombineFp8BlockMultiple columns wide: the kernels take one block scale per
+  // vector (DeepSeek's blocks are 128 wide; the caller checks).
   void (*combine_rows)(const Matrix& weight, std::int64_t first, std::int64_t count, const float* coeffs,
                        std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) = nullptr;
 };

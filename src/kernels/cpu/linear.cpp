@@ -150,11 +150,10 @@ void combine_rows(const Matrix& weight, std::int64_t first, std::int64_t count, 
   if (first < 0 || count < 0 || first + count > weight.rows)
     fail("{}: rows [{}, {}) outside [0, {})", weight.name, first, first + count, weight.rows);
   const WeightKernels& kernels = weight_kernels();
-  // The SIMD kernel takes one FP8 block scale per 16 columns (any block width DeepSeek's checkpoints use).
-  const bool vector_blocks = weight.dtype != DType::F8_E4M3 || weight.block_cols % 16 == 0;
-  if (kernels.combine_rows && vector_blocks)
+  if (kernels.combine_rows && (weight.dtype != DType::F8_E4M3 || weight.block_cols % kCombineFp8BlockMultiple == 0))
     return kernels.combine_rows(weight, first, count, coeffs, coeff_stride, rows, out, out_stride);
-  // Elsewhere, or FP8 blocks that split a vector: row by row, dequantised into a per-thread buffer, in the same order of i.
+  // Elsewhere, or FP8 blocks that split a kernel's vector: row by row, dequantised into a per-thread
+  // buffer, in the same order of i.
   std::vector<float>& row = thread_buffer(static_cast<std::size_t>(weight.cols));
   for (std::int64_t m = 0; m < rows; ++m) std::fill_n(out + m * out_stride, weight.cols, 0.0f);
   for (std::int64_t i = 0; i < count; ++i) {

@@ -319,6 +319,7 @@ void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, flo
 // most for DeepSeek-V3) stay in L1 for the next columns and rows. Every output's sum runs over i in
 // order, whichever rows and columns share a block.
 constexpr std::int64_t kCombineVectors = 4;
+static_assert(kCombineFp8BlockMultiple % kLanes == 0, "an FP8 block scale per vector");
 constexpr int kCombineRows = 6;
 
 template <DType D, int M>
