@@ -48,6 +48,14 @@ constexpr int kWideActivationRows = D == DType::F8_E4M3 ? 8 : 6;
 // from L2, three times the bytes of the weights. bench_kernels HeadRows (129280 x 1024, 16 rows, 2
 // threads, best of 3): BF16 29.5 -> 23.7 ms; FP8 (with 2 x 8 rather than 4 x 6) 26.5 -> 23.3 ms.
 constexpr std::int64_t kWideChunkBytes = 256 << 10;
+// The first block over a chunk still waited on memory while the others were compute only (the head
+// at 16 rows took the time of reading it plus that of two thirds of its FMAs). So every block also
+// fetches a share of the next chunk's lines into L2, and the memory stream runs under the FMAs
+// throughout. `dsv3 bench --batch 16 --profile`, bench-1b: BF16 head 23.6 -> 20.4 ms a step. FP8,
+// whose widening makes it compute-bound at 16 rows, ran slower with it (HeadRows 23.3 -> 25.3 ms).
+template <DType D>
+constexpr bool kFetchNextChunk = D == DType::BF16;
+constexpr std::int64_t kCacheLine = 64;
 
 #define DSV3_INLINE inline __attribute__((always_inline))
 
@@ -123,7 +131,8 @@ DSV3_INLINE void accumulate_bf16_pairs(const std::byte* const* rows, const float
 // codes against activations that carry the block scales; BF16: activations in pairs; see
 // gemv_typed).
 template <DType D, int R, int M>
-void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
+void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std::byte* far = nullptr,
+           std::int64_t far_lines = 0) {
   constexpr std::int64_t kBytes = element_bytes<D>();
   const std::int64_t cols = w.cols;
   const std::byte* rows[R];
@@ -141,11 +150,22 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   if constexpr (D == DType::BF16) {
     for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      if (far_lines > 0) {  // two lines a step cover a block's share from 2 passes on (R = 4)
+        _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(far + kCacheLine), _MM_HINT_T1);
+        far += 2 * kCacheLine;
+        far_lines -= 2;
+      }
       accumulate_bf16_pairs<R, M>(rows, x, cols, c, acc);
     }
   }
   for (; c + kLanes <= cols; c += kLanes) {
     for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+    if (far_lines > 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
+      far += kCacheLine;
+      --far_lines;
+    }
     accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, acc);
   }
   if (c < cols) {
@@ -171,12 +191,13 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
 
 // `count` (1..M) activation rows against R weight rows.
 template <DType D, int R, int M>
-void block_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_t n0, float* y) {
+void block_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_t n0, float* y,
+                const std::byte* far = nullptr, std::int64_t far_lines = 0) {
   if constexpr (M == 1) {
-    block<D, R, 1>(x, w, n0, y);
+    block<D, R, 1>(x, w, n0, y, far, far_lines);
   } else {
-    if (count == M) return block<D, R, M>(x, w, n0, y);
-    block_rows<D, R, M - 1>(count, x, w, n0, y);
+    if (count == M) return block<D, R, M>(x, w, n0, y, far, far_lines);
+    block_rows<D, R, M - 1>(count, x, w, n0, y, far, far_lines);
   }
 }
 
@@ -198,15 +219,29 @@ template <DType D>
 void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                      float* y) {
   constexpr int R = kWideOutputRows<D>, M = kWideActivationRows<D>;
-  const std::int64_t chunk = std::max<std::int64_t>(R, kWideChunkBytes / (w.cols * element_bytes<D>()) / R * R);
+  const std::int64_t row_bytes = w.cols * element_bytes<D>();
+  const std::int64_t chunk = std::max<std::int64_t>(R, kWideChunkBytes / row_bytes / R * R);
+  const std::int64_t passes = (rows + M - 1) / M;
   for (std::int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const std::int64_t c1 = std::min(n_end, c0 + chunk);
+    // The next chunk goes into L2 while this one is used, a share of its lines with every block.
+    const std::int64_t next_lines =
+        kFetchNextChunk<D> ? (std::min(n_end, c1 + chunk) - c1) * row_bytes / kCacheLine : 0;
+    const std::int64_t blocks = passes * ((c1 - c0 + R - 1) / R);
+    const std::int64_t per_block = (next_lines + blocks - 1) / blocks;
+    const std::byte* far = w.data + c1 * row_bytes;
+    std::int64_t far_left = next_lines;
     for (std::int64_t m0 = 0; m0 < rows; m0 += M) {
       const std::int64_t count = std::min<std::int64_t>(M, rows - m0);
       const float* xm = x + m0 * w.cols;
       float* ym = y + m0 * w.rows;
       std::int64_t n = c0;
-      for (; n + R <= c1; n += R) block_rows<D, R, M>(count, xm, w, n, ym);
+      for (; n + R <= c1; n += R) {
+        const std::int64_t lines = std::min(per_block, far_left);
+        block_rows<D, R, M>(count, xm, w, n, ym, far, lines);
+        far += lines * kCacheLine;
+        far_left -= lines;
+      }
       for (; n < c1; ++n) block_rows<D, 1, M>(count, xm, w, n, ym);
     }
   }
