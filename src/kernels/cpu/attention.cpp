@@ -1,6 +1,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -61,13 +62,16 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 namespace dsv3::kernels {
 namespace {
 // Keys per step of attention_latent: a multiple of the page size. The AVX-512 products take 64,
-// whose gathered rows stay in the core's caches between the two products; OpenBLAS calls need
-// more keys to run at speed.
+// whose rows stay in the core's caches between the two products; OpenBLAS calls need more keys to
+// run at speed.
 constexpr std::int64_t kLatentChunk = 64, kLatentChunkBlas = 256;
+// Floats per cache line: the kernels' loads of the queries and the gathered rows stay whole lines.
+constexpr std::int64_t kLineFloats = 16;
 }  // namespace
 
 std::int64_t attention_latent_scratch(std::int64_t heads, std::int64_t width) {
-  return kLatentChunkBlas * width + heads * kLatentChunkBlas;
+  // The gathered rows, or the paired queries (from a cache line's start); then the scores.
+  return std::max(kLatentChunkBlas, heads) * width + kLineFloats + heads * kLatentChunkBlas;
 }
 
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
@@ -83,14 +87,23 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
   if (!simd) use_single_threaded_blas();
   const RowMax row_max = simd ? avx512_row_max() : nullptr;
+  // AVX-512 reads BF16 rows where they lie; every other case gathers them into float32 rows.
+  const bool in_place = simd && pages.dtype == DType::BF16;
   const std::int64_t chunk = simd ? kLatentChunk : kLatentChunkBlas;
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
-  // Gathered key rows [chunk, width], then the scores [heads, chunk].
-  const std::span<float> rows(scratch, static_cast<std::size_t>(chunk * width));
-  const std::span<float> scores(scratch + chunk * width, static_cast<std::size_t>(heads * chunk));
+  // Gathered key rows [chunk, width] (or the paired queries [heads, width]), then the scores
+  // [heads, chunk], from a cache line's start.
+  const std::int64_t first_part = in_place ? heads * width : chunk * width;
+  const auto misaligned = static_cast<std::int64_t>(reinterpret_cast<std::uintptr_t>(scratch) / sizeof(float) % kLineFloats);
+  float* const start = scratch + (kLineFloats - misaligned) % kLineFloats;
+  const std::span<float> rows(start, static_cast<std::size_t>(first_part));
+  const std::span<float> scores(start + first_part, static_cast<std::size_t>(heads * chunk));
+  std::array<const std::uint16_t*, kLatentChunk> key_rows{};
   std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
   std::fill_n(partial.sum, heads, 0.0f);
   std::fill_n(partial.acc, heads * value_dim, 0.0f);
+  if (in_place)
+    for (std::int64_t h = 0; h < heads; ++h) simd->pair(q + h * width, width, rows.data() + h * width);
 
   const std::size_t element = dtype_size(pages.dtype);
   const auto row_bytes = static_cast<std::size_t>(width) * element;
@@ -107,31 +120,41 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       position += run;
     }
   };
-  // Keys are taken `chunk` at a time, gathered from their pages into float32, so the two matrix
-  // products per chunk are large enough to run at speed.
+  // Keys are taken `chunk` at a time: their scores, the softmax's running maximum and sum, then the
+  // probability-weighted sum of their c_kv.
   for (std::int64_t first = key_begin; first < key_end; first += chunk) {
     const std::int64_t count = std::min(chunk, key_end - first);
     for_each_run(first, count, [&](const std::byte* source, std::int64_t run, std::int64_t offset) {
+      if (in_place) {
+        for (std::int64_t i = 0; i < run; ++i)
+          key_rows[static_cast<std::size_t>(offset + i)] = reinterpret_cast<const std::uint16_t*>(source) + i * width;
+        return;
+      }
       float* target = rows.data() + offset * width;
       if (pages.dtype == DType::BF16) {
         const auto* bits = reinterpret_cast<const std::uint16_t*>(source);
-        if (simd) {
-          simd->widen_bf16(bits, run * width, target);
-        } else {
-          for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
-        }
+        for (std::int64_t i = 0; i < run * width; ++i) target[i] = bf16_to_float(bits[i]);
       } else {
         std::memcpy(target, source, static_cast<std::size_t>(run) * row_bytes);
       }
     });
     // scores[h, j] = scale * q[h] · row_j for this chunk's rows
-    if (simd) {
+    if (in_place) {
+      simd->scores_bf16(rows.data(), heads, key_rows.data(), count, width, scale, scores.data());
+    } else if (simd) {
       simd->scores(q, heads, rows.data(), count, width, scale, scores.data());
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
                   static_cast<int>(width), scale, q, static_cast<int>(width), rows.data(), static_cast<int>(width),
                   0.0f, scores.data(), static_cast<int>(count));
     }
+    // The next chunk's first rows, which scores_bf16 does not fetch ahead, come in meanwhile.
+    if (in_place && first + count < key_end)
+      for_each_run(first + count, std::min(kLatentFetchAhead, key_end - first - count),
+                   [&](const std::byte* source, std::int64_t run, std::int64_t) {
+                     const std::size_t bytes = static_cast<std::size_t>(run) * row_bytes;
+                     for (std::size_t b = 0; b < bytes; b += kLineFloats * sizeof(float)) __builtin_prefetch(source + b);
+                   });
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
       const float chunk_max = row_max ? row_max(row, count) : *std::max_element(row, row + count);
@@ -144,7 +167,9 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
         for (std::int64_t d = 0; d < value_dim; ++d) partial.acc[h * value_dim + d] *= rescale;
     }
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
-    if (simd) {
+    if (in_place) {
+      simd->accumulate_bf16(scores.data(), heads, count, key_rows.data(), value_dim, partial.acc);
+    } else if (simd) {
       simd->accumulate(scores.data(), heads, count, rows.data(), width, value_dim, partial.acc);
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),
@@ -152,6 +177,8 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
                   static_cast<int>(width), 1.0f, partial.acc, static_cast<int>(value_dim));
     }
   }
+  if (in_place)
+    for (std::int64_t h = 0; h < heads; ++h) simd->unpair(partial.acc + h * value_dim, value_dim);
 }
 
 void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t heads, std::int64_t value_dim,

@@ -1,11 +1,12 @@
-// The two small products of decode's latent attention for AVX-512 (attention.cpp calls them on a
-// chunk of gathered float32 key rows): the scores of every head against every key, and the
-// probability-weighted sum of the keys' c_kv; the widening of BF16 cache rows that gathers them;
-// and the softmax rows' maximum, for both attention ops. Register-blocked 4 heads at a time, the
-// products replace a BLAS call that, for these shapes (16 heads x 64 keys x 288), spends more time
-// choosing and packing than multiplying, and that allocates. Every small loop over a block's
-// registers is unrolled by pragma: left to GCC 12, arrays of accumulators lived on the stack and
-// each step stored them all, which halved the products' speed. Compiled for that target here only.
+// The two small products of decode's latent attention for AVX-512 (attention.cpp calls them a
+// chunk of keys at a time): the scores of every head against every key, and the
+// probability-weighted sum of the keys' c_kv, on gathered float32 rows or on BF16 cache rows where
+// they lie; and the softmax rows' maximum, for both attention ops. Register-blocked several heads
+// at a time, the products replace a BLAS call that, for these shapes (16 heads x 64 keys x 288),
+// spends more time choosing and packing than multiplying, and that allocates. Every small loop over
+// a block's registers is unrolled by pragma: left to GCC 12, arrays of accumulators lived on the
+// stack and each step stored them all, which halved the products' speed. Compiled for that target
+// here only.
 #include "kernels/cpu/internal.h"
 
 #include "core/numeric.h"
@@ -16,10 +17,10 @@
 #include <limits>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f")
+#pragma GCC target("avx512f,avx512bw,avx512vl")
 #endif
 // GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
 // -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
@@ -27,6 +28,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu/bf16_pairs_avx512.h"
 #include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
@@ -139,14 +141,178 @@ void latent_accumulate(const float* p, std::int64_t heads, std::int64_t count, c
   }
 }
 
-// BF16 cache rows as float32, the same bits as bf16_to_float: 16 at a time, the tail one by one.
-void widen_bf16(const std::uint16_t* bits, std::int64_t count, float* out) {
-  std::int64_t i = 0;
-  for (; i + kLanes <= count; i += kLanes) {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)));
-    _mm512_storeu_si512(out + i, _mm512_slli_epi32(wide, 16));
+// The same two products on BF16 cache rows read where they lie, `keys[j]` pointing at key j's
+// row, with the queries and the value sums paired (bf16_pairs_avx512.h): each 64-byte load of a row
+// widens to 32 values in two instructions. Gathering the rows into float32 first (a 72 KiB copy per
+// 64 keys, past L1) took 29% of a batch's latent attention. bench_kernels, 3 paired runs' medians:
+// AttentionLatentStep/16 (from memory, 2 threads) 12.3-14.6 -> 9.6-10.8 ms; AttentionLatent/4096
+// (one thread, from cache) 826-835 -> 645-652 us. 8 heads x 2 keys a block: 16 accumulators and the
+// 4 halves of 2 widened rows, 4 widening instructions per 32 FMAs.
+constexpr std::int64_t kPair = avx512::kPairColumns;
+
+// 16 BF16 values at `bits`, the `mask` lanes read, as float32 in order.
+__m512 widen_16(const std::uint16_t* bits, __mmask16 mask) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, bits)), 16));
+}
+
+constexpr std::int64_t kCacheLine = 64;
+
+// scores[h, j] = scale · q[h] · keys[j] for H heads from `h0` and K keys from `j0`.
+template <int H, int K>
+void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::int64_t width, std::int64_t count,
+                       float scale, std::int64_t h0, std::int64_t j0, float* scores) {
+  __m512 acc[H * K];
+  #pragma GCC unroll 16
+  for (int i = 0; i < H * K; ++i) acc[i] = _mm512_setzero_ps();
+  std::int64_t c = 0;
+  for (; c + kPair <= width; c += kPair) {
+    __m512 even[K], odd[K];
+    #pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) {
+      const __m512i pairs = _mm512_loadu_si512(keys[j0 + k] + c);
+      even[k] = avx512::bf16_even(pairs);
+      odd[k] = avx512::bf16_odd(pairs);
+    }
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) {
+      const float* qh = q + (h0 + h) * width + c;
+      const __m512 q_even = _mm512_loadu_ps(qh);
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(q_even, even[k], acc[h * K + k]);
+      const __m512 q_odd = _mm512_loadu_ps(qh + kLanes);
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(q_odd, odd[k], acc[h * K + k]);
+    }
   }
-  for (; i < count; ++i) out[i] = bf16_to_float(bits[i]);
+  for (; c < width; c += kLanes) {  // the last width % 32 columns, in order
+    const __mmask16 mask = tail_mask(width - c);
+    __m512 key[K];
+    #pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) key[k] = widen_16(keys[j0 + k] + c, mask);
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) {
+      const __m512 query = _mm512_maskz_loadu_ps(mask, q + (h0 + h) * width + c);
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(query, key[k], acc[h * K + k]);
+    }
+  }
+  if constexpr (H * K == 16) {
+    __m512 v[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) v[i] = acc[i];
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, avx512::reduce_add_16(v));
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
+  } else {
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h)
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
+  }
+}
+
+// 8 heads at a time (16 accumulators for 2 keys, 4 widened key vectors), then the rest of them.
+constexpr int kScoreHeads = 8;
+
+template <int K, int H = kScoreHeads>
+void scores_heads_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t width,
+                       std::int64_t count, float scale, std::int64_t j0, float* scores) {
+  std::int64_t h = 0;
+  for (; h + H <= heads; h += H) scores_block_bf16<H, K>(q, keys, width, count, scale, h, j0, scores);
+  if constexpr (H > 1) {
+    if (h < heads) scores_heads_bf16<K, H - 1>(q + h * width, heads - h, keys, width, count, scale, j0, scores + h * count);
+  }
+}
+
+// A key row's lines into L1 (`width` BF16 values).
+inline void fetch_row(const std::uint16_t* row, std::int64_t width) {
+  const auto* bytes = reinterpret_cast<const char*>(row);
+  for (std::int64_t b = 0; b < width * 2; b += kCacheLine) _mm_prefetch(bytes + b, _MM_HINT_T0);
+}
+
+// Each sequence's cache is read from memory once a step, so the rows kLatentFetchAhead keys ahead
+// of the pair being scored are fetched meanwhile (attention_latent fetches a chunk's first ones).
+void latent_scores_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
+                        std::int64_t width, float scale, float* scores) {
+  std::int64_t j = 0;
+  for (; j + 2 <= count; j += 2) {
+    for (std::int64_t a = j + kLatentFetchAhead; a < std::min(count, j + kLatentFetchAhead + 2); ++a)
+      fetch_row(keys[a], width);
+    scores_heads_bf16<2>(q, heads, keys, width, count, scale, j, scores);
+  }
+  if (j < count) scores_heads_bf16<1>(q, heads, keys, width, count, scale, j, scores);
+}
+
+// acc[h, d] += Σ_j p[h, j] · keys[j, d] for H heads from `h0` and values [d0, d0 + 32), paired in acc.
+template <int H>
+void accumulate_block_bf16(const float* p, std::int64_t count, const std::uint16_t* const* keys,
+                           std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
+  __m512 even[H], odd[H];
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) {
+    even[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0);
+    odd[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0 + kLanes);
+  }
+  for (std::int64_t j = 0; j < count; ++j) {
+    const __m512i pairs = _mm512_loadu_si512(keys[j] + d0);
+    const __m512 key_even = avx512::bf16_even(pairs), key_odd = avx512::bf16_odd(pairs);
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) {
+      const __m512 weight = _mm512_set1_ps(p[(h0 + h) * count + j]);
+      even[h] = _mm512_fmadd_ps(weight, key_even, even[h]);
+      odd[h] = _mm512_fmadd_ps(weight, key_odd, odd[h]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) {
+    _mm512_storeu_ps(acc + (h0 + h) * value_dim + d0, even[h]);
+    _mm512_storeu_ps(acc + (h0 + h) * value_dim + d0 + kLanes, odd[h]);
+  }
+}
+
+// The same for values [d0, d0 + 16) past the last whole 32, in order, the `mask` lanes.
+template <int H>
+void accumulate_tail_bf16(const float* p, std::int64_t count, const std::uint16_t* const* keys,
+                          std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
+  const __mmask16 mask = tail_mask(value_dim - d0);
+  __m512 sum[H];
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) sum[h] = _mm512_maskz_loadu_ps(mask, acc + (h0 + h) * value_dim + d0);
+  for (std::int64_t j = 0; j < count; ++j) {
+    const __m512 key = widen_16(keys[j] + d0, mask);
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) sum[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[(h0 + h) * count + j]), key, sum[h]);
+  }
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) _mm512_mask_storeu_ps(acc + (h0 + h) * value_dim + d0, mask, sum[h]);
+}
+
+// 8 heads at a time (16 accumulators, 2 widened key vectors), then the rest of them.
+constexpr int kAccumulateHeads = 8;
+
+template <int H = kAccumulateHeads>
+void accumulate_heads_bf16(const float* p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
+                           std::int64_t value_dim, std::int64_t d0, float* acc) {
+  const bool tail = d0 + kPair > value_dim;
+  std::int64_t h = 0;
+  for (; h + H <= heads; h += H) {
+    if (tail) {
+      accumulate_tail_bf16<H>(p, count, keys, value_dim, h, d0, acc);
+    } else {
+      accumulate_block_bf16<H>(p, count, keys, value_dim, h, d0, acc);
+    }
+  }
+  if constexpr (H > 1) {
+    if (h < heads) accumulate_heads_bf16<H - 1>(p + h * count, heads - h, count, keys, value_dim, d0, acc + h * value_dim);
+  }
+}
+
+void latent_accumulate_bf16(const float* p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
+                            std::int64_t value_dim, float* acc) {
+  std::int64_t d = 0;
+  for (; d + kPair <= value_dim; d += kPair) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
+  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
 }
 
 float row_max(const float* row, std::int64_t count) {
@@ -161,7 +327,8 @@ float row_max(const float* row, std::int64_t count) {
 RowMax avx512_row_max() { return row_max; }
 
 const LatentKernels* avx512_latent_kernels() {
-  static const LatentKernels kernels{latent_scores, latent_accumulate, widen_bf16};
+  static const LatentKernels kernels{latent_scores,      latent_accumulate,       latent_scores_bf16,
+                                     latent_accumulate_bf16, avx512::pair_columns, avx512::unpair_columns};
   return &kernels;
 }
 

@@ -112,18 +112,25 @@ void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float*
 void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
            std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc);
 
-// Decode's latent attention products on a chunk of `count` gathered float32 key rows of `width`
-// (attention.cpp): scores[h, j] = scale · q[h] · keys[j]; acc[h, d] += Σ_j p[h, j] · keys[j, d] for
-// d < value_dim. AVX-512 only (attention_avx512.cpp); the other paths multiply with OpenBLAS.
+// Decode's latent attention products on a chunk of `count` key rows of `width` (attention.cpp):
+// scores[h, j] = scale · q[h] · keys[j]; acc[h, d] += Σ_j p[h, j] · keys[j, d] for d < value_dim.
+// AVX-512 only (attention_avx512.cpp); the other paths multiply with OpenBLAS.
 struct LatentKernels {
   void (*scores)(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
                  float scale, float* scores);
   void (*accumulate)(const float* p, std::int64_t heads, std::int64_t count, const float* keys, std::int64_t width,
                      std::int64_t value_dim, float* acc);
-  // out[i] = bf16_to_float(bits[i]) for i < count: the gather of BF16 cache rows, which a batch's
-  // decode step runs over every sequence's whole context.
-  void (*widen_bf16)(const std::uint16_t* bits, std::int64_t count, float* out);
+  // The same on BF16 cache rows where they lie, keys[j] pointing at row j, with q and acc in the
+  // kernels' own column order, which `pair` gives a row of `cols` values and `unpair` undoes in place.
+  void (*scores_bf16)(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
+                      std::int64_t width, float scale, float* scores);
+  void (*accumulate_bf16)(const float* p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
+                          std::int64_t value_dim, float* acc);
+  void (*pair)(const float* in, std::int64_t cols, float* out);
+  void (*unpair)(float* values, std::int64_t cols);
 };
+// How many keys ahead of those being scored the BF16 kernels fetch rows from memory.
+inline constexpr std::int64_t kLatentFetchAhead = 8;
 const LatentKernels* avx512_latent_kernels();  // nullptr when the build is not for x86-64
 // The largest of row[0, count) (count >= 1) on AVX-512, for the attention ops' softmax rows
 // (std::max_element does not vectorise: it must keep the first of equal values).

@@ -21,6 +21,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include "kernels/cpu/bf16_pairs_avx512.h"
 #include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
@@ -104,23 +105,19 @@ DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::i
   }
 }
 
-// BF16 columns [col, col + 32) of R weight rows against M activation rows whose 32 columns there
-// are stored even ones first, then odd ones (see pair_columns): one 64-byte load holds both halves,
-// and each widens in one instruction (a shift for the even columns, a mask for the odd), half of
-// what widening 16 columns in order takes. Lane j adds column col + 2j, then col + 2j + 1.
+// BF16 columns [col, col + 32) of R weight rows against M activation rows stored paired there
+// (bf16_pairs_avx512.h): each weight vector widens in one instruction. Lane j adds column
+// col + 2j, then col + 2j + 1.
 template <int R, int M>
 DSV3_INLINE void accumulate_bf16_pairs(const std::byte* const* rows, const float* x, std::int64_t cols, std::int64_t col,
                                        __m512 (&acc)[R][M]) {
   __m512 w[R];
-  for (int r = 0; r < R; ++r)
-    w[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_loadu_si512(rows[r] + col * 2), 16));
+  for (int r = 0; r < R; ++r) w[r] = avx512::bf16_even(_mm512_loadu_si512(rows[r] + col * 2));
   for (int m = 0; m < M; ++m) {
     const __m512 xv = _mm512_loadu_ps(x + m * cols + col);
     for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], xv, acc[r][m]);
   }
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  for (int r = 0; r < R; ++r)
-    w[r] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_loadu_si512(rows[r] + col * 2), high));
+  for (int r = 0; r < R; ++r) w[r] = avx512::bf16_odd(_mm512_loadu_si512(rows[r] + col * 2));
   for (int m = 0; m < M; ++m) {
     const __m512 xv = _mm512_loadu_ps(x + m * cols + col + kLanes);
     for (int r = 0; r < R; ++r) acc[r][m] = _mm512_fmadd_ps(w[r], xv, acc[r][m]);
@@ -128,7 +125,7 @@ DSV3_INLINE void accumulate_bf16_pairs(const std::byte* const* rows, const float
 }
 
 // y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows (FP8: unscaled
-// codes against activations that carry the block scales; BF16: activations in pairs; see
+// codes against activations that carry the block scales; BF16: activations paired; see
 // gemv_typed).
 template <DType D, int R, int M>
 void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std::byte* far = nullptr,
@@ -253,28 +250,15 @@ void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
   rows_range_blocked<D, kOutputRows, kActivationRows>(x, rows, w, n_begin, n_end, y);
 }
 
-// An activation row as accumulate_bf16_pairs reads it: each whole 32 columns as their 16 even
-// columns, then their 16 odd ones; the last cols % 32 as they are.
-void pair_columns(const float* in, std::int64_t cols, float* out) {
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  std::int64_t c = 0;
-  for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
-    const __m512 lo = _mm512_loadu_ps(in + c), hi = _mm512_loadu_ps(in + c + kLanes);
-    _mm512_storeu_ps(out + c, _mm512_permutex2var_ps(lo, even, hi));
-    _mm512_storeu_ps(out + c + kLanes, _mm512_permutex2var_ps(lo, odd, hi));
-  }
-  std::copy(in + c, in + cols, out + c);
-}
-
-// BF16: the activations in pairs (above). FP8: every weight row of one band of block_rows shares its
-// scale per column block, so the scales (and the F16 conversion's 2^8) are folded into a scaled copy
-// of the activations once per band, and the inner loop is conversion + FMA only.
+// BF16: the activations paired (bf16_pairs_avx512.h). FP8: every weight row of one band of
+// block_rows shares its scale per column block, so the scales (and the F16 conversion's 2^8) are
+// folded into a scaled copy of the activations once per band, and the inner loop is conversion +
+// FMA only.
 template <DType D>
 void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                 float* y) {
   if constexpr (D == DType::BF16) {
-    // The activations in pairs, as many rows at a time as the stack holds (all of a decode step's).
+    // The activations paired, as many rows at a time as the stack holds (all of a decode step's).
     const std::int64_t cols = w.cols;
     alignas(64) float stack[kStackScratchFloats];
     float* paired = nullptr;
@@ -282,7 +266,7 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
         activation_group(stack, rows, cols, rows > kActivationRows ? kWideActivationRows<D> : kActivationRows, paired);
     for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
       const std::int64_t count = std::min(group, rows - m0);
-      for (std::int64_t m = 0; m < count; ++m) pair_columns(x + (m0 + m) * cols, cols, paired + m * cols);
+      for (std::int64_t m = 0; m < count; ++m) avx512::pair_columns(x + (m0 + m) * cols, cols, paired + m * cols);
       rows_range<D>(paired, count, w, n_begin, n_end, y + m0 * w.rows);
     }
   } else if constexpr (D != DType::F8_E4M3) {
