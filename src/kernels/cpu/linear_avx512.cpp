@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/error.h"
 
@@ -217,7 +218,8 @@ void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::in
                      float* y) {
   constexpr int R = kWideOutputRows<D>, M = kWideActivationRows<D>;
   const std::int64_t row_bytes = w.cols * element_bytes<D>();
-  const std::int64_t chunk = std::max<std::int64_t>(R, kWideChunkBytes / row_bytes / R * R);
+  static const std::int64_t parts = getenv("DSV3_PARTS") ? atoi(getenv("DSV3_PARTS")) : 1;
+  const std::int64_t chunk = std::max<std::int64_t>(R, std::min(kWideChunkBytes / row_bytes, (n_end - n_begin + parts - 1) / parts) / R * R);
   const std::int64_t passes = (rows + M - 1) / M;
   for (std::int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const std::int64_t c1 = std::min(n_end, c0 + chunk);
