@@ -87,6 +87,12 @@ struct WeightKernels {
   // vector (DeepSeek's blocks are 128 wide; the caller checks).
   void (*combine_rows)(const Matrix& weight, std::int64_t first, std::int64_t count, const float* coeffs,
                        std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) = nullptr;
+  // BF16 weights: gemv on activations already in the order its kernels read them, which pair_rows
+  // writes (`rows` rows of `cols`): a caller that splits one product over tasks orders the
+  // activations once, not once per task. The same bits as gemv. nullptr where gemv reads x as it is.
+  void (*pair_rows)(const float* x, std::int64_t rows, std::int64_t cols, float* out) = nullptr;
+  void (*gemv_paired_bf16)(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
+                           std::int64_t n_end, float* y) = nullptr;
 };
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.

@@ -456,12 +456,22 @@ float exp_and_sum(float* values, std::int64_t count, float shift) {
   return _mm512_reduce_add_ps(sum);
 }
 
+void pair_rows(const float* x, std::int64_t rows, std::int64_t cols, float* out) {
+  for (std::int64_t m = 0; m < rows; ++m) avx512::pair_columns(x + m * cols, cols, out + m * cols);
+}
+
+void gemv_paired_bf16(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                      float* y) {
+  if (w.dtype != DType::BF16) fail("{}: paired activations for a {} weight", w.name, dtype_name(w.dtype));
+  rows_range<DType::BF16>(x, rows, w, n_begin, n_end, y);
+}
+
 #undef DSV3_INLINE
 
 }  // namespace
 
 const WeightKernels* avx512_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize, exp_and_sum, combine_rows};
+  static const WeightKernels kernels{gemv, dequantize, exp_and_sum, combine_rows, pair_rows, gemv_paired_bf16};
   return &kernels;
 }
 
