@@ -40,6 +40,28 @@ __mmask16 tail_mask(std::int64_t remaining) {
   return remaining >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << remaining) - 1);
 }
 
+// scores[h0 + h, j0 + k] = scale · (the sum of acc[h * K + k]'s lanes) for a block of H heads x K keys.
+template <int H, int K>
+__attribute__((always_inline)) inline void store_scores(const __m512 (&acc)[H * K], float scale, std::int64_t count,
+                                                        std::int64_t h0, std::int64_t j0, float* scores) {
+  if constexpr (H * K == 16) {
+    // Copied out (rather than acc handed to reduce_add_16 by reference), so that acc stays in
+    // registers through the caller's loop.
+    __m512 v[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) v[i] = acc[i];
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, avx512::reduce_add_16(v));
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
+  } else {
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h)
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
+  }
+}
+
 // scores[h, j] = scale · q[h] · keys[j] for H heads from `h0` and K keys from `j0`.
 template <int H, int K>
 void scores_block(const float* q, const float* keys, std::int64_t width, std::int64_t count, float scale,
@@ -62,22 +84,7 @@ void scores_block(const float* q, const float* keys, std::int64_t width, std::in
   std::int64_t c = 0;
   for (; c + kLanes <= width; c += kLanes) step(c, static_cast<__mmask16>(0xffff));
   if (c < width) step(c, tail_mask(width - c));
-  if constexpr (H * K == 16) {
-    // Copied out (rather than acc handed to reduce_add_16 by reference), so that acc stays in
-    // registers through the loop above.
-    __m512 v[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) v[i] = acc[i];
-    alignas(64) float sums[16];
-    _mm512_store_ps(sums, avx512::reduce_add_16(v));
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
-  } else {
-    #pragma GCC unroll 16
-    for (int h = 0; h < H; ++h)
-      #pragma GCC unroll 16
-      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
-  }
+  store_scores<H, K>(acc, scale, count, h0, j0, scores);
 }
 
 void latent_scores(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
@@ -200,20 +207,7 @@ void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::in
       for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(query, key[k], acc[h * K + k]);
     }
   }
-  if constexpr (H * K == 16) {
-    __m512 v[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) v[i] = acc[i];
-    alignas(64) float sums[16];
-    _mm512_store_ps(sums, avx512::reduce_add_16(v));
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
-  } else {
-    #pragma GCC unroll 16
-    for (int h = 0; h < H; ++h)
-      #pragma GCC unroll 16
-      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
-  }
+  store_scores<H, K>(acc, scale, count, h0, j0, scores);
 }
 
 // 8 heads at a time (16 accumulators for 2 keys, 4 widened key vectors), then the rest of them.
