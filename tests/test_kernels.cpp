@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "each_isa.h"
+#include "fast_arithmetic.h"
 #include "core/error.h"
 #include "core/numeric.h"
 #include "kernels/cpu/ops.h"
@@ -105,9 +106,7 @@ TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
 // A server meets a new row count with almost every prompt: the GEMM path keeps a bounded number of
 // primitives, and a shape evicted and made again still multiplies correctly.
 TEST(Kernels, GemmPrimitiveCacheStaysBoundedOverManyRowCounts) {
-  const bool was_exact = kernels::exact_arithmetic();
-  kernels::set_exact_arithmetic(false);
-  kernels::set_min_gemm_rows_for_testing(1);
+  test::FastArithmetic fast(/*bf16=*/false, /*min_rows=*/1);  // FP32: the exact bound below holds
   const std::int64_t out = 24, in = 40;
   const StoredWeight w = store_weight(test::random_values(static_cast<std::size_t>(out * in), 9, 0.05f), out, in,
                                       DType::BF16);
@@ -122,8 +121,6 @@ TEST(Kernels, GemmPrimitiveCacheStaysBoundedOverManyRowCounts) {
     }
   }
   EXPECT_LE(kernels::gemm_primitives_cached(), 256u);
-  kernels::set_min_gemm_rows_for_testing(std::nullopt);
-  kernels::set_exact_arithmetic(was_exact);
 }
 
 TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {

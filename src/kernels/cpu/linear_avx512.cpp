@@ -28,8 +28,18 @@ namespace dsv3::kernels {
 namespace {
 
 constexpr std::int64_t kLanes = 16;
-// Output rows per step: four weight streams in flight, four independent FMA chains per activation row.
-constexpr int kOutputRows = 4;
+// Output rows per step with at most kActivationRows activation rows (a decode step, an expert's few
+// rows), where the weights' read speed is all that counts. One row at a time for BF16: the weights
+// are then read in one sequential stream, which AMD's prefetchers follow at the full read
+// bandwidth, while four rows read side by side (four 2 KiB streams, K = 1024) ran at a quarter of it
+// without software prefetch and at half of it with (2-vCPU AMD EPYC, a 129280 x 1024 BF16 GEMV on
+// 2 threads: 1 row 47 GB/s, plus prefetch 8 KiB ahead 53; 4 rows 11, plus prefetch 28; a plain read
+// 42-55). FP8 takes two rows: its widening and a single accumulator chain per 16 columns made one
+// row compute-bound (27 GB/s against 28-30 with two).
+template <DType D>
+constexpr int kOutputRows = D == DType::F8_E4M3 ? 2 : 1;
+// Software prefetch runs this many bytes ahead of the rows being read (at least the next block).
+constexpr std::int64_t kAheadBytes = 8 << 10;
 // Activation rows per pass over a step's weights: 4 x 4 accumulators leave registers for the rest.
 constexpr int kActivationRows = 4;
 // With more activation rows than that (a batch's decode step), widening the weights to float32
@@ -137,12 +147,13 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std
   constexpr std::int64_t kBytes = element_bytes<D>();
   const std::int64_t cols = w.cols;
   const std::byte* rows[R];
-  // The next R rows follow these in memory: fetching them while these are used keeps short rows
-  // (K = 1024 is 2 KiB of BF16) from waiting at each start for the prefetcher to find the stream.
+  // The rows about kAheadBytes on (at least the next R) are fetched while these are used, which
+  // keeps short rows (K = 1024 is 2 KiB of BF16) from waiting at each start for the prefetcher.
   const std::byte* next[R];
+  const std::int64_t ahead = std::max<std::int64_t>(R, kAheadBytes / (cols * kBytes));
   for (int r = 0; r < R; ++r) {
     rows[r] = w.data + (n0 + r) * cols * kBytes;
-    next[r] = n0 + R + r < w.rows ? rows[r] + R * cols * kBytes : rows[r];
+    next[r] = n0 + ahead + r < w.rows ? rows[r] + ahead * cols * kBytes : rows[r];
   }
   __m512 acc[R][M];
   for (int r = 0; r < R; ++r)
@@ -253,7 +264,7 @@ void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::in
 template <DType D>
 void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   if (rows > kActivationRows) return rows_range_wide<D>(x, rows, w, n_begin, n_end, y);
-  rows_range_blocked<D, kOutputRows, kActivationRows>(x, rows, w, n_begin, n_end, y);
+  rows_range_blocked<D, kOutputRows<D>, kActivationRows>(x, rows, w, n_begin, n_end, y);
 }
 
 // BF16: the activations paired (bf16_pairs_avx512.h). FP8: every weight row of one band of

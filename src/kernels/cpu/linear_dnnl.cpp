@@ -45,12 +45,21 @@ bool cpu_has_bf16() {
   return has;
 }
 
+bool cpu_is_amd() {
+#if defined(__x86_64__)
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 // BF16 inputs where the CPU multiplies them faster than FP32. With AMX they are; with AVX512-BF16
 // alone it depends on the core: on this project's Intel machines (Xeon model 207, AMX hidden by the
 // hypervisor) oneDNN 2.6's brg:avx512_core_bf16 ran a 512 x 1024 x 2816 product at ~87 GFLOP/s a
-// core against ~160 for brg:avx512_core in FP32 (CPU time, one thread), while the AMD
-// machines ran BF16 at about twice FP32. So BF16 is the default only with AMX, and DSV3_GEMM=bf16
-// or f32 chooses for a machine where the other wins.
+// core against ~160 for brg:avx512_core in FP32 (CPU time, one thread), while AMD's AVX512-BF16
+// cores run it at about twice FP32 (2-vCPU EPYC, family 26, 2 threads: 612-692 GFLOP/s BF16 against
+// 345-362 FP32, `dsv3 bench`'s gemm rate). So BF16 is the default with AMX, and with AVX512-BF16 on
+// an AMD CPU; FP32 on Intel without AMX. DSV3_GEMM=bf16 or f32 chooses otherwise.
 std::atomic<int>& gemm_bf16_setting() {
   static std::atomic<int> setting = [] {
     const char* value = std::getenv("DSV3_GEMM");
@@ -61,7 +70,8 @@ std::atomic<int>& gemm_bf16_setting() {
     }
     if (text == "f32") return 0;
     if (!text.empty()) fail("DSV3_GEMM={}: expected bf16 or f32", text);
-    return dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx512_core_amx ? 1 : 0;
+    if (dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx512_core_amx) return 1;
+    return cpu_has_bf16() && cpu_is_amd() ? 1 : 0;
   }();
   return setting;
 }
