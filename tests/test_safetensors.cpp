@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -249,9 +250,39 @@ TEST(SafetensorsRoundTrip, EveryDtypeZeroSizedAndMetadata) {
     // memcmp takes no null pointer even for 0 bytes, and a zero-sized tensor may have none.
     if (view.nbytes > 0) EXPECT_EQ(std::memcmp(view.data, payloads[i].data(), view.nbytes), 0);
   }
-  // The header is padded so the data section starts 8-byte aligned within the file.
+  // The header is padded so the data section starts on a 64-byte line within the file.
   const std::string bytes = read_bytes(path);
-  EXPECT_EQ(static_cast<unsigned char>(bytes[0]) % 8, 0);
+  std::uint64_t header_size = 0;
+  for (int i = 7; i >= 0; --i) header_size = (header_size << 8) | static_cast<unsigned char>(bytes[i]);
+  EXPECT_EQ((8 + header_size) % 64, 0u);
+  fs::remove_all(dir);
+}
+
+// DSV3_WEIGHTS picks how a file's bytes are held: read through the mapping, or copied into
+// anonymous memory (the default when the file fits in half the memory available). Both give the
+// same bytes at the same tensors, and an unknown setting is an error naming the variable.
+TEST(SafetensorsRoundTrip, MappedAndCopiedFilesHoldTheSameBytes) {
+  const fs::path dir = test::temp_dir("weights-copy");
+  const auto payload = pattern_bytes(3 * 4096 + 10, 3);
+  const fs::path path = dir / "w.safetensors";
+  write_safetensors(path, {{"w", DType::U8, {static_cast<std::int64_t>(payload.size())}, payload}}, {});
+  for (const char* setting : {"map", "copy"}) {
+    SCOPED_TRACE(setting);
+    ::setenv("DSV3_WEIGHTS", setting, 1);
+    const auto file = SafetensorsFile::open(path);
+    const TensorView& view = file->tensors().at("w");
+    ASSERT_EQ(view.nbytes, payload.size());
+    EXPECT_EQ(std::memcmp(view.data, payload.data(), payload.size()), 0);
+    EXPECT_TRUE(file->maps(view.data, view.nbytes));
+  }
+  ::setenv("DSV3_WEIGHTS", "ram", 1);
+  try {
+    SafetensorsFile::open(path);
+    ADD_FAILURE() << "DSV3_WEIGHTS=ram accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("DSV3_WEIGHTS=ram"), std::string::npos) << e.what();
+  }
+  ::unsetenv("DSV3_WEIGHTS");
   fs::remove_all(dir);
 }
 
