@@ -38,6 +38,13 @@ constexpr std::int64_t kLanes = 16;
 // row compute-bound (27 GB/s against 28-30 with two).
 template <DType D>
 constexpr int kOutputRows = D == DType::F8_E4M3 ? 2 : 1;
+// With 2 to kActivationRows activation rows, one weight row's few FMA chains (2 a row per 32
+// columns, each waiting on the last) bound the speed instead, and more weight rows at once win:
+// bench_kernels LinearRows (2816 x 1024, 2 threads) BF16 at 4 rows 246 us with 2 weight rows, 157
+// with 4; HeadRows at 4 rows 12.8 ms with 1, 10.8 with 2, 8.7 with 4; FP8 at 4 rows 103 us with 2,
+// 106 with 4.
+template <DType D>
+constexpr int kFewRowsOutputRows = D == DType::F8_E4M3 ? 2 : 4;
 // Software prefetch runs this many bytes ahead of the rows being read (at least the next block).
 constexpr std::int64_t kAheadBytes = 8 << 10;
 // Activation rows per pass over a step's weights: 4 x 4 accumulators leave registers for the rest.
@@ -264,7 +271,8 @@ void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::in
 template <DType D>
 void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   if (rows > kActivationRows) return rows_range_wide<D>(x, rows, w, n_begin, n_end, y);
-  rows_range_blocked<D, kOutputRows<D>, kActivationRows>(x, rows, w, n_begin, n_end, y);
+  if (rows == 1) return rows_range_blocked<D, kOutputRows<D>, 1>(x, rows, w, n_begin, n_end, y);
+  rows_range_blocked<D, kFewRowsOutputRows<D>, kActivationRows>(x, rows, w, n_begin, n_end, y);
 }
 
 // BF16: the activations paired (bf16_pairs_avx512.h). FP8: every weight row of one band of
