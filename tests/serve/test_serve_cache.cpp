@@ -3,6 +3,8 @@
 // prefix cache does; a cache too small for every running request preempts and recomputes some,
 // and each still gets its single-request result; so do the choices of one request (n) that fit
 // the cache only one at a time, while a single sequence too long for the cache is a 400.
+#include <cstdlib>
+
 #include "serve_support.h"
 
 namespace dsv3 {
@@ -113,8 +115,14 @@ TEST(ServeCache, ASecondRequestSharingAThousandTokenPrefixPrefillsOnlyTheRest) {
 }
 
 TEST(ServeCache, ASmallCachePreemptsAndEveryRequestGetsItsSingleRequestResult) {
+  // A preempted request's cache is recomputed by a prefill, whose many-row linears go through the
+  // GEMM: with FP32 inputs only the order of the sums differs from decode's, while the BF16 inputs
+  // some CPUs default to (AMD) round differently and can flip a near-tie of greedy decoding. So
+  // this server multiplies in FP32 (the child inherits DSV3_GEMM).
+  ::setenv("DSV3_GEMM", "f32", 1);
   // Each request needs about 150 of the 256 cache tokens by its end; four run together.
   ServerProcess server("--kv-cache-tokens 256 --max-batch 4");
+  ::unsetenv("DSV3_GEMM");
   ASSERT_TRUE(server.ready()) << server.log();
   const std::vector<std::string> prompts = {"The history of the lighthouse keeper",
                                             "A recipe for bread:", "Once upon a time, in a valley",
