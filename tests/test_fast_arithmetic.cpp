@@ -65,9 +65,9 @@ TEST(FastArithmetic, Fp32GemmMatchesTransformersAtTheExactTolerances) {
 // (Xeon model 207, brg:avx512_core_bf16, every linear through the GEMM): median row error 0.0025,
 // 99th percentile 0.135, worst 0.175, arg-max differing on 3 of 369 rows, 12 of 12 comparable
 // greedy tokens; on a 2-vCPU AMD EPYC (family 26), where BF16 is the default, median 0.0024, 99th
-// percentile 0.135, worst 0.174, the same 3 rows and 12 of 12. The bounds give those 2x (greedy: 3/4) of headroom for another CPU's kernel,
-// and still fail a GEMM that loses more than BF16's rounding (a wrong scale or panel: errors of
-// order 1).
+// percentile 0.135, worst 0.174, the same 3 rows and 12 of 12. The bounds give those 2x (greedy:
+// 3/4) of headroom for another CPU's kernel, and still fail a GEMM that loses more than BF16's
+// rounding (a wrong scale or panel: errors of order 1).
 TEST(FastArithmetic, Bf16GemmStaysWithinItsMeasuredErrorOfTransformers) {
   if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/1);

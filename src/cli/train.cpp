@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 
 #include "cli/command.h"
 #include "kernels/cpu/ops.h"
@@ -26,7 +25,7 @@ int run_train(const std::string& config_path) {
   // FP32 GEMMs unless DSV3_GEMM says otherwise: the backward passes are exact for the forward that
   // FP32 products compute, where the BF16 inputs some CPUs default to (linear_dnnl.cpp) would
   // round the recorded activations first.
-  if (std::getenv("DSV3_GEMM") == nullptr) kernels::set_gemm_bf16(false);
+  kernels::use_f32_gemm_unless_chosen();
   const train::TrainConfig config = train::TrainConfig::load(config_path);
   train::Trainer trainer(config);
   const train::Corpus& corpus = trainer.corpus();

@@ -157,10 +157,12 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std
   // The rows about kAheadBytes on (at least the next R) are fetched while these are used, which
   // keeps short rows (K = 1024 is 2 KiB of BF16) from waiting at each start for the prefetcher.
   const std::byte* next[R];
-  const std::int64_t ahead = std::max<std::int64_t>(R, kAheadBytes / (cols * kBytes));
+  const std::int64_t row_bytes = cols * kBytes;
+  const std::int64_t ahead = std::max<std::int64_t>(R * row_bytes, kAheadBytes);
+  const std::byte* end = w.data + w.rows * row_bytes;
   for (int r = 0; r < R; ++r) {
-    rows[r] = w.data + (n0 + r) * cols * kBytes;
-    next[r] = n0 + ahead + r < w.rows ? rows[r] + ahead * cols * kBytes : rows[r];
+    rows[r] = w.data + (n0 + r) * row_bytes;
+    next[r] = rows[r] + ahead + row_bytes <= end ? rows[r] + ahead : rows[r];
   }
   __m512 acc[R][M];
   for (int r = 0; r < R; ++r)

@@ -226,6 +226,10 @@ std::size_t gemm_primitives_cached() {
   return state.entries.size();
 }
 
+void use_f32_gemm_unless_chosen() {
+  if (std::getenv("DSV3_GEMM") == nullptr) set_gemm_bf16(false);
+}
+
 bool gemm_uses_bf16() { return gemm_bf16_setting().load(std::memory_order_relaxed) != 0; }
 
 bool gemm_bf16_supported() { return cpu_has_bf16(); }

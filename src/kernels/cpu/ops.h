@@ -25,11 +25,13 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
 std::int64_t min_gemm_rows();
 void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
 // Whether that GEMM takes BF16 inputs (else FP32): by default with AMX, or AVX512-BF16 on AMD
-// (linear_dnnl.cpp says why); DSV3_GEMM=bf16|f32 or set_gemm_bf16 choose. And oneDNN's name for the implementation it
-// picks for a [rows, in] x [in, out] product ("brg:avx512_core_bf16").
+// (linear_dnnl.cpp says why); DSV3_GEMM=bf16|f32 or set_gemm_bf16 choose. And oneDNN's name for
+// the implementation it picks for a [rows, in] x [in, out] product ("brg:avx512_core_bf16").
 bool gemm_uses_bf16();
 bool gemm_bf16_supported();  // AVX512-BF16 or AMX
 void set_gemm_bf16(bool bf16);
+// FP32 unless DSV3_GEMM chose: for callers whose arithmetic assumes FP32 products (training).
+void use_f32_gemm_unless_chosen();
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);
 // The GEMM primitives kept now: one per shape (rows, panel), the most recently used 256 at most.
 std::size_t gemm_primitives_cached();
