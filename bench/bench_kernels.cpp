@@ -121,8 +121,10 @@ void BM_Linear(benchmark::State& state) {
   report(state, w, read_bandwidth);
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * n * k) * static_cast<double>(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
+  const bool gemm = !exact && (force_gemm || rows >= kernels::min_gemm_rows());
+  const bool dot = !exact && !gemm && !state.range(3) && kernels::gemm_uses_bf16();
   state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
-                 (exact || (!force_gemm && rows < kernels::min_gemm_rows()) ? " exact" : " onednn"));
+                 (gemm ? " onednn" : dot ? " gemv bf16-dot" : " gemv"));
 }
 
 // The implementation before the GEMV kernels, as the baseline: dequantise 64-row panels, then sgemm.
@@ -175,11 +177,12 @@ void gemm_sweep(benchmark::internal::Benchmark* b) {
 }
 
 // Batched decode's widest linear, bench-1b's output head (vocab 129280 x hidden 1024): the GEMV
-// kernels against oneDNN at the row counts of a batch of 1 to 32 sequences.
+// kernels (exact; and fast, which with a BF16 GEMM are BF16 dot products for BF16 weights) against
+// oneDNN at the row counts of a batch of 1 to 32 sequences.
 void head_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
     for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32})
-      for (std::int64_t exact : {1, 2}) b->Args({rows, 129280, 1024, dtype, exact});
+      for (std::int64_t exact : {1, 0, 2}) b->Args({rows, 129280, 1024, dtype, exact});
 }
 
 BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(decode_shapes)->UseRealTime();

@@ -1,7 +1,8 @@
 #pragma once
 // Fast arithmetic for one test's scope: oneDNN's GEMM (FP32, or BF16 inputs) from `min_rows` rows
-// on; exact arithmetic and the measured threshold come back when it ends.
+// on (nullopt: the measured threshold); exact arithmetic and that threshold come back when it ends.
 #include <cstdint>
+#include <optional>
 
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
@@ -10,7 +11,7 @@ namespace dsv3::test {
 
 class FastArithmetic {
  public:
-  FastArithmetic(bool bf16, std::int64_t min_rows)
+  FastArithmetic(bool bf16, std::optional<std::int64_t> min_rows)
       : was_exact_(kernels::exact_arithmetic()), was_bf16_(kernels::gemm_uses_bf16()) {
     kernels::set_exact_arithmetic(false);
     kernels::set_gemm_bf16(bf16);

@@ -10,6 +10,7 @@
 #include "fast_arithmetic.h"
 #include "core/error.h"
 #include "core/numeric.h"
+#include "kernels/cpu/internal.h"
 #include "kernels/cpu/ops.h"
 #include "io/fp8_blocks.h"
 #include "support.h"
@@ -426,6 +427,73 @@ TEST(Kernels, LinearOfABatchsRowsMatchesReferenceAndEachRowAlone) {
     }
   }
   kernels::set_exact_arithmetic(was_exact);
+}
+
+// Fast mode's one rounding to BF16 gives a value the same bits in the AVX512-BF16 loop (32 at a
+// time) and in its scalar tail: to nearest with ties to even, denormals to a zero of their sign
+// (as the instruction does), NaN quiet.
+TEST(Kernels, RoundToBf16GivesAValueTheSameBitsInTheVectorLoopAndItsTail) {
+  const std::vector<float> values = {1.0f,           1.00390625f,  1.01171875f,   -2.5e-39f,       3e-40f,
+                                     1.17549435e-38f, 1.1754942e-38f, -0.0f,        3.4e38f,         -1e-3f,
+                                     INFINITY,        NAN,          1.0078125f,    65504.3f,        -7.0e-39f};
+  std::vector<float> in(47);
+  for (std::size_t i = 0; i < values.size(); ++i) in[i] = in[32 + i] = values[i];
+  std::vector<std::uint16_t> out(47);  // the first copy in the loop, the second its tail
+  kernels::round_to_bf16(in.data(), 47, out.data());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    SCOPED_TRACE(fmt::format("{}", values[i]));
+    EXPECT_EQ(out[i], out[32 + i]);
+    if (std::isnan(values[i])) {
+      EXPECT_TRUE(std::isnan(bf16_to_float(out[i])));
+    } else if (std::fpclassify(values[i]) == FP_SUBNORMAL) {
+      EXPECT_EQ(out[i], std::signbit(values[i]) ? 0x8000 : 0x0000);
+    } else {
+      EXPECT_EQ(out[i], float_to_bf16(values[i]));  // core's round to nearest, ties to even
+    }
+  }
+}
+
+// Fast mode where the GEMM takes BF16 inputs: a BF16 weight's few-row products round the
+// activations to BF16 as the GEMM does and sum the exact products in float32. Against a double
+// reference on the rounded activations (unrounded ones are ~2^-9 away), 1 to 31 rows and the
+// kernel's ragged edges (columns not a multiple of 32); each row bitwise what it is alone and what
+// linear_rows gives its slice; and from 32 rows the GEMM, which rounds the same way, within float32
+// summation of the same reference.
+TEST(Kernels, FastBf16LinearRoundsActivationsAsTheGemmAndGivesEachRowItsBitsAlone) {
+  if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
+    GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  ASSERT_EQ(kernels::min_gemm_rows(), 32);
+  for (const auto& [out, in] : {std::array<std::int64_t, 2>{7, 33}, {131, 130}, {257, 1000}, {40, 1024}}) {
+    const StoredWeight w =
+        store_weight(test::random_values(static_cast<std::size_t>(out * in), 42, 0.05f), out, in, DType::BF16);
+    const std::int64_t max_rows = 40;
+    const auto x = test::random_values(static_cast<std::size_t>(max_rows * in), 41);
+    std::vector<float> rounded(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) rounded[i] = bf16_to_float(float_to_bf16(x[i]));
+    const auto expected = linear_reference(rounded, max_rows, w.values, out, in);
+    const auto unrounded = linear_reference(x, max_rows, w.values, out, in);
+    ASSERT_GT(test::relative_l2(unrounded.data(), expected.data(), max_rows * out), 1e-4);
+    std::vector<float> alone(static_cast<std::size_t>(max_rows * out));
+    for (std::int64_t r = 0; r < max_rows; ++r) kernels::linear(x.data() + r * in, 1, w.matrix, alone.data() + r * out);
+    EXPECT_LE(test::relative_l2(alone.data(), expected.data(), max_rows * out), 1e-6);
+    for (std::int64_t rows = 2; rows <= max_rows; ++rows) {
+      SCOPED_TRACE(fmt::format("rows={} out={} in={}", rows, out, in));
+      std::vector<float> y(static_cast<std::size_t>(rows * out), NAN);
+      kernels::linear(x.data(), rows, w.matrix, y.data());
+      EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 1e-6);
+      if (rows < kernels::min_gemm_rows()) {
+        EXPECT_TRUE(std::equal(y.begin(), y.end(), alone.begin())) << "a row differs from itself computed alone";
+      }
+    }
+    const std::int64_t rows = 17, n_begin = out / 3, n_end = out - 2;
+    std::vector<float> slice(static_cast<std::size_t>(rows * out), NAN);
+    kernels::linear_rows(x.data(), rows, w.matrix, n_begin, n_end, slice.data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      EXPECT_TRUE(std::equal(slice.begin() + r * out + n_begin, slice.begin() + r * out + n_end,
+                             alone.begin() + r * out + n_begin))
+          << "linear_rows, row " << r;
+  }
 }
 
 // MLA's absorbed query: out[m] = Σ_i coeffs[m, i] · weight[first + i] on every ISA and dtype, rows

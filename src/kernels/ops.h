@@ -279,10 +279,11 @@ class Backend {
 // A device tensor's values in a new host vector (rows packed).
 std::vector<float> read(const Backend& backend, Tensor src);
 
-// How many-row linears compute (prefill, batched decode, training). Fast (the default): a GEMM
-// library's product, BF16 activations and weights with FP32 accumulation where the device has BF16
-// arithmetic, FP32 elsewhere. Exact: FP32 activations throughout, the numerics the parity tests
-// hold to. Process-wide; its first value comes from the environment (DSV3_EXACT=1 or 0), so child
+// How linears compute. Fast (the default): many rows (prefill, training) through a GEMM library's
+// product, BF16 activations and weights with FP32 accumulation where the device has BF16
+// arithmetic, FP32 elsewhere; and where the GEMM takes BF16, a BF16 weight's few-row products
+// (decode) round the activations to BF16 too. Exact: FP32 activations throughout, the numerics the
+// parity tests hold to. Process-wide; its first value comes from the environment (DSV3_EXACT=1 or 0), so child
 // processes of a test or a script inherit it.
 bool exact_arithmetic();
 void set_exact_arithmetic(bool exact);

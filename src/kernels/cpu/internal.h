@@ -93,6 +93,11 @@ struct WeightKernels {
   void (*pair_rows)(const float* x, std::int64_t rows, std::int64_t cols, float* out) = nullptr;
   void (*gemv_paired_bf16)(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
                            std::int64_t n_end, float* y) = nullptr;
+  // BF16 weights against activations rounded to BF16 (round_to_bf16, `rows` rows of weight.cols),
+  // products summed in float32 by AVX512-BF16's dot-product instruction: fast mode's few-row
+  // linears where the GEMM takes BF16 inputs (linear.cpp). nullptr where an instruction set has none.
+  void (*gemv_bf16_dot)(const std::uint16_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
+                        std::int64_t n_end, float* y) = nullptr;
 };
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.
@@ -106,6 +111,16 @@ void for_weight_dtype(const Matrix& weight, Body&& body) {
     default: fail("{}: dtype {} is not a weight dtype", weight.name, dtype_name(weight.dtype));
   }
 }
+
+// Fast mode with BF16 GEMM inputs: the few-row products a decode step makes (BF16 weights, latent
+// attention on a BF16 cache) round their activations to BF16 too and use AVX512-BF16's dot
+// products where the kernels have them (linear.cpp).
+bool fast_bf16_products();
+
+// in[0, count) rounded to BF16 as AVX512-BF16 rounds (to nearest, ties to even; denormals to 0; NaN
+// stays NaN): the one rounding of activations that fast mode's BF16 products use, in the GEMM and
+// the few-row kernels alike.
+void round_to_bf16(const float* in, std::int64_t count, std::uint16_t* out);
 
 // Many-row linears through oneDNN matmul (linear_dnnl.cpp), BF16 x BF16 -> FP32 or FP32; weights
 // converted panel by panel, never stored wide.

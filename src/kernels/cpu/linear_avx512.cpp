@@ -6,15 +6,19 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
 
 #if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512bf16"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c,avx512bf16")
 #endif
+// AVX512-BF16 is in the target for the BF16 dot-product kernels alone (gemv_bf16_dot), which
+// linear.cpp calls only on a CPU that has it. Nothing else here uses the __bf16 type, the one way
+// a compiler emits those instructions unasked.
 // GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
 // -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
@@ -145,12 +149,33 @@ DSV3_INLINE void accumulate_bf16_pairs(const std::byte* const* rows, const float
   }
 }
 
+// BF16 columns [col, col + 32) of R weight rows against M activation rows rounded to BF16
+// (gemv_bf16_dot), both in their natural order: vdpbf16ps adds each lane's pair of products, columns
+// col + 2j + 1 then col + 2j (Intel's order; the products are exact in float32), to lane j. With
+// kFull false only the `mask` columns are read, the others are 0.
+template <int R, int M, bool kFull>
+DSV3_INLINE void accumulate_bf16_dot(const std::byte* const* rows, const std::uint16_t* x, std::int64_t cols,
+                                     std::int64_t col, __mmask32 mask, __m512 (&acc)[R][M]) {
+  __m512bh w[R];
+  for (int r = 0; r < R; ++r) {
+    const std::byte* p = rows[r] + col * 2;
+    w[r] = (__m512bh)(kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(mask, p));
+  }
+  for (int m = 0; m < M; ++m) {
+    const std::uint16_t* p = x + m * cols + col;
+    const auto xv = (__m512bh)(kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(mask, p));
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w[r], xv);
+  }
+}
+
 // y[m * N + n0 + r] for r < R, m < M: R weight rows against M activation rows (FP8: unscaled
-// codes against activations that carry the block scales; BF16: activations paired; see
-// gemv_typed).
-template <DType D, int R, int M>
-void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std::byte* far = nullptr,
+// codes against activations that carry the block scales; BF16: activations paired, see
+// gemv_typed, or with X = std::uint16_t rounded to BF16, see gemv_bf16_dot).
+template <DType D, int R, int M, typename X = float>
+void block(const X* x, const Matrix& w, std::int64_t n0, float* y, const std::byte* far = nullptr,
            std::int64_t far_lines = 0) {
+  constexpr bool kDot = std::is_same_v<X, std::uint16_t>;
+  static_assert(!kDot || D == DType::BF16, "BF16 dot products take BF16 weights");
   constexpr std::int64_t kBytes = element_bytes<D>();
   const std::int64_t cols = w.cols;
   const std::byte* rows[R];
@@ -168,7 +193,20 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   std::int64_t c = 0;
-  if constexpr (D == DType::BF16) {
+  if constexpr (kDot) {
+    for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      if (far_lines > 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(far + kCacheLine), _MM_HINT_T1);
+        far += 2 * kCacheLine;
+        far_lines -= 2;
+      }
+      accumulate_bf16_dot<R, M, true>(rows, x, cols, c, 0xffffffffu, acc);
+    }
+    if (c < cols) accumulate_bf16_dot<R, M, false>(rows, x, cols, c, static_cast<__mmask32>((1ull << (cols - c)) - 1), acc);
+    c = cols;
+  } else if constexpr (D == DType::BF16) {
     for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
       if (far_lines > 0) {  // two lines a step cover a block's share from 2 passes on (R = 4)
@@ -180,18 +218,20 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std
       accumulate_bf16_pairs<R, M>(rows, x, cols, c, acc);
     }
   }
-  for (; c + kLanes <= cols; c += kLanes) {
-    for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
-    if (far_lines > 0) {
-      _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
-      far += kCacheLine;
-      --far_lines;
+  if constexpr (!kDot) {
+    for (; c + kLanes <= cols; c += kLanes) {
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
+      if (far_lines > 0) {
+        _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
+        far += kCacheLine;
+        --far_lines;
+      }
+      accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, acc);
     }
-    accumulate<D, R, M, true>(rows, x, cols, c, 0xffff, acc);
-  }
-  if (c < cols) {
-    const auto mask = static_cast<__mmask16>((1u << (cols - c)) - 1);
-    accumulate<D, R, M, false>(rows, x, cols, c, mask, acc);
+    if (c < cols) {
+      const auto mask = static_cast<__mmask16>((1u << (cols - c)) - 1);
+      accumulate<D, R, M, false>(rows, x, cols, c, mask, acc);
+    }
   }
   if constexpr (R * M < 8) {
     for (int r = 0; r < R; ++r)
@@ -211,8 +251,8 @@ void block(const float* x, const Matrix& w, std::int64_t n0, float* y, const std
 }
 
 // `count` (1..M) activation rows against R weight rows.
-template <DType D, int R, int M>
-void block_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_t n0, float* y,
+template <DType D, int R, int M, typename X>
+void block_rows(std::int64_t count, const X* x, const Matrix& w, std::int64_t n0, float* y,
                 const std::byte* far = nullptr, std::int64_t far_lines = 0) {
   if constexpr (M == 1) {
     block<D, R, 1>(x, w, n0, y, far, far_lines);
@@ -222,22 +262,22 @@ void block_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_
   }
 }
 
-template <DType D, int R, int M>
-void all_activation_rows(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n0, float* y) {
+template <DType D, int R, int M, typename X>
+void all_activation_rows(const X* x, std::int64_t rows, const Matrix& w, std::int64_t n0, float* y) {
   for (std::int64_t m0 = 0; m0 < rows; m0 += M)
     block_rows<D, R, M>(std::min<std::int64_t>(M, rows - m0), x + m0 * w.cols, w, n0, y + m0 * w.rows);
 }
 
-template <DType D, int R, int M>
-void rows_range_blocked(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+template <DType D, int R, int M, typename X>
+void rows_range_blocked(const X* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                         float* y) {
   std::int64_t n = n_begin;
   for (; n + R <= n_end; n += R) all_activation_rows<D, R, M>(x, rows, w, n, y);
   for (; n < n_end; ++n) all_activation_rows<D, 1, M>(x, rows, w, n, y);
 }
 
-template <DType D>
-void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+template <DType D, typename X>
+void rows_range_wide(const X* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                      float* y) {
   constexpr int R = kWideOutputRows<D>, M = kWideActivationRows<D>;
   const std::int64_t row_bytes = w.cols * element_bytes<D>();
@@ -256,7 +296,7 @@ void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::in
     std::int64_t far_left = next_lines;
     for (std::int64_t m0 = 0; m0 < rows; m0 += M) {
       const std::int64_t count = std::min<std::int64_t>(M, rows - m0);
-      const float* xm = x + m0 * w.cols;
+      const X* xm = x + m0 * w.cols;
       float* ym = y + m0 * w.rows;
       std::int64_t n = c0;
       for (; n + R <= c1; n += R) {
@@ -270,8 +310,8 @@ void rows_range_wide(const float* x, std::int64_t rows, const Matrix& w, std::in
   }
 }
 
-template <DType D>
-void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
+template <DType D, typename X = float>
+void rows_range(const X* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
   if (rows > kActivationRows) return rows_range_wide<D>(x, rows, w, n_begin, n_end, y);
   if (rows == 1) return rows_range_blocked<D, kOutputRows<D>, 1>(x, rows, w, n_begin, n_end, y);
   rows_range_blocked<D, kFewRowsOutputRows<D>, kActivationRows>(x, rows, w, n_begin, n_end, y);
@@ -503,12 +543,22 @@ void gemv_paired_bf16(const float* x, std::int64_t rows, const Matrix& w, std::i
   rows_range<DType::BF16>(x, rows, w, n_begin, n_end, y);
 }
 
+// The same row and column blocks as the FP32 path (one weight row at a time for one activation
+// row, 4 x 4 or 4 x 6 for more), each output one accumulator over its columns in order, so a row's
+// result is bitwise the same alone or in a batch here too.
+void gemv_bf16_dot(const std::uint16_t* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin,
+                   std::int64_t n_end, float* y) {
+  if (w.dtype != DType::BF16) fail("{}: BF16 dot products with a {} weight", w.name, dtype_name(w.dtype));
+  rows_range<DType::BF16>(x, rows, w, n_begin, n_end, y);
+}
+
 #undef DSV3_INLINE
 
 }  // namespace
 
 const WeightKernels* avx512_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize, exp_and_sum, combine_rows, pair_rows, gemv_paired_bf16};
+  static const WeightKernels kernels{gemv,      dequantize,       exp_and_sum, combine_rows,
+                                     pair_rows, gemv_paired_bf16, gemv_bf16_dot};
   return &kernels;
 }
 

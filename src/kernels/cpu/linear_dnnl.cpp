@@ -76,10 +76,13 @@ std::atomic<int>& gemm_bf16_setting() {
   return setting;
 }
 
+// As AVX512-BF16's conversion rounds: NaN quieted, denormals to zero of their sign, the rest to
+// nearest with ties to even; so an element rounds the same in the vector loop and in its tail.
 std::uint16_t float_to_bf16(float value) {
   std::uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+  if ((bits & 0x7f800000u) == 0) return static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
   bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest, ties to even
   return static_cast<std::uint16_t>(bits >> 16);
 }
@@ -96,12 +99,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void to_bf16_avx512(const
 }
 #endif
 
-void to_bf16(const float* in, std::int64_t count, std::uint16_t* out) {
-#if defined(__x86_64__)
-  if (cpu_has_bf16()) return to_bf16_avx512(in, count, out);
-#endif
-  for (std::int64_t i = 0; i < count; ++i) out[i] = float_to_bf16(in[i]);
-}
 
 // One matmul shape: src [m, k] (rows k apart), weights [k, n] read from an [n, k] row-major panel,
 // dst [m, n] with rows ldc apart.
@@ -213,6 +210,13 @@ void run(const Primitive& p, const void* src, const void* weights, float* dst) {
 
 }  // namespace
 
+void round_to_bf16(const float* in, std::int64_t count, std::uint16_t* out) {
+#if defined(__x86_64__)
+  if (cpu_has_bf16()) return to_bf16_avx512(in, count, out);
+#endif
+  for (std::int64_t i = 0; i < count; ++i) out[i] = float_to_bf16(in[i]);
+}
+
 void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, float alpha, const float* a,
            std::int64_t lda, const float* b, std::int64_t ldb, float beta, float* c, std::int64_t ldc) {
   thread_state();  // oneDNN single-threaded on this thread
@@ -253,7 +257,7 @@ void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float*
   const void* src = x;
   if (bf16) {
     x16.resize(static_cast<std::size_t>(rows * in_features));
-    to_bf16(x, rows * in_features, x16.data());
+    round_to_bf16(x, rows * in_features, x16.data());
     src = x16.data();
   }
   const bool in_place = bf16 ? weight.dtype == DType::BF16 : weight.dtype == DType::F32;
@@ -278,7 +282,7 @@ void linear_gemm(const float* x, std::int64_t rows, const Matrix& weight, float*
         panel = state.panel32.data();
         if (bf16) {
           state.panel16.resize(state.panel32.size());
-          to_bf16(state.panel32.data(), (end - begin) * in_features, state.panel16.data());
+          round_to_bf16(state.panel32.data(), (end - begin) * in_features, state.panel16.data());
           panel = state.panel16.data();
         }
       }

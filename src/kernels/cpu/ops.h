@@ -13,9 +13,10 @@
 
 namespace dsv3::kernels {
 
-// y[rows, W.rows] = x[rows, W.cols] · Wᵀ, FP32 activations and accumulation, any weight dtype.
-// Few rows (decode) stream each weight row once, converting in registers; many rows (prefill)
-// dequantise panels of the weight and multiply them with OpenBLAS.
+// y[rows, W.rows] = x[rows, W.cols] · Wᵀ, FP32 accumulation, any weight dtype. Few rows (decode)
+// stream each weight row once, converting in registers (in fast mode with a BF16 GEMM, BF16 weights
+// against activations rounded to BF16); many rows (prefill) go through oneDNN's GEMM in fast mode,
+// else dequantise panels of the weight and multiply them with OpenBLAS.
 // FP8 E4M3 NaN codes (0x7f, 0xff) are not preserved by the SIMD paths; checkpoints hold none.
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
 
