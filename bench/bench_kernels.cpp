@@ -276,9 +276,11 @@ struct CacheStorage {
 };
 
 // Decode attention over the latent cache, one layer of bench-1b (16 heads, width 256 + 32, BF16
-// pages of 16 tokens), `keys` cached tokens, on the calling thread.
+// pages of 16 tokens), `keys` cached tokens, on the calling thread. exact: 1 = float32 products,
+// 0 = fast mode (with a BF16 GEMM, AVX512-BF16 dot products on rounded queries and probabilities).
 void BM_AttentionLatent(benchmark::State& state) {
   const std::int64_t keys = state.range(0), heads = 16, kv = 256, width = kv + 32, block = 16;
+  kernels::set_exact_arithmetic(state.range(1) == 1);
   std::mt19937 rng(8);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const std::int64_t blocks = (keys + block - 1) / block;
@@ -305,15 +307,16 @@ void BM_AttentionLatent(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
                                                  benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_AttentionLatent)->ArgName("keys")->Arg(512)->Arg(4096)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_AttentionLatent)->ArgNames({"keys", "exact"})->ArgsProduct({{512, 4096}, {1, 0}})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // A decode step's latent attention for `sequences` sequences of bench-1b (12 layers, 16 heads,
 // 256 + 32, BF16 pages of 16 tokens) with 576 cached keys each, every (sequence, layer) a task
 // over the thread pool as the CPU backend runs them: the caches (64 MB at 16 sequences) come from
-// memory, not from a core's cache as above.
+// memory, not from a core's cache as above. exact as above.
 void BM_AttentionLatentStep(benchmark::State& state) {
   const std::int64_t sequences = state.range(0), layers = 12, keys = 576, heads = 16, kv = 256, width = kv + 32,
                      block = 16;
+  kernels::set_exact_arithmetic(state.range(1) == 1);
   const std::int64_t blocks = keys / block;
   std::mt19937 rng(9);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -350,7 +353,7 @@ void BM_AttentionLatentStep(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
                                                  benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_AttentionLatentStep)->ArgName("sequences")->Arg(1)->Arg(16)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AttentionLatentStep)->ArgNames({"sequences", "exact"})->ArgsProduct({{1, 16}, {1, 0}})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace dsv3

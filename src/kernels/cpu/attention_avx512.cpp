@@ -15,13 +15,17 @@
 #include <immintrin.h>
 
 #include <limits>
+#include <type_traits>
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 #endif
+// AVX512-BF16 is in the target for the dot-product kernels alone (scores_dot, accumulate_dot),
+// which attention.cpp calls only where fast_bf16_products() holds, on a CPU that has it. Nothing
+// here uses the __bf16 type, the one way a compiler emits those instructions unasked.
 // GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
 // -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
@@ -210,11 +214,41 @@ void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::in
   store_scores<H, K>(acc, scale, count, h0, j0, scores);
 }
 
+// The same with the queries rounded to BF16 (fast mode, see LatentKernels::scores_dot): both sides
+// in their natural order, one AVX512-BF16 dot product per 32 columns of a head and a key, half the
+// instructions of the widened FMAs above. Whole 32 columns unmasked, then the tail masked.
+template <int H, int K>
+void scores_block_bf16(const std::uint16_t* q, const std::uint16_t* const* keys, std::int64_t width,
+                       std::int64_t count, float scale, std::int64_t h0, std::int64_t j0, float* scores) {
+  __m512 acc[H * K];
+  #pragma GCC unroll 16
+  for (int i = 0; i < H * K; ++i) acc[i] = _mm512_setzero_ps();
+  const auto step = [&](std::int64_t c, auto full, __mmask32 mask) __attribute__((always_inline)) {
+    const auto load = [&](const std::uint16_t* p) __attribute__((always_inline)) {
+      return (__m512bh)(decltype(full)::value ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(mask, p));
+    };
+    __m512bh key[K];
+    #pragma GCC unroll 16
+    for (int k = 0; k < K; ++k) key[k] = load(keys[j0 + k] + c);
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) {
+      const __m512bh query = load(q + (h0 + h) * width + c);
+      #pragma GCC unroll 16
+      for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_dpbf16_ps(acc[h * K + k], query, key[k]);
+    }
+  };
+  std::int64_t c = 0;
+  for (; c + kPair <= width; c += kPair) step(c, std::true_type{}, static_cast<__mmask32>(~0u));
+  if (c < width) step(c, std::false_type{}, static_cast<__mmask32>((1ull << (width - c)) - 1));
+  store_scores<H, K>(acc, scale, count, h0, j0, scores);
+}
+
 // 8 heads at a time (16 accumulators for 2 keys, 4 widened key vectors), then the rest of them.
 constexpr int kScoreHeads = 8;
 
-template <int K, int H = kScoreHeads>
-void scores_heads_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t width,
+// Q: float (paired queries) or std::uint16_t (queries rounded to BF16).
+template <int K, int H = kScoreHeads, typename Q>
+void scores_heads_bf16(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t width,
                        std::int64_t count, float scale, std::int64_t j0, float* scores) {
   std::int64_t h = 0;
   for (; h + H <= heads; h += H) scores_block_bf16<H, K>(q, keys, width, count, scale, h, j0, scores);
@@ -231,8 +265,9 @@ inline void fetch_row(const std::uint16_t* row, std::int64_t width) {
 
 // Each sequence's cache is read from memory once a step, so the rows kLatentFetchAhead keys ahead
 // of the pair being scored are fetched meanwhile (attention_latent fetches a chunk's first ones).
-void latent_scores_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
-                        std::int64_t width, float scale, float* scores) {
+template <typename Q>
+void latent_scores_in_place(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
+                            std::int64_t width, float scale, float* scores) {
   std::int64_t j = 0;
   for (; j + 2 <= count; j += 2) {
     for (std::int64_t a = j + kLatentFetchAhead; a < std::min(count, j + kLatentFetchAhead + 2); ++a)
@@ -313,6 +348,80 @@ void latent_accumulate_bf16(const float* p, std::int64_t heads, std::int64_t cou
   for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
 }
 
+void latent_scores_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
+                        std::int64_t width, float scale, float* scores) {
+  latent_scores_in_place(q, heads, keys, count, width, scale, scores);
+}
+
+void latent_scores_dot(const std::uint16_t* q, std::int64_t heads, const std::uint16_t* const* keys,
+                       std::int64_t count, std::int64_t width, float scale, float* scores) {
+  latent_scores_in_place(q, heads, keys, count, width, scale, scores);
+}
+
+// acc[h, d] += Σ_j p[h, j] · keys[j, d] for H heads from `h0` and values [d0, d0 + 32), two keys
+// at a time: their rows interleaved value by value (unpacklo/hi_epi16) meet each head's pair of
+// BF16 probabilities in one dot product. The interleave leaves lane i of `lo` with value
+// d0 + 8 (i / 4) + i % 4 and of `hi` with 4 more, the order acc keeps (dot_order_undo).
+template <int H>
+void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t count,
+                          const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t h0, std::int64_t d0,
+                          float* acc) {
+  __m512 lo[H], hi[H];
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) {
+    lo[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0);
+    hi[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0 + kLanes);
+  }
+  for (std::int64_t i = 0; i < pairs; ++i) {
+    const __m512i a = _mm512_loadu_si512(keys[2 * i] + d0);
+    // An odd count's last key meets a zero row (and a zero probability).
+    const __m512i b = 2 * i + 1 < count ? _mm512_loadu_si512(keys[2 * i + 1] + d0) : _mm512_setzero_si512();
+    const auto key_lo = (__m512bh)_mm512_unpacklo_epi16(a, b), key_hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
+    #pragma GCC unroll 16
+    for (int h = 0; h < H; ++h) {
+      const auto weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(p2[(h0 + h) * pairs + i]));
+      lo[h] = _mm512_dpbf16_ps(lo[h], weight, key_lo);
+      hi[h] = _mm512_dpbf16_ps(hi[h], weight, key_hi);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int h = 0; h < H; ++h) {
+    _mm512_storeu_ps(acc + (h0 + h) * value_dim + d0, lo[h]);
+    _mm512_storeu_ps(acc + (h0 + h) * value_dim + d0 + kLanes, hi[h]);
+  }
+}
+
+template <int H = kAccumulateHeads>
+void accumulate_heads_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t heads, std::int64_t count,
+                          const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t d0, float* acc) {
+  std::int64_t h = 0;
+  for (; h + H <= heads; h += H) accumulate_block_dot<H>(p2, pairs, count, keys, value_dim, h, d0, acc);
+  if constexpr (H > 1) {
+    if (h < heads)
+      accumulate_heads_dot<H - 1>(p2 + h * pairs, pairs, heads - h, count, keys, value_dim, d0, acc + h * value_dim);
+  }
+}
+
+void latent_accumulate_dot(const float* p, const std::uint16_t* p16, std::int64_t heads, std::int64_t count,
+                           const std::uint16_t* const* keys, std::int64_t value_dim, float* acc) {
+  const std::int64_t pairs = (count + 1) / 2;
+  const auto* p2 = reinterpret_cast<const std::uint32_t*>(p16);
+  std::int64_t d = 0;
+  for (; d + kPair <= value_dim; d += kPair) accumulate_heads_dot(p2, pairs, heads, count, keys, value_dim, d, acc);
+  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
+}
+
+// acc's whole 32 values back in order from accumulate_block_dot's.
+void dot_order_undo(float* values, std::int64_t cols) {
+  const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+  const __m512i second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+  for (std::int64_t c = 0; c + kPair <= cols; c += kPair) {
+    const __m512 lo = _mm512_loadu_ps(values + c), hi = _mm512_loadu_ps(values + c + kLanes);
+    _mm512_storeu_ps(values + c, _mm512_permutex2var_ps(lo, first, hi));
+    _mm512_storeu_ps(values + c + kLanes, _mm512_permutex2var_ps(lo, second, hi));
+  }
+}
+
 float row_max(const float* row, std::int64_t count) {
   __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (std::int64_t j = 0; j < count; j += kLanes)
@@ -325,8 +434,9 @@ float row_max(const float* row, std::int64_t count) {
 RowMax avx512_row_max() { return row_max; }
 
 const LatentKernels* avx512_latent_kernels() {
-  static const LatentKernels kernels{latent_scores,      latent_accumulate,       latent_scores_bf16,
-                                     latent_accumulate_bf16, avx512::pair_columns, avx512::unpair_columns};
+  static const LatentKernels kernels{latent_scores,          latent_accumulate,    latent_scores_bf16,
+                                     latent_accumulate_bf16, avx512::pair_columns, avx512::unpair_columns,
+                                     latent_scores_dot,      latent_accumulate_dot, dot_order_undo};
   return &kernels;
 }
 
