@@ -74,9 +74,12 @@ constexpr std::int64_t kWideChunkBytes = 256 << 10;
 // at 16 rows took the time of reading it plus that of two thirds of its FMAs). So every block also
 // fetches a share of the next chunk's lines into L2, and the memory stream runs under the FMAs
 // throughout. `dsv3 bench --batch 16 --profile`, bench-1b: BF16 head 23.6 -> 20.4 ms a step. FP8,
-// whose widening makes it compute-bound at 16 rows, ran slower with it (HeadRows 23.3 -> 25.3 ms).
-template <DType D>
-constexpr bool kFetchNextChunk = D == DType::BF16;
+// whose widening makes it compute-bound at 16 rows, ran slower with it (HeadRows 23.3 -> 25.3 ms),
+// and so did BF16 dot products (X = std::uint16_t), with half the instructions of the FMAs
+// (2-vCPU AMD EPYC, HeadRows/16 exact:0, three interleaved rounds: 13.4-14.4 ms with, 10.4-11.0
+// without).
+template <DType D, typename X>
+constexpr bool kFetchNextChunk = D == DType::BF16 && std::is_same_v<X, float>;
 // A task's rows go in at least this many chunks then, so that only the first chunk's reads do not
 // overlap: a 16-row linear's task (the pool's quarter of a thread's share) was often a single chunk.
 // `--profile --batch 16`: o_proj 2.58 -> 2.40 ms a step, the shared experts 5.3 -> 4.95 ms.
@@ -281,7 +284,7 @@ void rows_range_wide(const X* x, std::int64_t rows, const Matrix& w, std::int64_
                      float* y) {
   constexpr int R = kWideOutputRows<D>, M = kWideActivationRows<D>;
   const std::int64_t row_bytes = w.cols * element_bytes<D>();
-  const std::int64_t parts = kFetchNextChunk<D> ? kMinChunks : 1;
+  const std::int64_t parts = kFetchNextChunk<D, X> ? kMinChunks : 1;
   const std::int64_t chunk_rows = std::min(kWideChunkBytes / row_bytes, (n_end - n_begin + parts - 1) / parts);
   const std::int64_t chunk = std::max<std::int64_t>(R, chunk_rows / R * R);
   const std::int64_t passes = (rows + M - 1) / M;
@@ -289,7 +292,7 @@ void rows_range_wide(const X* x, std::int64_t rows, const Matrix& w, std::int64_
     const std::int64_t c1 = std::min(n_end, c0 + chunk);
     // The next chunk goes into L2 while this one is used, a share of its lines with every block.
     const std::int64_t next_lines =
-        kFetchNextChunk<D> ? (std::min(n_end, c1 + chunk) - c1) * row_bytes / kCacheLine : 0;
+        kFetchNextChunk<D, X> ? (std::min(n_end, c1 + chunk) - c1) * row_bytes / kCacheLine : 0;
     const std::int64_t blocks = passes * ((c1 - c0 + R - 1) / R);
     const std::int64_t per_block = (next_lines + blocks - 1) / blocks;
     const std::byte* far = w.data + c1 * row_bytes;
