@@ -37,6 +37,7 @@ struct Stepper {
   std::int64_t cached = 0;
   double worst = 0.0;
   std::int64_t rows_checked = 0;
+  std::vector<float> seen;  // every logits row, in position order
 };
 
 // Steps all sequences together: each contributes `chunk` tokens (or what it has left) per step,
@@ -66,6 +67,7 @@ void run_batched(std::vector<Stepper>& sequences, LatentCache& cache, const std:
         const std::int64_t position = seq.cached + (r - out.logit_offsets[s]);
         seq.worst = std::max(seq.worst, test::relative_l2(out.logits.data + r * vocab,
                                                           seq.fixture.logits.data() + position * vocab, vocab));
+        seq.seen.insert(seq.seen.end(), out.logits.data + r * vocab, out.logits.data + (r + 1) * vocab);
         ++seq.rows_checked;
       }
       seq.cached += static_cast<std::int64_t>(segments[s].tokens.size());
@@ -107,6 +109,30 @@ TEST(Decode, FastBf16StepsWithBf16CacheStayWithinTheirRounding) {
   if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
   check_incremental(DType::BF16, 0.35);
+}
+
+// Fast mode with BF16 products: every step below the GEMM's 32 rows (prefills of 2, 5 and 16
+// tokens, then decoding), each sequence's logits are bitwise those it gets stepped alone, so a
+// sequence's output does not depend on its batch.
+TEST(Decode, FastBf16LogitsOfABatchAreBitwiseThoseOfEachSequenceAlone) {
+  if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  const std::vector<std::int64_t> chunks = {2, 5, 16};
+  const std::vector<std::string> names = {"1", "2", "3"};
+  const LatentCache::Options options{.capacity_tokens = 512, .dtype = DType::BF16, .block_tokens = 16};
+  std::vector<Stepper> together;
+  for (const auto& name : names) together.push_back({fixture_sequence(name), {}});
+  LatentCache cache(tiny_model().config(), options);
+  run_batched(together, cache, chunks);
+  for (std::size_t s = 0; s < names.size(); ++s) {
+    std::vector<Stepper> alone;
+    alone.push_back({fixture_sequence(names[s]), {}});
+    LatentCache own(tiny_model().config(), options);
+    run_batched(alone, own, {chunks[s]});
+    ASSERT_EQ(alone[0].seen.size(), together[s].seen.size());
+    EXPECT_TRUE(alone[0].seen == together[s].seen) << "sequence " << names[s];
+    EXPECT_LE(alone[0].worst, 0.35);
+  }
 }
 
 TEST(Decode, MtpStepIncrementalMatchesReference) {

@@ -7,6 +7,8 @@
 
 #include "chi_square.h"
 #include "engine/engine.h"
+#include "fast_arithmetic.h"
+#include "kernels/cpu/ops.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -71,6 +73,40 @@ TEST(Engine, GreedyContinuationMatchesTheFixtureWithAndWithoutMtpAndForBothCache
                   std::string(dtype_name(c.cache)).c_str(), static_cast<long long>(c.mtp), stats.acceptance(0),
                   static_cast<long long>(stats.drafted[0]));
     }
+  }
+}
+
+// The same in fast mode with BF16 products over a BF16 cache (the default on AMD's AVX512-BF16
+// CPUs): below the GEMM's 32 rows every linear and the latent attention round their activations
+// to BF16 for dot products whose sums keep their order whatever the batch, so a sequence's tokens
+// are bitwise those it gets alone, and MTP's verification rows (2 or 3 a sequence) leave greedy
+// output as it is without drafts. Every step stays under 32 rows: prefills go 16 tokens at a time.
+TEST(Engine, FastBf16BatchedSequencesGiveTheSameGreedyTokensAsAloneAndWithoutDrafts) {
+  if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
+    GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
+  const auto long_ids = to_int32(test::read_i64(reference->tensors().at("input_ids_3")));
+  const std::vector<std::vector<std::int32_t>> prompts = {
+      {long_ids.begin(), long_ids.begin() + 3}, {long_ids.begin() + 10, long_ids.begin() + 90},
+      {long_ids.begin() + 100, long_ids.begin() + 117}};
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 12;
+  std::vector<std::vector<std::int32_t>> without_drafts;
+  for (std::int64_t mtp : {0, 2}) {
+    std::vector<std::vector<std::int32_t>> alone;
+    for (const auto& prompt : prompts) {
+      Engine engine(tiny_model(),
+                    {.cache_tokens = 256, .cache_dtype = DType::BF16, .prefill_chunk = 16, .mtp_drafts = mtp});
+      engine.add(prompt, greedy);
+      alone.push_back(run_all(engine, 1).at(0));
+    }
+    Engine engine(tiny_model(), {.cache_tokens = 512, .cache_dtype = DType::BF16, .prefill_chunk = 16, .mtp_drafts = mtp});
+    for (const auto& prompt : prompts) engine.add(prompt, greedy);
+    EXPECT_EQ(run_all(engine, 3), alone) << "mtp " << mtp;
+    if (mtp == 0) without_drafts = alone;
+    EXPECT_EQ(alone, without_drafts) << "mtp " << mtp;
   }
 }
 
