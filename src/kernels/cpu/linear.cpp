@@ -107,6 +107,8 @@ void check_weight(const Matrix& weight) {
 
 bool fast_bf16_products() { return !exact_arithmetic() && gemm_uses_bf16(); }
 
+bool few_row_bf16_dot_products() { return fast_bf16_products() && weight_kernels().gemv_bf16_dot != nullptr; }
+
 std::atomic<std::int64_t> g_min_gemm_rows{kMinGemmRows};
 
 std::int64_t min_gemm_rows() { return g_min_gemm_rows.load(std::memory_order_relaxed); }

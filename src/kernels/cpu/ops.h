@@ -31,6 +31,10 @@ void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
 bool gemm_uses_bf16();
 bool gemm_bf16_supported();  // AVX512-BF16 or AMX
 void set_gemm_bf16(bool bf16);
+// Whether linears under min_gemm_rows() rows with BF16 weights, and latent attention on a BF16
+// cache, round their activations to BF16 for AVX512-BF16 dot products: fast mode, a BF16 GEMM and
+// the AVX-512 kernels.
+bool few_row_bf16_dot_products();
 // FP32 unless DSV3_GEMM chose: for callers whose arithmetic assumes FP32 products (training).
 void use_f32_gemm_unless_chosen();
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);
