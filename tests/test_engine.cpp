@@ -76,6 +76,22 @@ TEST(Engine, GreedyContinuationMatchesTheFixtureWithAndWithoutMtpAndForBothCache
   }
 }
 
+// Three prompts of 3, 80 and 17 tokens from the fixture's longest sequence, for the batching tests.
+std::vector<std::vector<std::int32_t>> batch_prompts() {
+  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
+  const auto long_ids = to_int32(test::read_i64(reference->tensors().at("input_ids_3")));
+  return {{long_ids.begin(), long_ids.begin() + 3},
+          {long_ids.begin() + 10, long_ids.begin() + 90},
+          {long_ids.begin() + 100, long_ids.begin() + 117}};
+}
+
+SamplingParams greedy_12_tokens() {
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 12;
+  return greedy;
+}
+
 // The same in fast mode with BF16 products over a BF16 cache (the default on AMD's AVX512-BF16
 // CPUs): below the GEMM's 32 rows every linear and the latent attention round their activations
 // to BF16 for dot products whose sums keep their order whatever the batch, so a sequence's tokens
@@ -85,14 +101,8 @@ TEST(Engine, FastBf16BatchedSequencesGiveTheSameGreedyTokensAsAloneAndWithoutDra
   if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
     GTEST_SKIP() << "this CPU has no AVX512-BF16";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
-  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
-  const auto long_ids = to_int32(test::read_i64(reference->tensors().at("input_ids_3")));
-  const std::vector<std::vector<std::int32_t>> prompts = {
-      {long_ids.begin(), long_ids.begin() + 3}, {long_ids.begin() + 10, long_ids.begin() + 90},
-      {long_ids.begin() + 100, long_ids.begin() + 117}};
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  greedy.max_tokens = 12;
+  const std::vector<std::vector<std::int32_t>> prompts = batch_prompts();
+  const SamplingParams greedy = greedy_12_tokens();
   std::vector<std::vector<std::int32_t>> without_drafts;
   for (std::int64_t mtp : {0, 2}) {
     std::vector<std::vector<std::int32_t>> alone;
@@ -111,14 +121,8 @@ TEST(Engine, FastBf16BatchedSequencesGiveTheSameGreedyTokensAsAloneAndWithoutDra
 }
 
 TEST(Engine, BatchedSequencesGiveTheSameGreedyTokensAsAlone) {
-  const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
-  const auto long_ids = to_int32(test::read_i64(reference->tensors().at("input_ids_3")));
-  const std::vector<std::vector<std::int32_t>> prompts = {
-      {long_ids.begin(), long_ids.begin() + 3}, {long_ids.begin() + 10, long_ids.begin() + 90},
-      {long_ids.begin() + 100, long_ids.begin() + 117}};
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  greedy.max_tokens = 12;
+  const std::vector<std::vector<std::int32_t>> prompts = batch_prompts();
+  const SamplingParams greedy = greedy_12_tokens();
   for (std::int64_t mtp : {0, 2}) {
     std::vector<std::vector<std::int32_t>> alone;
     for (const auto& prompt : prompts) {

@@ -196,20 +196,7 @@ void block(const X* x, const Matrix& w, std::int64_t n0, float* y, const std::by
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
   std::int64_t c = 0;
-  if constexpr (kDot) {
-    for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
-      if (far_lines > 0) {
-        _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
-        _mm_prefetch(reinterpret_cast<const char*>(far + kCacheLine), _MM_HINT_T1);
-        far += 2 * kCacheLine;
-        far_lines -= 2;
-      }
-      accumulate_bf16_dot<R, M, true>(rows, x, cols, c, 0xffffffffu, acc);
-    }
-    if (c < cols) accumulate_bf16_dot<R, M, false>(rows, x, cols, c, static_cast<__mmask32>((1ull << (cols - c)) - 1), acc);
-    c = cols;
-  } else if constexpr (D == DType::BF16) {
+  if constexpr (D == DType::BF16) {
     for (; c + 2 * kLanes <= cols; c += 2 * kLanes) {
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * kBytes), _MM_HINT_T0);
       if (far_lines > 0) {  // two lines a step cover a block's share from 2 passes on (R = 4)
@@ -218,7 +205,14 @@ void block(const X* x, const Matrix& w, std::int64_t n0, float* y, const std::by
         far += 2 * kCacheLine;
         far_lines -= 2;
       }
-      accumulate_bf16_pairs<R, M>(rows, x, cols, c, acc);
+      if constexpr (kDot) {
+        accumulate_bf16_dot<R, M, true>(rows, x, cols, c, 0xffffffffu, acc);
+      } else {
+        accumulate_bf16_pairs<R, M>(rows, x, cols, c, acc);
+      }
+    }
+    if constexpr (kDot) {  // the last cols % 32 columns masked; nothing is left for the loop below
+      if (c < cols) accumulate_bf16_dot<R, M, false>(rows, x, cols, c, static_cast<__mmask32>((1ull << (cols - c)) - 1), acc);
     }
   }
   if constexpr (!kDot) {
