@@ -1,6 +1,7 @@
 // The `dsv3 info` and `dsv3 forward` commands, run as a user runs them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <sys/wait.h>
 
@@ -151,6 +152,18 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
   ASSERT_EQ(batches.size(), 2u);
   EXPECT_EQ(batches.at(1).at("batch").get<int>(), 3);
   EXPECT_GT(batches.at(1).at("decode_tokens_s").get<double>(), 0.0);
+  // Each batch size decodes --passes times (3 by default), interleaved, and reports its fastest pass.
+  for (const auto& entry : batches) {
+    const auto& passes = entry.at("decode_passes_tokens_s");
+    ASSERT_EQ(passes.size(), 3u);
+    double fastest = 0.0;
+    for (const auto& rate : passes) fastest = std::max(fastest, rate.get<double>());
+    EXPECT_EQ(entry.at("decode_tokens_s").get<double>(), fastest);
+  }
+  const auto one_pass = run("bench --model " + test::tiny_model_dir().string() +
+                            " --prompt-len 8 --gen-len 4 --passes 1 --json 2>/dev/null");
+  ASSERT_EQ(one_pass.exit_code, 0) << one_pass.output;
+  EXPECT_EQ(nlohmann::json::parse(one_pass.output).at("decode_passes_tokens_s").size(), 1u);
   EXPECT_FALSE(report.at("machine").at("cpu").get<std::string>().empty());
   // --head-fp8: the BF16 head re-quantised at load, so a decode step streams fewer bytes.
   const auto fp8_head = run("bench --model " + test::tiny_model_dir().string() +

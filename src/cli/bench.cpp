@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <cstring>
 #include <vector>
@@ -34,6 +35,7 @@ struct BenchOptions {
   std::int64_t batch = 1;                  // of one run
   std::vector<std::int64_t> batches = {1};  // --batch 1,4,16: one run each
   std::int64_t mtp = 0;
+  std::int64_t passes = 3;  // decode passes per batch size; the fastest is reported
   std::string cache_dtype = "bf16";
   std::uint64_t seed = 0;
   bool json = false;
@@ -50,8 +52,9 @@ struct PhaseProfile {
 struct Measurement {
   double prefill_seconds = 0.0;
   double first_token_seconds = 0.0;
-  double decode_seconds = 0.0;
-  std::int64_t decode_tokens = 0;
+  double decode_seconds = 0.0;     // of the fastest decode pass
+  std::int64_t decode_tokens = 0;  // of the fastest decode pass
+  std::vector<double> decode_rates;  // every pass's decode tokens/s, in order
   std::vector<double> acceptance;
   PhaseProfile prefill_profile, decode_profile;
 };
@@ -91,82 +94,114 @@ double rank_share(const Weights& w) {
   return all > 0 ? mine / all : 1.0;
 }
 
-// With `profiler` (the backend `model` computes on), each phase's op times are kept.
-Measurement run_once(const Model& model, const BenchOptions& options, std::int64_t mtp, const char* label,
-                     kernels::ProfilingBackend* profiler = nullptr) {
-  const ModelConfig& c = model.config();
-  EngineOptions engine_options;
-  engine_options.cache_tokens = options.batch * (options.prompt_len + options.gen_len + mtp + 16);
-  engine_options.cache_dtype = options.cache_dtype == "f32" ? DType::F32 : DType::BF16;
-  check_cache_fits(fmt::format("--batch {} with --prompt-len {} and --gen-len {}", options.batch, options.prompt_len,
-                               options.gen_len),
-                   engine_options.cache_tokens, LatentCache::bytes_per_token(c, engine_options.cache_dtype));
-  engine_options.prefill_chunk = options.prompt_len;
-  // Every prompt in one prefill step, as the figures have always been measured.
-  engine_options.max_step_tokens = options.batch * (options.prompt_len + 1 + mtp);
-  engine_options.mtp_drafts = mtp;
-  Engine engine(model, engine_options);
-  std::mt19937_64 rng(options.seed);
-  std::uniform_int_distribution<std::int32_t> token(0, static_cast<std::int32_t>(c.vocab_size - 1));
-  // One warm-up prefill of the same shape first, as in a server that has answered a request: the
-  // step's scratch (the workspace) has grown, so the timed steps do not pay its first page faults.
-  {
-    for (std::int64_t b = 0; b < options.batch; ++b) {
-      std::vector<std::int32_t> prompt(static_cast<std::size_t>(options.prompt_len));
-      for (auto& id : prompt) id = token(rng);
-      SamplingParams params;
-      params.temperature = 0.0f;
-      params.max_tokens = 1;
-      params.ignore_eos = true;
-      engine.add(std::move(prompt), params);
-    }
-    while (engine.has_work()) engine.step();
+// One batch size's engine and prompts. Its decode passes interleave with the other batch sizes'
+// (pass 1 of each, then pass 2 of each, ...), so that every size meets the host in much the same
+// state, and the fastest pass of each is its figure.
+class BatchRun {
+ public:
+  BatchRun(const Model& model, const BenchOptions& options, std::int64_t batch, std::int64_t mtp)
+      : options_(options), batch_(batch) {
+    const ModelConfig& c = model.config();
+    EngineOptions engine_options;
+    engine_options.cache_tokens = batch * (options.prompt_len + options.gen_len + mtp + 16);
+    engine_options.cache_dtype = options.cache_dtype == "f32" ? DType::F32 : DType::BF16;
+    check_cache_fits(fmt::format("--batch {} with --prompt-len {} and --gen-len {}", batch, options.prompt_len,
+                                 options.gen_len),
+                     engine_options.cache_tokens, LatentCache::bytes_per_token(c, engine_options.cache_dtype));
+    engine_options.prefill_chunk = options.prompt_len;
+    // Every prompt in one prefill step, as the figures have always been measured.
+    engine_options.max_step_tokens = batch * (options.prompt_len + 1 + mtp);
+    engine_options.mtp_drafts = mtp;
+    engine_ = std::make_unique<Engine>(model, engine_options);
+    std::mt19937_64 rng(options.seed);
+    std::uniform_int_distribution<std::int32_t> token(0, static_cast<std::int32_t>(c.vocab_size - 1));
+    const auto random_prompts = [&] {
+      std::vector<std::vector<std::int32_t>> prompts(static_cast<std::size_t>(batch));
+      for (auto& prompt : prompts) {
+        prompt.resize(static_cast<std::size_t>(options.prompt_len));
+        for (auto& id : prompt) id = token(rng);
+      }
+      return prompts;
+    };
+    // One warm-up prefill of the same shape first, as in a server that has answered a request: the
+    // step's scratch (the workspace) has grown, so the timed steps do not pay its first page faults.
+    SamplingParams warm_up;
+    warm_up.temperature = 0.0f;
+    warm_up.max_tokens = 1;
+    warm_up.ignore_eos = true;
+    for (auto& prompt : random_prompts()) engine_->add(std::move(prompt), warm_up);
+    while (engine_->has_work()) engine_->step();
+    prompts_ = random_prompts();
   }
-  for (std::int64_t b = 0; b < options.batch; ++b) {
-    std::vector<std::int32_t> prompt(static_cast<std::size_t>(options.prompt_len));
-    for (auto& id : prompt) id = token(rng);
+
+  // The prompts added and decoded once more: the first pass prefills them (its prefill is the
+  // figure), later ones find them in the prefix cache (their last block aside) and decode the same
+  // amount again. With `profiler` (the backend the model computes on), the pass's op times are
+  // kept with its phases.
+  void pass(ProgressBar& bar, std::int64_t& produced, kernels::ProfilingBackend* profiler) {
     SamplingParams params;
     params.temperature = 0.0f;
-    params.max_tokens = static_cast<std::int32_t>(options.gen_len);
+    params.max_tokens = static_cast<std::int32_t>(options_.gen_len);
     params.ignore_eos = true;  // a fixed amount of work
-    engine.add(std::move(prompt), params);
-  }
-  Measurement run;
-  const std::int64_t total = options.batch * options.gen_len;
-  ProgressBar bar(label, total);
-  std::int64_t produced = 0, first_tokens = 0;
-  if (profiler) profiler->reset();
-  const auto start = Clock::now();
-  Clock::time_point decode_start;
-  while (engine.has_work()) {
-    const auto step_start = Clock::now();
-    for (const TokenEvent& event : engine.step()) {
-      (void)event;
-      if (produced++ == 0) run.first_token_seconds = since(start);
-    }
-    PhaseProfile& phase = first_tokens < options.batch ? run.prefill_profile : run.decode_profile;
-    phase.steps += 1;
-    phase.step_seconds += since(step_start);
-    if (first_tokens < options.batch) {  // prefill is done once every sequence has its first token
-      first_tokens = std::min(produced, options.batch);
-      if (first_tokens == options.batch) {
-        run.prefill_seconds = since(start);
-        if (profiler) {
-          run.prefill_profile.ops = profiler->entries();
-          profiler->reset();
-        }
-        decode_start = Clock::now();
+    const bool first_pass = result.decode_rates.empty();
+    for (const auto& prompt : prompts_) engine_->add(prompt, params);
+    PhaseProfile prefill, decode;
+    std::int64_t pass_produced = 0, first_tokens = 0;
+    if (profiler) profiler->reset();
+    const auto start = Clock::now();
+    Clock::time_point decode_start;
+    double prefill_seconds = 0.0, first_token_seconds = 0.0;
+    while (engine_->has_work()) {
+      const auto step_start = Clock::now();
+      for (const TokenEvent& event : engine_->step()) {
+        (void)event;
+        if (pass_produced++ == 0) first_token_seconds = since(start);
       }
+      PhaseProfile& phase = first_tokens < batch_ ? prefill : decode;
+      phase.steps += 1;
+      phase.step_seconds += since(step_start);
+      if (first_tokens < batch_) {  // prefill is done once every sequence has its first token
+        first_tokens = std::min(pass_produced, batch_);
+        if (first_tokens == batch_) {
+          prefill_seconds = since(start);
+          if (profiler) {
+            prefill.ops = profiler->entries();
+            profiler->reset();
+          }
+          decode_start = Clock::now();
+        }
+      }
+      bar.set(produced + pass_produced);
     }
-    bar.set(produced);
+    produced += pass_produced;
+    if (profiler) decode.ops = profiler->entries();
+    const double decode_seconds = since(decode_start);
+    const std::int64_t decode_tokens = pass_produced - batch_;
+    const double rate = static_cast<double>(decode_tokens) / decode_seconds;
+    if (first_pass) {
+      result.prefill_seconds = prefill_seconds;
+      result.first_token_seconds = first_token_seconds;
+      result.prefill_profile = std::move(prefill);
+    }
+    if (first_pass || rate > static_cast<double>(result.decode_tokens) / result.decode_seconds) {
+      result.decode_seconds = decode_seconds;
+      result.decode_tokens = decode_tokens;
+      result.decode_profile = std::move(decode);
+    }
+    result.decode_rates.push_back(rate);
+    result.acceptance.clear();
+    for (std::size_t i = 0; i < engine_->speculation().drafted.size(); ++i)
+      result.acceptance.push_back(engine_->speculation().acceptance(i));
   }
-  if (profiler) run.decode_profile.ops = profiler->entries();
-  run.decode_seconds = since(decode_start);
-  run.decode_tokens = produced - options.batch;
-  for (std::size_t i = 0; i < engine.speculation().drafted.size(); ++i)
-    run.acceptance.push_back(engine.speculation().acceptance(i));
-  return run;
-}
+
+  Measurement result;
+
+ private:
+  const BenchOptions& options_;
+  std::int64_t batch_;
+  std::unique_ptr<Engine> engine_;
+  std::vector<std::vector<std::int32_t>> prompts_;
+};
 
 // Read bandwidth, robustly on a shared host: the best of several passes over a buffer far larger
 // than the last-level cache (4x it, at least 1 GiB, at most an eighth of the memory).
@@ -208,6 +243,15 @@ double gemm_rate(std::int64_t rows, std::int64_t out, std::int64_t in, bool bf16
   kernels::set_gemm_bf16(was_bf16);
   kernels::set_exact_arithmetic(was_exact);
   return best;
+}
+
+// ", passes a / b / c" for a run of several decode passes (the fastest is its figure).
+std::string passes_note(const Measurement& run) {
+  if (run.decode_rates.size() < 2) return {};
+  std::string note = "; passes";
+  for (std::size_t i = 0; i < run.decode_rates.size(); ++i)
+    note += fmt::format("{}{:.1f}", i ? " / " : " ", run.decode_rates[i]);
+  return note;
 }
 
 // One phase's table: per step, each op's time and share, the rows it was given, and for ops that
@@ -265,16 +309,25 @@ int bench(const BenchOptions& options) {
   const double gemm_f32 = gemm_rate(gemm_rows, c.intermediate_size, c.hidden_size, false);
   const double gemm_bf16 =
       kernels::gemm_bf16_supported() ? gemm_rate(gemm_rows, c.intermediate_size, c.hidden_size, true) : 0.0;
-  std::vector<Measurement> runs;
-  for (const std::int64_t batch : options.batches) {
-    BenchOptions one = options;
-    one.batch = batch;
-    runs.push_back(run_once(model, one, 0, fmt::format("decode, batch {}", batch).c_str(),
-                            options.profile && runs.empty() ? &profiler : nullptr));
+  // Every batch size's run (and the MTP run at the first size), their passes interleaved.
+  std::vector<std::unique_ptr<BatchRun>> batch_runs;
+  for (const std::int64_t batch : options.batches)
+    batch_runs.push_back(std::make_unique<BatchRun>(model, options, batch, 0));
+  if (options.mtp > 0) batch_runs.push_back(std::make_unique<BatchRun>(model, options, options.batches.front(), options.mtp));
+  std::int64_t total_tokens = 0;
+  for (std::size_t i = 0; i < batch_runs.size(); ++i)
+    total_tokens += options.passes * (i < options.batches.size() ? options.batches[i] : options.batches.front()) * options.gen_len;
+  {
+    ProgressBar bar(options.passes > 1 ? fmt::format("decode, {} passes", options.passes) : "decode", total_tokens);
+    std::int64_t produced = 0;
+    for (std::int64_t pass = 0; pass < options.passes; ++pass)
+      for (std::size_t i = 0; i < batch_runs.size(); ++i)
+        batch_runs[i]->pass(bar, produced, options.profile && i == 0 ? &profiler : nullptr);
   }
-  BenchOptions first = options;
-  first.batch = options.batches.front();
-  const Measurement speculative = options.mtp > 0 ? run_once(model, first, options.mtp, "decode with MTP") : Measurement{};
+  std::vector<Measurement> runs;
+  for (std::size_t i = 0; i < options.batches.size(); ++i) runs.push_back(std::move(batch_runs[i]->result));
+  const Measurement speculative = options.mtp > 0 ? std::move(batch_runs.back()->result) : Measurement{};
+  batch_runs.clear();
   const std::int64_t peak_memory = peak_memory_bytes();  // before the bandwidth probe's buffer
   const double bandwidth_after = read_bandwidth();
   const double bandwidth = std::max(bandwidth_before, bandwidth_after);
@@ -328,6 +381,7 @@ int bench(const BenchOptions& options) {
       {"time_to_first_token_s", plain.first_token_seconds},
       {"decode_tokens_s", decode_rate(plain)},
       {"decode_vs_roofline", decode_rate(plain) / roofline},
+      {"decode_passes_tokens_s", plain.decode_rates},
       {"peak_memory_bytes", peak_memory},
   };
   nlohmann::json batches = nlohmann::json::array();
@@ -335,6 +389,7 @@ int bench(const BenchOptions& options) {
     batches.push_back({{"batch", options.batches[i]},
                        {"prefill_tokens_s", prefill_rate(runs[i], options.batches[i])},
                        {"decode_tokens_s", decode_rate(runs[i])},
+                       {"decode_passes_tokens_s", runs[i].decode_rates},
                        {"decode_vs_first", decode_rate(runs[i]) / decode_rate(plain)}});
   report["batches"] = batches;
   if (options.mtp > 0) {
@@ -354,8 +409,11 @@ int bench(const BenchOptions& options) {
   fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
              ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");
   fmt::print("arithmetic     {}\n", arithmetic);
-  fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache\n", batch,
-             options.prompt_len, options.gen_len, options.cache_dtype);
+  fmt::print("workload       batch {}, prompt {} tokens, generate {} tokens, greedy, {} cache; decode {}\n", batch,
+             options.prompt_len, options.gen_len, options.cache_dtype,
+             options.passes > 1 ? fmt::format("the fastest of {} passes (the prompts again from the prefix cache)",
+                                              options.passes)
+                                : std::string("one pass"));
   fmt::print("bandwidth      {:.1f} GB/s read (best pass over {:.0f} MiB; before {:.1f}, after {:.1f})\n", bandwidth / 1e9,
              static_cast<double>(std::max<std::int64_t>(std::int64_t{1} << 30, 4 * last_level_cache_bytes())) / 1048576.0,
              bandwidth_before / 1e9, bandwidth_after / 1e9);
@@ -371,11 +429,12 @@ int bench(const BenchOptions& options) {
              prefill_rate(plain, batch), prefill_rate(plain, batch) * prefill_flop_per_token / gemm_in_use,
              gemm_in_use == gemm_f32 ? "FP32" : "BF16", prefill_rate(plain, batch) * prefill_flop_per_token / 1e9,
              plain.first_token_seconds);
-  fmt::print("decode         {:.1f} tokens/s = {:.2f} of the roofline\n", decode_rate(plain), decode_rate(plain) / roofline);
+  fmt::print("decode         {:.1f} tokens/s = {:.2f} of the roofline{}\n", decode_rate(plain),
+             decode_rate(plain) / roofline, passes_note(plain));
   for (std::size_t i = 1; i < runs.size(); ++i)
-    fmt::print("decode batch {:<2} {:.1f} tokens/s aggregate = {:.2f}x batch {} (prefill {:.1f} tokens/s)\n",
+    fmt::print("decode batch {:<2} {:.1f} tokens/s aggregate = {:.2f}x batch {}{} (prefill {:.1f} tokens/s)\n",
                options.batches[i], decode_rate(runs[i]), decode_rate(runs[i]) / decode_rate(plain), batch,
-               prefill_rate(runs[i], options.batches[i]));
+               passes_note(runs[i]), prefill_rate(runs[i], options.batches[i]));
   if (options.mtp > 0) {
     std::string acceptance;
     for (std::size_t i = 0; i < speculative.acceptance.size(); ++i)
@@ -408,6 +467,11 @@ const bool registered = register_command(
            app, "--batch", options->batches, "Sequences decoded together; a list (1,4,16) runs each and compares", 1,
            most_int)
            ->delimiter(',')
+           ->capture_default_str();
+       add_number(app, "--passes", options->passes,
+                  "Decode passes per batch size, the prompts again from the prefix cache; the fastest is reported "
+                  "(a shared host's neighbours slow some)",
+                  1, 100)
            ->capture_default_str();
        add_number(app, "--mtp", options->mtp, "Also run with this many MTP drafts per step, for the ratio", 0,
                   kMostDrafts)
