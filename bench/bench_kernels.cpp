@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -102,12 +103,14 @@ void report(benchmark::State& state, const Weights& w, double read_bandwidth_bef
 }
 
 // args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8, 1 = exact arithmetic
-// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on / 2 = oneDNN at any row count.
+// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on / 2 = oneDNN at any row count /
+// 3 = the few-row kernels (with a BF16 GEMM, BF16 dot products) at any row count.
 void BM_Linear(benchmark::State& state) {
   const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
-  const bool exact = state.range(4) == 1, force_gemm = state.range(4) == 2;
+  const bool exact = state.range(4) == 1, force_gemm = state.range(4) == 2, force_few = state.range(4) == 3;
   kernels::set_exact_arithmetic(exact);
   if (force_gemm) kernels::set_min_gemm_rows_for_testing(1);
+  if (force_few) kernels::set_min_gemm_rows_for_testing(std::numeric_limits<std::int64_t>::max());
   const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
   std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
   const double read_bandwidth = measure_read_bandwidth(2);
@@ -117,11 +120,11 @@ void BM_Linear(benchmark::State& state) {
     next = (next + 1) % w.matrices.size();
     benchmark::DoNotOptimize(y.data());
   }
-  if (force_gemm) kernels::set_min_gemm_rows_for_testing(std::nullopt);
+  if (force_gemm || force_few) kernels::set_min_gemm_rows_for_testing(std::nullopt);
   report(state, w, read_bandwidth);
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * n * k) * static_cast<double>(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
-  const bool gemm = !exact && (force_gemm || rows >= kernels::min_gemm_rows());
+  const bool gemm = !exact && !force_few && (force_gemm || rows >= kernels::min_gemm_rows());
   const bool dot = !exact && !gemm && !state.range(3) && kernels::gemm_uses_bf16();
   state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
                  (gemm ? " onednn" : dot ? " gemv bf16-dot" : " gemv"));
@@ -172,8 +175,10 @@ void row_sweep(benchmark::internal::Benchmark* b) {
 void gemm_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
     for (std::int64_t n : {2816, 384})
-      for (std::int64_t rows : {4, 8, 12, 16, 24, 32, 48, 64, 128, 512})
+      for (std::int64_t rows : {4, 8, 12, 16, 24, 32, 48, 64, 128, 512}) {
         for (std::int64_t exact : {1, 0}) b->Args({rows, n, 1024, dtype, exact});
+        if (rows >= 32 && rows <= 128) b->Args({rows, n, 1024, dtype, 3});
+      }
 }
 
 // Batched decode's widest linear, bench-1b's output head (vocab 129280 x hidden 1024): the GEMV
@@ -181,8 +186,10 @@ void gemm_sweep(benchmark::internal::Benchmark* b) {
 // oneDNN at the row counts of a batch of 1 to 32 sequences.
 void head_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
-    for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32})
+    for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32, 48, 64}) {
       for (std::int64_t exact : {1, 0, 2}) b->Args({rows, 129280, 1024, dtype, exact});
+      if (rows >= 32) b->Args({rows, 129280, 1024, dtype, 3});
+    }
 }
 
 BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(decode_shapes)->UseRealTime();

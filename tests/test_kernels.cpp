@@ -473,19 +473,19 @@ TEST(Kernels, RoundToBf16GivesAValueTheSameBitsInTheVectorLoopAndItsTail) {
 
 // Fast mode where the GEMM takes BF16 inputs: a BF16 weight's few-row products round the
 // activations to BF16 as the GEMM does and sum the exact products in float32. Against a double
-// reference on the rounded activations (unrounded ones are ~2^-9 away), 1 to 31 rows and the
+// reference on the rounded activations (unrounded ones are ~2^-9 away), 1 to 63 rows and the
 // kernel's ragged edges (columns not a multiple of 32); each row bitwise what it is alone and what
-// linear_rows gives its slice; and from 32 rows the GEMM, which rounds the same way, within float32
+// linear_rows gives its slice; and from 64 rows the GEMM, which rounds the same way, within float32
 // summation of the same reference.
 TEST(Kernels, FastBf16LinearRoundsActivationsAsTheGemmAndGivesEachRowItsBitsAlone) {
   if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
     GTEST_SKIP() << "this CPU has no AVX512-BF16";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
-  ASSERT_EQ(kernels::min_gemm_rows(), 32);
+  ASSERT_EQ(kernels::min_gemm_rows_bf16_dot(), 64);
   for (const auto& [out, in] : {std::array<std::int64_t, 2>{7, 33}, {131, 130}, {257, 1000}, {40, 1024}}) {
     const StoredWeight w =
         store_weight(test::random_values(static_cast<std::size_t>(out * in), 42, 0.05f), out, in, DType::BF16);
-    const std::int64_t max_rows = 40;
+    const std::int64_t max_rows = 72;
     const auto x = test::random_values(static_cast<std::size_t>(max_rows * in), 41);
     std::vector<float> rounded(x.size());
     for (std::size_t i = 0; i < x.size(); ++i) rounded[i] = bf16_to_float(float_to_bf16(x[i]));
@@ -500,7 +500,7 @@ TEST(Kernels, FastBf16LinearRoundsActivationsAsTheGemmAndGivesEachRowItsBitsAlon
       std::vector<float> y(static_cast<std::size_t>(rows * out), NAN);
       kernels::linear(x.data(), rows, w.matrix, y.data());
       EXPECT_LE(test::relative_l2(y.data(), expected.data(), rows * out), 1e-6);
-      if (rows < kernels::min_gemm_rows()) {
+      if (rows < kernels::min_gemm_rows_bf16_dot()) {
         EXPECT_TRUE(std::equal(y.begin(), y.end(), alone.begin())) << "a row differs from itself computed alone";
       }
     }

@@ -352,12 +352,14 @@ int bench(const BenchOptions& options) {
   const std::string arithmetic =
       kernels::exact_arithmetic()
           ? std::string("exact (FP32 activations throughout)")
-          : fmt::format("fast: oneDNN {} GEMM from {} rows ({}){}", kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32",
-                        kernels::min_gemm_rows(),
-                        kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size),
-                        kernels::few_row_bf16_dot_products()
-                            ? "; fewer rows: AVX512-BF16 dot products on activations rounded to BF16"
-                            : "");
+          : kernels::few_row_bf16_dot_products()
+                ? fmt::format("fast: oneDNN BF16 x BF16 -> FP32 GEMM ({}) from {} rows of BF16 weights (fewer: "
+                              "AVX512-BF16 dot products on activations rounded to BF16), from {} of FP8 ones",
+                              kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size),
+                              kernels::min_gemm_rows_bf16_dot(), kernels::min_gemm_rows())
+                : fmt::format("fast: oneDNN {} GEMM from {} rows ({})",
+                              kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32", kernels::min_gemm_rows(),
+                              kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size));
   nlohmann::json report = {
       {"machine", {{"cpu", cpu_model()}, {"features", cpu_features()}, {"threads", ThreadPool::global().size()}}},
       {"model", options.model},

@@ -33,6 +33,15 @@ constexpr std::int64_t kMaxGemvRows = 64;
 // 1.47 vs 1.82, 512 rows 10.5 vs 20.8; expert 384 x 1024 at 24 rows 0.152 vs 0.139, 32 rows 0.190
 // vs 0.190, 48 rows 0.226 vs 0.260.
 constexpr std::int64_t kMinGemmRows = 32;
+// A BF16 weight's few-row products in fast mode are AVX512-BF16 dot products (gemv_bf16_dot) on
+// activations rounded as the BF16 GEMM rounds them, and those keep up with oneDNN's BF16 GEMM to
+// more rows: bench_kernels GemmRows / HeadRows exact:0 (oneDNN from 32 rows) against exact:3 (dot
+// products at any row count), 2-vCPU AMD EPYC, medians of 3: dense 2816 x 1024 at 32 rows 442 vs
+// 374 us, 48 rows 572 vs 536, 64 rows 719 vs 690, 128 rows 1249 vs 1360; expert 384 x 1024 at 32
+// rows 78.9 vs 74.8, 48 rows 98.9 vs 99.6, 64 rows 126 vs 135; output head 129280 x 1024 at 32
+// rows 24.5 vs 17.0 ms, 48 rows 27.0 vs 25.9, 64 rows 32.4 vs 37.6. FP8 weights (FP32 GEMV below
+// the GEMM) keep kMinGemmRows: at 48 rows the GEMV took 1.25 ms against oneDNN's 0.71.
+constexpr std::int64_t kMinGemmRowsBf16Dot = 64;
 
 std::int64_t max_gemv_rows() {
   return active_isa() == Isa::avx512 ? std::numeric_limits<std::int64_t>::max() : kMaxGemvRows;
@@ -109,13 +118,21 @@ bool fast_bf16_products() { return !exact_arithmetic() && gemm_uses_bf16(); }
 
 bool few_row_bf16_dot_products() { return fast_bf16_products() && weight_kernels().gemv_bf16_dot != nullptr; }
 
-std::atomic<std::int64_t> g_min_gemm_rows{kMinGemmRows};
+std::atomic<std::int64_t> g_gemm_rows_for_testing{0};  // 0: the measured thresholds
 
-std::int64_t min_gemm_rows() { return g_min_gemm_rows.load(std::memory_order_relaxed); }
+std::int64_t min_gemm_rows() {
+  const std::int64_t rows = g_gemm_rows_for_testing.load(std::memory_order_relaxed);
+  return rows > 0 ? rows : kMinGemmRows;
+}
+
+std::int64_t min_gemm_rows_bf16_dot() {
+  const std::int64_t rows = g_gemm_rows_for_testing.load(std::memory_order_relaxed);
+  return rows > 0 ? rows : kMinGemmRowsBf16Dot;
+}
 
 void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows) {
   if (rows && *rows < 1) fail("min_gemm_rows: {} rows", *rows);
-  g_min_gemm_rows.store(rows.value_or(kMinGemmRows), std::memory_order_relaxed);
+  g_gemm_rows_for_testing.store(rows.value_or(0), std::memory_order_relaxed);
 }
 
 std::string_view isa_name(Isa isa) {
@@ -251,11 +268,13 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
     return;
   }
   const WeightKernels& kernels = weight_kernels();
-  if (rows >= min_gemm_rows() && !exact_arithmetic()) return linear_gemm(x, rows, weight, y, kernels);
+  const bool dot = bf16_dot_products(weight, kernels);
+  if (!exact_arithmetic() && rows >= (dot ? min_gemm_rows_bf16_dot() : min_gemm_rows()))
+    return linear_gemm(x, rows, weight, y, kernels);
   if (rows <= max_gemv_rows()) {
     const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
     const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);
-    if (bf16_dot_products(weight, kernels)) return gemv_bf16_dot_tasks(x, rows, weight, y, grain, kernels);
+    if (dot) return gemv_bf16_dot_tasks(x, rows, weight, y, grain, kernels);
     if (weight.dtype == DType::BF16 && kernels.gemv_paired_bf16 && rows * in_features <= kStackScratchFloats)
       return gemv_paired_tasks(x, rows, weight, y, grain, kernels);
     ThreadPool::global().parallel_for(out_features, grain, [&](std::int64_t begin, std::int64_t end) {

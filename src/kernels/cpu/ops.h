@@ -20,10 +20,13 @@ namespace dsv3::kernels {
 // FP8 E4M3 NaN codes (0x7f, 0xff) are not preserved by the SIMD paths; checkpoints hold none.
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
 
-// From this many rows on, linear multiplies through oneDNN unless exact_arithmetic() is set.
-// Tests lower it (to 1: every linear through the GEMM, the most rounding fast mode can add);
-// nullopt restores the measured threshold.
+// From this many rows on, linear multiplies through oneDNN unless exact_arithmetic() is set:
+// min_gemm_rows(), or min_gemm_rows_bf16_dot() for a BF16 weight whose fewer rows go through
+// AVX512-BF16 dot products (few_row_bf16_dot_products()), which keep up with the GEMM to more rows.
+// Tests set both (to 1: every linear through the GEMM, the most rounding fast mode can add);
+// nullopt restores the measured thresholds.
 std::int64_t min_gemm_rows();
+std::int64_t min_gemm_rows_bf16_dot();
 void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
 // Whether that GEMM takes BF16 inputs (else FP32): by default with AMX, or AVX512-BF16 on AMD
 // (linear_dnnl.cpp says why); DSV3_GEMM=bf16|f32 or set_gemm_bf16 choose. And oneDNN's name for
@@ -31,7 +34,7 @@ void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
 bool gemm_uses_bf16();
 bool gemm_bf16_supported();  // AVX512-BF16 or AMX
 void set_gemm_bf16(bool bf16);
-// Whether linears under min_gemm_rows() rows with BF16 weights, and latent attention on a BF16
+// Whether linears under min_gemm_rows_bf16_dot() rows with BF16 weights, and latent attention on a BF16
 // cache, round their activations to BF16 for AVX512-BF16 dot products: fast mode, a BF16 GEMM and
 // the AVX-512 kernels.
 bool few_row_bf16_dot_products();
