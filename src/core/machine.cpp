@@ -103,6 +103,14 @@ std::int64_t physical_memory_bytes() {
   return static_cast<std::int64_t>(pages) * page_size;
 }
 
+std::int64_t available_memory_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line))
+    if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;  // "MemAvailable:  1234 kB"
+  return 0;
+}
+
 std::int64_t resident_memory_bytes() {
   std::ifstream status("/proc/self/status");
   std::string line;

@@ -18,6 +18,9 @@ std::int64_t last_level_cache_bytes();
 
 // The machine's physical memory in bytes; 0 when the system does not say.
 std::int64_t physical_memory_bytes();
+// Memory the system could give this process now without swapping (MemAvailable: free memory plus
+// reclaimable caches), in bytes; 0 when the system does not say.
+std::int64_t available_memory_bytes();
 
 // Peak resident memory of this process so far, in bytes.
 std::int64_t peak_memory_bytes();

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/machine.h"
 
 namespace dsv3 {
 namespace {
@@ -44,18 +45,6 @@ std::uint64_t checked_product(const std::vector<std::int64_t>& shape, const std:
 // What write_safetensors aligns the data section to (one cache line).
 constexpr std::size_t kDataAlignment = 64;
 
-std::uint64_t available_memory_bytes() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  std::uint64_t value = 0;
-  std::string unit;
-  while (meminfo >> key >> value) {
-    std::getline(meminfo, unit);
-    if (key == "MemAvailable:") return value * 1024;
-  }
-  return 0;
-}
-
 // Whether a file's bytes are copied into anonymous memory rather than read through its mapping.
 // Decode streams the weights, and from the page cache's 4 KiB file pages the small matrices (a
 // routed expert's 768 KiB) were read at half the speed of the same bytes in anonymous memory with
@@ -70,7 +59,7 @@ bool copy_into_memory(std::uint64_t bytes) {
   if (text == "map") return false;
   if (text == "copy") return true;
   if (!text.empty()) fail("DSV3_WEIGHTS={}: expected map or copy", text);
-  return bytes <= available_memory_bytes() / 2;
+  return bytes <= static_cast<std::uint64_t>(available_memory_bytes()) / 2;
 }
 
 // The file's bytes in anonymous memory (huge pages advised), read-only like the mapping; nullptr
