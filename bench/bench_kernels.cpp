@@ -103,7 +103,8 @@ void report(benchmark::State& state, const Weights& w, double read_bandwidth_bef
 }
 
 // args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8, 1 = exact arithmetic
-// (FP32 GEMV or sgemm) / 0 = oneDNN from kernels::min_gemm_rows() rows on / 2 = oneDNN at any row count /
+// (FP32 GEMV or sgemm) / 0 = oneDNN from the measured thresholds on (kernels::linear_through_gemm) /
+// 2 = oneDNN at any row count /
 // 3 = the few-row kernels (with a BF16 GEMM, BF16 dot products) at any row count.
 void BM_Linear(benchmark::State& state) {
   const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
@@ -112,6 +113,7 @@ void BM_Linear(benchmark::State& state) {
   if (force_gemm) kernels::set_min_gemm_rows_for_testing(1);
   if (force_few) kernels::set_min_gemm_rows_for_testing(std::numeric_limits<std::int64_t>::max());
   const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  const bool gemm = kernels::linear_through_gemm(rows, w.matrices.front());
   std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
   const double read_bandwidth = measure_read_bandwidth(2);
   std::size_t next = 0;
@@ -124,8 +126,7 @@ void BM_Linear(benchmark::State& state) {
   report(state, w, read_bandwidth);
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * static_cast<double>(rows * n * k) * static_cast<double>(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
-  const bool gemm = !exact && !force_few && (force_gemm || rows >= kernels::min_gemm_rows());
-  const bool dot = !exact && !gemm && !state.range(3) && kernels::gemm_uses_bf16();
+  const bool dot = !exact && !gemm && !state.range(3) && kernels::few_row_bf16_dot_products();
   state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
                  (gemm ? " onednn" : dot ? " gemv bf16-dot" : " gemv"));
 }
@@ -171,7 +172,8 @@ void row_sweep(benchmark::internal::Benchmark* b) {
     for (std::int64_t rows : {1, 2, 4, 8, 12, 16, 32, 64, 128, 512}) b->Args({rows, 2816, 1024, dtype, 1});
 }
 
-// Exact GEMV against oneDNN around the threshold, on bench-1b's dense MLP and expert shapes.
+// Exact GEMV against oneDNN around the thresholds, on bench-1b's dense MLP and expert shapes; and
+// from 32 to 128 rows the few-row kernels forced (exact:3) against oneDNN.
 void gemm_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
     for (std::int64_t n : {2816, 384})
@@ -183,7 +185,7 @@ void gemm_sweep(benchmark::internal::Benchmark* b) {
 
 // Batched decode's widest linear, bench-1b's output head (vocab 129280 x hidden 1024): the GEMV
 // kernels (exact; and fast, which with a BF16 GEMM are BF16 dot products for BF16 weights) against
-// oneDNN at the row counts of a batch of 1 to 32 sequences.
+// oneDNN at the row counts of a batch of 1 to 64 sequences.
 void head_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
     for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32, 48, 64}) {

@@ -37,7 +37,7 @@ struct Stepper {
   std::int64_t cached = 0;
   double worst = 0.0;
   std::int64_t rows_checked = 0;
-  std::vector<float> seen;  // every logits row, in position order
+  std::vector<float> seen{};  // every logits row, in position order
 };
 
 // Steps all sequences together: each contributes `chunk` tokens (or what it has left) per step,
@@ -111,7 +111,7 @@ TEST(Decode, FastBf16StepsWithBf16CacheStayWithinTheirRounding) {
   check_incremental(DType::BF16, 0.35);
 }
 
-// Fast mode with BF16 products: every step below the GEMM's 32 rows (prefills of 2, 5 and 16
+// Fast mode with BF16 products: every step below the GEMM's 64 rows (prefills of 2, 5 and 16
 // tokens, then decoding), each sequence's logits are bitwise those it gets stepped alone, so a
 // sequence's output does not depend on its batch.
 TEST(Decode, FastBf16LogitsOfABatchAreBitwiseThoseOfEachSequenceAlone) {

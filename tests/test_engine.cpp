@@ -93,10 +93,10 @@ SamplingParams greedy_12_tokens() {
 }
 
 // The same in fast mode with BF16 products over a BF16 cache (the default on AMD's AVX512-BF16
-// CPUs): below the GEMM's 32 rows every linear and the latent attention round their activations
+// CPUs): below the GEMM's 64 rows every linear and the latent attention round their activations
 // to BF16 for dot products whose sums keep their order whatever the batch, so a sequence's tokens
 // are bitwise those it gets alone, and MTP's verification rows (2 or 3 a sequence) leave greedy
-// output as it is without drafts. Every step stays under 32 rows: prefills go 16 tokens at a time.
+// output as it is without drafts. Every step stays under 64 rows: prefills go 16 tokens at a time.
 TEST(Engine, FastBf16BatchedSequencesGiveTheSameGreedyTokensAsAloneAndWithoutDrafts) {
   if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
     GTEST_SKIP() << "this CPU has no AVX512-BF16";

@@ -194,6 +194,8 @@ class BatchRun {
       result.acceptance.push_back(engine_->speculation().acceptance(i));
   }
 
+  std::int64_t batch() const { return batch_; }
+
   Measurement result;
 
  private:
@@ -315,8 +317,7 @@ int bench(const BenchOptions& options) {
     batch_runs.push_back(std::make_unique<BatchRun>(model, options, batch, 0));
   if (options.mtp > 0) batch_runs.push_back(std::make_unique<BatchRun>(model, options, options.batches.front(), options.mtp));
   std::int64_t total_tokens = 0;
-  for (std::size_t i = 0; i < batch_runs.size(); ++i)
-    total_tokens += options.passes * (i < options.batches.size() ? options.batches[i] : options.batches.front()) * options.gen_len;
+  for (const auto& run : batch_runs) total_tokens += options.passes * run->batch() * options.gen_len;
   {
     ProgressBar bar(options.passes > 1 ? fmt::format("decode, {} passes", options.passes) : "decode", total_tokens);
     std::int64_t produced = 0;

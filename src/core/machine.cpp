@@ -103,20 +103,20 @@ std::int64_t physical_memory_bytes() {
   return static_cast<std::int64_t>(pages) * page_size;
 }
 
-std::int64_t available_memory_bytes() {
-  std::ifstream meminfo("/proc/meminfo");
+namespace {
+// The bytes of a "Key:   1234 kB" line of a /proc file; 0 when the file has no such line.
+std::int64_t proc_kilobytes(const char* path, std::string_view key) {
+  std::ifstream in(path);
   std::string line;
-  while (std::getline(meminfo, line))
-    if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;  // "MemAvailable:  1234 kB"
+  while (std::getline(in, line))
+    if (line.size() > key.size() && line.compare(0, key.size(), key) == 0 && line[key.size()] == ':')
+      return std::stoll(line.substr(key.size() + 1)) * 1024;
   return 0;
 }
+}  // namespace
 
-std::int64_t resident_memory_bytes() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // "VmRSS:   1234 kB"
-  return 0;
-}
+std::int64_t available_memory_bytes() { return proc_kilobytes("/proc/meminfo", "MemAvailable"); }
+
+std::int64_t resident_memory_bytes() { return proc_kilobytes("/proc/self/status", "VmRSS"); }
 
 }  // namespace dsv3

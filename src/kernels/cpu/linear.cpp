@@ -120,15 +120,15 @@ bool few_row_bf16_dot_products() { return fast_bf16_products() && weight_kernels
 
 std::atomic<std::int64_t> g_gemm_rows_for_testing{0};  // 0: the measured thresholds
 
-std::int64_t min_gemm_rows() {
+// A test's threshold if one is set, else the measured one.
+std::int64_t gemm_rows_or(std::int64_t measured) {
   const std::int64_t rows = g_gemm_rows_for_testing.load(std::memory_order_relaxed);
-  return rows > 0 ? rows : kMinGemmRows;
+  return rows > 0 ? rows : measured;
 }
 
-std::int64_t min_gemm_rows_bf16_dot() {
-  const std::int64_t rows = g_gemm_rows_for_testing.load(std::memory_order_relaxed);
-  return rows > 0 ? rows : kMinGemmRowsBf16Dot;
-}
+std::int64_t min_gemm_rows() { return gemm_rows_or(kMinGemmRows); }
+
+std::int64_t min_gemm_rows_bf16_dot() { return gemm_rows_or(kMinGemmRowsBf16Dot); }
 
 void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows) {
   if (rows && *rows < 1) fail("min_gemm_rows: {} rows", *rows);
@@ -258,6 +258,11 @@ __attribute__((noinline)) void gemv_paired_tasks(const float* x, std::int64_t ro
 }
 }  // namespace
 
+bool linear_through_gemm(std::int64_t rows, const Matrix& weight) {
+  if (exact_arithmetic()) return false;
+  return rows >= (bf16_dot_products(weight, weight_kernels()) ? min_gemm_rows_bf16_dot() : min_gemm_rows());
+}
+
 void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
   const std::int64_t out_features = weight.rows;
   const std::int64_t in_features = weight.cols;
@@ -268,9 +273,8 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
     return;
   }
   const WeightKernels& kernels = weight_kernels();
+  if (linear_through_gemm(rows, weight)) return linear_gemm(x, rows, weight, y, kernels);
   const bool dot = bf16_dot_products(weight, kernels);
-  if (!exact_arithmetic() && rows >= (dot ? min_gemm_rows_bf16_dot() : min_gemm_rows()))
-    return linear_gemm(x, rows, weight, y, kernels);
   if (rows <= max_gemv_rows()) {
     const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
     const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);

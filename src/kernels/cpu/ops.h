@@ -28,6 +28,8 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y);
 std::int64_t min_gemm_rows();
 std::int64_t min_gemm_rows_bf16_dot();
 void set_min_gemm_rows_for_testing(std::optional<std::int64_t> rows);
+// Whether linear multiplies `rows` rows by `weight` through that GEMM, by the rule above.
+bool linear_through_gemm(std::int64_t rows, const Matrix& weight);
 // Whether that GEMM takes BF16 inputs (else FP32): by default with AMX, or AVX512-BF16 on AMD
 // (linear_dnnl.cpp says why); DSV3_GEMM=bf16|f32 or set_gemm_bf16 choose. And oneDNN's name for
 // the implementation it picks for a [rows, in] x [in, out] product ("brg:avx512_core_bf16").
