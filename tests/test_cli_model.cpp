@@ -173,6 +173,39 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
   EXPECT_EQ(report.at("head_dtype").get<std::string>(), "BF16");
   EXPECT_EQ(fp8_report.at("head_dtype").get<std::string>(), "F8_E4M3");
   EXPECT_LT(fp8_report.at("weight_bytes_per_token").get<double>(), report.at("weight_bytes_per_token").get<double>());
+  // --profile times every op of every batch size's decode (and the first size's prefill): a step's
+  // output head runs once on each of the batch's rows, the ops' time stays within the step's.
+  const auto profiled = run("bench --model " + test::tiny_model_dir().string() +
+                            " --prompt-len 8 --gen-len 4 --batch 1,3 --passes 1 --profile --json 2>/dev/null");
+  ASSERT_EQ(profiled.exit_code, 0) << profiled.output;
+  for (const auto& entry : nlohmann::json::parse(profiled.output).at("batches")) {
+    const int batch = entry.at("batch").get<int>();
+    for (const char* phase : {"prefill_profile", "decode_profile"}) {
+      SCOPED_TRACE(fmt::format("batch {} {}", batch, phase));
+      const auto& profile = entry.at(phase);
+      EXPECT_EQ(profile.at("steps").get<int>(), std::string(phase) == "prefill_profile" ? 1 : 3);  // 4 tokens
+      double in_ops = 0.0;
+      bool head = false;
+      for (const auto& op : profile.at("ops")) {
+        in_ops += op.at("ms_per_step").get<double>();
+        if (op.at("op").get<std::string>() != "linear lm_head") continue;
+        head = true;
+        EXPECT_EQ(op.at("calls_per_step").get<double>(), 1.0);
+        EXPECT_EQ(op.at("rows_per_call").get<double>(), batch);
+        EXPECT_GT(op.at("weight_bytes_per_step").get<double>(), 0.0);
+      }
+      EXPECT_TRUE(head);
+      EXPECT_GT(in_ops, 0.0);
+      EXPECT_NEAR(in_ops + profile.at("outside_ops_ms").get<double>(), profile.at("step_ms").get<double>(), 1e-9);
+      EXPECT_GE(profile.at("outside_ops_ms").get<double>(), 0.0);
+    }
+  }
+  const auto profile_text = run("bench --model " + test::tiny_model_dir().string() +
+                                " --prompt-len 8 --gen-len 4 --batch 1,3 --passes 1 --profile 2>/dev/null");
+  ASSERT_EQ(profile_text.exit_code, 0) << profile_text.output;
+  for (const char* table : {"profile, prefill, batch 1:", "profile, decode, batch 1:", "profile, decode, batch 3:",
+                            "profile, decode by batch size"})
+    EXPECT_NE(profile_text.output.find(table), std::string::npos) << table << "\n" << profile_text.output;
   const auto too_long = run("bench --model " + test::tiny_model_dir().string() + " --prompt-len 2000");
   EXPECT_EQ(too_long.exit_code, 1);
   EXPECT_NE(too_long.output.find("exceeds the model's 1024 positions"), std::string::npos) << too_long.output;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <memory>
@@ -284,9 +285,70 @@ void print_profile(const char* phase, const PhaseProfile& profile, double bandwi
              100.0 * (profile.step_seconds - in_ops) / profile.step_seconds);
 }
 
+// The same figures as JSON: per step, the step's time, the time outside the ops, and each op's.
+nlohmann::json profile_json(const PhaseProfile& profile) {
+  const double steps = static_cast<double>(std::max<std::int64_t>(profile.steps, 1));
+  double in_ops = 0.0;
+  nlohmann::json ops = nlohmann::json::array();
+  for (const kernels::OpProfile& op : profile.ops) {
+    in_ops += op.seconds;
+    ops.push_back({{"op", op.op},
+                   {"ms_per_step", 1e3 * op.seconds / steps},
+                   {"calls_per_step", static_cast<double>(op.calls) / steps},
+                   {"rows_per_call", static_cast<double>(op.rows) / static_cast<double>(std::max<std::int64_t>(op.calls, 1))},
+                   {"weight_bytes_per_step", op.weight_bytes / steps}});
+  }
+  return {{"steps", profile.steps},
+          {"step_ms", 1e3 * profile.step_seconds / steps},
+          {"outside_ops_ms", 1e3 * (profile.step_seconds - in_ops) / steps},
+          {"ops", ops}};
+}
+
+// With several batch sizes profiled: each op's time per decode step at every size, and at each
+// size after the first its multiple of the first's; a step's multiple bounds the aggregate speed
+// (B sequences for the step's time). Ops under 1% of every size's step are left out.
+void print_profile_comparison(const std::vector<std::int64_t>& batches, const std::vector<Measurement>& runs) {
+  std::vector<std::string> names;
+  for (const Measurement& run : runs)
+    for (const kernels::OpProfile& op : run.decode_profile.ops)
+      if (op.seconds >= 0.01 * run.decode_profile.step_seconds &&
+          std::find(names.begin(), names.end(), op.op) == names.end())
+        names.push_back(op.op);
+  const auto per_step = [&](const Measurement& run, const std::string& name) {
+    for (const kernels::OpProfile& op : run.decode_profile.ops)
+      if (op.op == name) return 1e3 * op.seconds / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
+    return 0.0;
+  };
+  const auto step_ms = [](const Measurement& run) {
+    return 1e3 * run.decode_profile.step_seconds / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
+  };
+  std::string header = fmt::format("  {:<40}", "ms per decode step, batch");
+  for (std::size_t i = 0; i < batches.size(); ++i)
+    header += i == 0 ? fmt::format(" {:>9}", batches[i]) : fmt::format(" {:>9} {:>6}", batches[i], "x");
+  fmt::print("\nprofile, decode by batch size\n{}\n", header);
+  const auto row = [&](const std::string& label, auto&& value) {
+    std::string line = fmt::format("  {:<40}", label);
+    const double first = value(runs.front());
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const double v = value(runs[i]);
+      line += i == 0 ? fmt::format(" {:>9.3f}", v)
+                     : fmt::format(" {:>9.3f} {:>6}", v, first > 0 ? fmt::format("{:.2f}", v / first) : "-");
+    }
+    fmt::print("{}\n", line);
+  };
+  for (const std::string& name : names) row(name, [&](const Measurement& run) { return per_step(run, name); });
+  row("(outside the ops)", [&](const Measurement& run) {
+    double in_ops = 0.0;
+    for (const kernels::OpProfile& op : run.decode_profile.ops) in_ops += op.seconds;
+    return step_ms(run) - 1e3 * in_ops / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
+  });
+  row("(the step)", step_ms);
+}
+
 int bench(const BenchOptions& options) {
   const auto load_start = Clock::now();
-  // --profile: the model computes on a backend that times every op of the first batch size's run.
+  // --profile: the model computes on a backend that times every op; each batch size's passes keep
+  // their own op times (not the MTP run's).
   kernels::ProfilingBackend profiler(kernels::default_backend());
   const Model model = load_model(options.model, true,  // page faults are not what is measured
                                  options.profile ? static_cast<const kernels::Backend&>(profiler)
@@ -323,7 +385,7 @@ int bench(const BenchOptions& options) {
     std::int64_t produced = 0;
     for (std::int64_t pass = 0; pass < options.passes; ++pass)
       for (std::size_t i = 0; i < batch_runs.size(); ++i)
-        batch_runs[i]->pass(bar, produced, options.profile && i == 0 ? &profiler : nullptr);
+        batch_runs[i]->pass(bar, produced, options.profile && i < options.batches.size() ? &profiler : nullptr);
   }
   std::vector<Measurement> runs;
   for (std::size_t i = 0; i < options.batches.size(); ++i) runs.push_back(std::move(batch_runs[i]->result));
@@ -388,12 +450,17 @@ int bench(const BenchOptions& options) {
       {"peak_memory_bytes", peak_memory},
   };
   nlohmann::json batches = nlohmann::json::array();
-  for (std::size_t i = 0; i < runs.size(); ++i)
+  for (std::size_t i = 0; i < runs.size(); ++i) {
     batches.push_back({{"batch", options.batches[i]},
                        {"prefill_tokens_s", prefill_rate(runs[i], options.batches[i])},
                        {"decode_tokens_s", decode_rate(runs[i])},
                        {"decode_passes_tokens_s", runs[i].decode_rates},
                        {"decode_vs_first", decode_rate(runs[i]) / decode_rate(plain)}});
+    if (options.profile) {  // the first pass's prefill, the fastest pass's decode
+      batches.back()["prefill_profile"] = profile_json(runs[i].prefill_profile);
+      batches.back()["decode_profile"] = profile_json(runs[i].decode_profile);
+    }
+  }
   report["batches"] = batches;
   if (options.mtp > 0) {
     report["mtp"] = {{"drafts", options.mtp},
@@ -448,7 +515,9 @@ int bench(const BenchOptions& options) {
   fmt::print("peak memory    {:.2f} GB\n", static_cast<double>(peak_memory) / 1e9);
   if (options.profile) {
     print_profile(fmt::format("prefill, batch {}", batch).c_str(), plain.prefill_profile, bandwidth);
-    print_profile(fmt::format("decode, batch {}", batch).c_str(), plain.decode_profile, bandwidth);
+    for (std::size_t i = 0; i < runs.size(); ++i)
+      print_profile(fmt::format("decode, batch {}", options.batches[i]).c_str(), runs[i].decode_profile, bandwidth);
+    if (runs.size() > 1) print_profile_comparison(options.batches, runs);
     fmt::print("(weights GB/s: the weight bytes an op read per second, and in brackets that rate over the read "
                "bandwidth; timing every op adds a little to each step)\n");
   }
@@ -484,7 +553,8 @@ const bool registered = register_command(
        add_number(app, "--seed", options->seed, "Seed of the random prompts")->capture_default_str();
        app.add_flag("--json", options->json, "Print the figures as JSON");
        app.add_flag("--profile", options->profile,
-                    "Time every op of the first batch size's run and print where prefill and decode steps go");
+                    "Time every op and print where prefill and decode steps go: the first batch size's prefill, "
+                    "every batch size's decode, side by side");
        add_exact_flag(app);
        add_head_fp8_flag(app);
        return [options] { return bench(*options); };
