@@ -139,6 +139,37 @@ TEST(Engine, BatchedSequencesGiveTheSameGreedyTokensAsAlone) {
   }
 }
 
+// A batch's greedy decode rows take their arg-max over the thread pool, the others are sampled in
+// order: greedy and seeded sampled sequences of every kind (top-k, top-p, min-p, penalties, a logit
+// bias) side by side get the tokens each gets alone.
+TEST(Engine, BatchedSampledSequencesGetTheirOwnTokensWhateverTheirNeighbours) {
+  const std::vector<std::vector<std::int32_t>> prompts = batch_prompts();
+  std::vector<SamplingParams> kinds(6, greedy_12_tokens());  // 0 and 5 greedy
+  kinds[1].temperature = 0.8f;
+  kinds[1].top_k = 20;
+  kinds[1].seed = 11;
+  kinds[2].temperature = 1.2f;
+  kinds[2].top_p = 0.9f;
+  kinds[2].presence_penalty = 0.5f;
+  kinds[2].seed = 12;
+  kinds[3].temperature = 0.7f;
+  kinds[3].repetition_penalty = 1.2f;
+  kinds[3].logit_bias = {{5, 3.0f}, {7, -100.0f}};
+  kinds[3].seed = 13;
+  kinds[4].temperature = 1.0f;
+  kinds[4].min_p = 0.05f;
+  kinds[4].seed = 14;
+  std::vector<std::vector<std::int32_t>> alone;
+  for (std::size_t i = 0; i < kinds.size(); ++i) {
+    Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = DType::F32});
+    engine.add(prompts[i % prompts.size()], kinds[i]);
+    alone.push_back(run_all(engine, 1).at(0));
+  }
+  Engine engine(tiny_model(), {.cache_tokens = 1024, .cache_dtype = DType::F32});
+  for (std::size_t i = 0; i < kinds.size(); ++i) engine.add(prompts[i % prompts.size()], kinds[i]);
+  EXPECT_EQ(run_all(engine, static_cast<std::int64_t>(kinds.size())), alone);
+}
+
 // Speculative sampling must not change what is sampled. Draw the first three generated tokens of
 // many seeded sequences with and without MTP drafts and compare the distributions of the 2nd and
 // 3rd tokens (the 1st is never speculative) with a chi-square homogeneity test at the 0.1% level.

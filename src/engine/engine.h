@@ -130,6 +130,7 @@ class Engine {
   std::vector<float> draft_distributions_;    // [decoding, k, vocab]: q, what each draft was drawn from
   std::vector<float> targets_;                // [k + 1, vocab]: p at each verified position
   std::vector<float> distribution_;           // [vocab]: the row a token is drawn from
+  std::vector<std::int32_t> argmax_tokens_;   // [decoding]: plain arg-max rows' tokens, over the pool; else -1
   std::vector<float> residual_;               // [vocab]: speculative sampling's residual
   Verification verification_;
   std::vector<TokenEvent> events_;  // [0, event_count_) is this step's; later slots keep their capacity

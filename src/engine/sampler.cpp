@@ -225,6 +225,10 @@ bool uses_history(const SamplingParams& params) {
   return params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f;
 }
 
+bool plain_argmax(const SamplingParams& params) {
+  return params.greedy() && !uses_history(params) && params.logit_bias.empty();
+}
+
 void apply_penalties(std::span<float> logits, const PenaltyCounts& counts, const SamplingParams& params) {
   if (params.repetition_penalty != 1.0f) {
     for (const PenaltyCounts::Entry& entry : counts.entries()) {
@@ -360,7 +364,7 @@ float token_logprob(std::span<const float> logits, std::int32_t token) {
 
 std::int32_t sample_token(std::span<const float> logits, const PenaltyCounts& counts, const SamplingParams& params,
                           Rng& rng, std::span<float> scratch) {
-  if (params.greedy() && !uses_history(params) && params.logit_bias.empty()) {
+  if (plain_argmax(params)) {
     // The arg-max of the logits themselves: target_distribution's one-hot row without writing it.
     if (logits.empty()) fail("sampling: empty logits row");
     if (scratch.size() != logits.size())

@@ -80,6 +80,9 @@ class PenaltyCounts {
 
 // Whether `params` asks for any penalty that reads the history (logit bias does not).
 bool uses_history(const SamplingParams& params);
+// Whether sample_token takes the logits' first arg-max alone (greedy, no penalty, no bias): it then
+// reads nothing else, draws nothing and allocates nothing, so such rows can be sampled on any thread.
+bool plain_argmax(const SamplingParams& params);
 
 // Repetition penalty, then frequency/presence penalties, then logit bias, in place.
 void apply_penalties(std::span<float> logits, const PenaltyCounts& counts, const SamplingParams& params);
