@@ -33,7 +33,6 @@ struct BenchOptions {
   std::string model;
   std::int64_t prompt_len = 512;
   std::int64_t gen_len = 128;
-  std::int64_t batch = 1;                  // of one run
   std::vector<std::int64_t> batches = {1};  // --batch 1,4,16: one run each
   std::int64_t mtp = 0;
   std::int64_t passes = 3;  // decode passes per batch size; the fastest is reported
@@ -48,6 +47,15 @@ struct PhaseProfile {
   std::int64_t steps = 0;
   double step_seconds = 0.0;  // wall time of the engine's steps
   std::vector<kernels::OpProfile> ops;
+
+  // A total over the phase's steps, per step (0 steps count as 1).
+  double per_step(double total) const { return total / static_cast<double>(std::max<std::int64_t>(steps, 1)); }
+  // The steps' time outside every op: the engine's own work (scheduling, sampling, host loops).
+  double outside_ops_seconds() const {
+    double in_ops = 0.0;
+    for (const kernels::OpProfile& op : ops) in_ops += op.seconds;
+    return step_seconds - in_ops;
+  }
 };
 
 struct Measurement {
@@ -262,12 +270,10 @@ std::string passes_note(const Measurement& run) {
 // work: scheduling, sampling, host loops).
 void print_profile(const char* phase, const PhaseProfile& profile, double bandwidth) {
   if (profile.steps == 0) return;
-  const double steps = static_cast<double>(profile.steps);
-  double in_ops = 0.0;
-  for (const kernels::OpProfile& op : profile.ops) in_ops += op.seconds;
+  const double steps = static_cast<double>(profile.steps), outside = profile.outside_ops_seconds();
   fmt::print("\nprofile, {}: {} steps, {:.2f} ms per step; {:.1f}% in ops, {:.2f} ms per step outside them\n", phase,
-             profile.steps, 1e3 * profile.step_seconds / steps, 100.0 * in_ops / profile.step_seconds,
-             1e3 * (profile.step_seconds - in_ops) / steps);
+             profile.steps, 1e3 * profile.per_step(profile.step_seconds),
+             100.0 * (profile.step_seconds - outside) / profile.step_seconds, 1e3 * profile.per_step(outside));
   fmt::print("  {:<40} {:>9} {:>7} {:>8} {:>9} {:>13}\n", "op", "ms/step", "share", "calls", "rows/call",
              "weights GB/s");
   for (const kernels::OpProfile& op : profile.ops) {
@@ -277,30 +283,26 @@ void print_profile(const char* phase, const PhaseProfile& profile, double bandwi
                                  ? fmt::format("{:.1f} ({:.2f})", op.weight_bytes / op.seconds / 1e9,
                                                op.weight_bytes / op.seconds / bandwidth)
                                  : std::string();
-    fmt::print("  {:<40} {:>9.3f} {:>6.1f}% {:>8.1f} {:>9.1f} {:>13}\n", op.op, 1e3 * op.seconds / steps,
+    fmt::print("  {:<40} {:>9.3f} {:>6.1f}% {:>8.1f} {:>9.1f} {:>13}\n", op.op, 1e3 * profile.per_step(op.seconds),
                100.0 * share, static_cast<double>(op.calls) / steps,
                static_cast<double>(op.rows) / static_cast<double>(op.calls), rate);
   }
-  fmt::print("  {:<40} {:>9.3f} {:>6.1f}%\n", "(outside the ops)", 1e3 * (profile.step_seconds - in_ops) / steps,
-             100.0 * (profile.step_seconds - in_ops) / profile.step_seconds);
+  fmt::print("  {:<40} {:>9.3f} {:>6.1f}%\n", "(outside the ops)", 1e3 * profile.per_step(outside),
+             100.0 * outside / profile.step_seconds);
 }
 
 // The same figures as JSON: per step, the step's time, the time outside the ops, and each op's.
 nlohmann::json profile_json(const PhaseProfile& profile) {
-  const double steps = static_cast<double>(std::max<std::int64_t>(profile.steps, 1));
-  double in_ops = 0.0;
   nlohmann::json ops = nlohmann::json::array();
-  for (const kernels::OpProfile& op : profile.ops) {
-    in_ops += op.seconds;
+  for (const kernels::OpProfile& op : profile.ops)
     ops.push_back({{"op", op.op},
-                   {"ms_per_step", 1e3 * op.seconds / steps},
-                   {"calls_per_step", static_cast<double>(op.calls) / steps},
+                   {"ms_per_step", 1e3 * profile.per_step(op.seconds)},
+                   {"calls_per_step", profile.per_step(static_cast<double>(op.calls))},
                    {"rows_per_call", static_cast<double>(op.rows) / static_cast<double>(std::max<std::int64_t>(op.calls, 1))},
-                   {"weight_bytes_per_step", op.weight_bytes / steps}});
-  }
+                   {"weight_bytes_per_step", profile.per_step(op.weight_bytes)}});
   return {{"steps", profile.steps},
-          {"step_ms", 1e3 * profile.step_seconds / steps},
-          {"outside_ops_ms", 1e3 * (profile.step_seconds - in_ops) / steps},
+          {"step_ms", 1e3 * profile.per_step(profile.step_seconds)},
+          {"outside_ops_ms", 1e3 * profile.per_step(profile.outside_ops_seconds())},
           {"ops", ops}};
 }
 
@@ -316,11 +318,8 @@ void print_profile_comparison(const std::vector<std::int64_t>& batches, const st
         names.push_back(op.op);
   const auto per_step = [&](const Measurement& run, const std::string& name) {
     for (const kernels::OpProfile& op : run.decode_profile.ops)
-      if (op.op == name) return 1e3 * op.seconds / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
+      if (op.op == name) return 1e3 * run.decode_profile.per_step(op.seconds);
     return 0.0;
-  };
-  const auto step_ms = [](const Measurement& run) {
-    return 1e3 * run.decode_profile.step_seconds / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
   };
   std::string header = fmt::format("  {:<40}", "ms per decode step, batch");
   for (std::size_t i = 0; i < batches.size(); ++i)
@@ -337,12 +336,9 @@ void print_profile_comparison(const std::vector<std::int64_t>& batches, const st
     fmt::print("{}\n", line);
   };
   for (const std::string& name : names) row(name, [&](const Measurement& run) { return per_step(run, name); });
-  row("(outside the ops)", [&](const Measurement& run) {
-    double in_ops = 0.0;
-    for (const kernels::OpProfile& op : run.decode_profile.ops) in_ops += op.seconds;
-    return step_ms(run) - 1e3 * in_ops / static_cast<double>(std::max<std::int64_t>(run.decode_profile.steps, 1));
-  });
-  row("(the step)", step_ms);
+  row("(outside the ops)",
+      [](const Measurement& run) { return 1e3 * run.decode_profile.per_step(run.decode_profile.outside_ops_seconds()); });
+  row("(the step)", [](const Measurement& run) { return 1e3 * run.decode_profile.per_step(run.decode_profile.step_seconds); });
 }
 
 int bench(const BenchOptions& options) {

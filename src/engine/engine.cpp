@@ -381,8 +381,8 @@ std::span<const TokenEvent> Engine::step() {
   // alone) get it over the pool, then are emitted in order below; the other rows are sampled there,
   // on this thread. One core took ~74 us a row for the arg-max over bench-1b's 129,280 logits.
   const std::size_t decode_begin = prefilling_.size();
-  argmax_tokens_.assign(decoding_.size(), -1);
-  if (!speculate && decoding_.size() > 1) {
+  if (!speculate) {  // a single row runs inline
+    argmax_tokens_.assign(decoding_.size(), -1);
     ThreadPool::global().parallel_for(static_cast<std::int64_t>(decoding_.size()), 1, [&](std::int64_t first, std::int64_t last) {
       for (auto d = static_cast<std::size_t>(first); d < static_cast<std::size_t>(last); ++d) {
         Sequence& seq = *decoding_[d];
