@@ -105,14 +105,18 @@ void report(benchmark::State& state, const Weights& w, double read_bandwidth_bef
 // args: activation rows, out features N, in features K, 0 = BF16 / 1 = FP8, 1 = exact arithmetic
 // (FP32 GEMV or sgemm) / 0 = oneDNN from the measured thresholds on (kernels::linear_through_gemm) /
 // 2 = oneDNN at any row count /
-// 3 = the few-row kernels (with a BF16 GEMM, BF16 dot products) at any row count.
+// 3 = the few-row kernels (with a BF16 GEMM, BF16 dot products) at any row count /
+// 4 = as 0 with the weight in pair tiles too (kernels::pack_for_few_rows, as the output head is).
 void BM_Linear(benchmark::State& state) {
   const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
   const bool exact = state.range(4) == 1, force_gemm = state.range(4) == 2, force_few = state.range(4) == 3;
   kernels::set_exact_arithmetic(exact);
   if (force_gemm) kernels::set_min_gemm_rows_for_testing(1);
   if (force_few) kernels::set_min_gemm_rows_for_testing(std::numeric_limits<std::int64_t>::max());
-  const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  bool tiles = false;
+  if (state.range(4) == 4)
+    for (Matrix& m : w.matrices) tiles = kernels::pack_for_few_rows(m) > 0;
   const bool gemm = kernels::linear_through_gemm(rows, w.matrices.front());
   std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
   const double read_bandwidth = measure_read_bandwidth(2);
@@ -128,7 +132,7 @@ void BM_Linear(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate);
   const bool dot = !exact && !gemm && !state.range(3) && kernels::few_row_bf16_dot_products();
   state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
-                 (gemm ? " onednn" : dot ? " gemv bf16-dot" : " gemv"));
+                 (gemm ? " onednn" : dot && tiles ? " bf16-dot pair tiles" : dot ? " gemv bf16-dot" : " gemv"));
 }
 
 // The implementation before the GEMV kernels, as the baseline: dequantise 64-row panels, then sgemm.
@@ -190,6 +194,7 @@ void head_sweep(benchmark::internal::Benchmark* b) {
   for (std::int64_t dtype : {0, 1})
     for (std::int64_t rows : {1, 4, 8, 12, 16, 24, 32, 48, 64}) {
       for (std::int64_t exact : {1, 0, 2}) b->Args({rows, 129280, 1024, dtype, exact});
+      if (dtype == 0 && rows < 64) b->Args({rows, 129280, 1024, dtype, 4});
       if (rows >= 32) b->Args({rows, 129280, 1024, dtype, 3});
     }
 }

@@ -477,14 +477,23 @@ TEST(Kernels, RoundToBf16GivesAValueTheSameBitsInTheVectorLoopAndItsTail) {
 // kernel's ragged edges (columns not a multiple of 32); each row bitwise what it is alone and what
 // linear_rows gives its slice; and from 64 rows the GEMM, which rounds the same way, within float32
 // summation of the same reference.
+// The same with the weight in pair tiles (pack_for_few_rows, as the output head is at load).
 TEST(Kernels, FastBf16LinearRoundsActivationsAsTheGemmAndGivesEachRowItsBitsAlone) {
   if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
     GTEST_SKIP() << "this CPU has no AVX512-BF16";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
   ASSERT_EQ(kernels::min_gemm_rows_bf16_dot(), 64);
-  for (const auto& [out, in] : {std::array<std::int64_t, 2>{7, 33}, {131, 130}, {257, 1000}, {40, 1024}}) {
-    const StoredWeight w =
+  for (const auto& [out, in, tiles] : {std::array<std::int64_t, 3>{7, 33, 0}, {131, 130, 0}, {257, 1000, 0},
+                                       {40, 1024, 0}, {3, 1, 1}, {7, 33, 1}, {131, 130, 1}, {257, 1000, 1},
+                                       {40, 1024, 1}}) {
+    StoredWeight w =
         store_weight(test::random_values(static_cast<std::size_t>(out * in), 42, 0.05f), out, in, DType::BF16);
+    if (tiles) {
+      ASSERT_EQ(kernels::pack_for_few_rows(w.matrix),
+                static_cast<std::size_t>((out + 15) / 16 * 16 * ((in + 1) / 2) * 4));
+      ASSERT_NE(w.matrix.packed_copy(), nullptr);
+    }
+    SCOPED_TRACE(tiles ? "pair tiles" : "row-major");
     const std::int64_t max_rows = 72;
     const auto x = test::random_values(static_cast<std::size_t>(max_rows * in), 41);
     std::vector<float> rounded(x.size());
@@ -512,6 +521,57 @@ TEST(Kernels, FastBf16LinearRoundsActivationsAsTheGemmAndGivesEachRowItsBitsAlon
                              alone.begin() + r * out + n_begin))
           << "linear_rows, row " << r;
   }
+}
+
+// What AVX512-BF16's vdpbf16ps does to one lane (Intel's pseudo-code): the odd column's product,
+// then the even one's, each added in float32 (the products of two BF16 values are exact).
+float dot_pairs_in_order(const std::uint16_t* x, const std::uint16_t* w, std::int64_t cols) {
+  float sum = 0.0f;
+  for (std::int64_t c = 0; c < cols; c += 2) {
+    if (c + 1 < cols) sum += bf16_to_float(x[c + 1]) * bf16_to_float(w[c + 1]);
+    sum += bf16_to_float(x[c]) * bf16_to_float(w[c]);
+  }
+  return sum;
+}
+
+// A weight in pair tiles: each output is one float32 sum over the column pairs in order (the
+// emulation above, bit for bit) for any number of rows and any slice of outputs, tiles cut at
+// either end included; a view of other data (another weight's rows) does not read the tiles.
+TEST(Kernels, PairTilesSumEachOutputOverItsColumnPairsInOrder) {
+  if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
+    GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  const std::int64_t out = 93, in = 77, max_rows = 40;
+  StoredWeight w = store_weight(test::random_values(static_cast<std::size_t>(out * in), 52, 0.05f), out, in, DType::BF16);
+  ASSERT_GT(kernels::pack_for_few_rows(w.matrix), 0u);
+  const auto x = test::random_values(static_cast<std::size_t>(max_rows * in), 51);
+  std::vector<std::uint16_t> x16(x.size()), w16(static_cast<std::size_t>(out * in));
+  kernels::round_to_bf16(x.data(), static_cast<std::int64_t>(x.size()), x16.data());
+  std::memcpy(w16.data(), w.bytes.data(), w.bytes.size());
+  for (std::int64_t rows : {1, 2, 5, 8, 9, 16, 17, 40}) {
+    for (const auto& [begin, end] : {std::pair<std::int64_t, std::int64_t>{0, out}, {5, 6}, {17, 80}, {64, 93}}) {
+      SCOPED_TRACE(fmt::format("rows={} outputs [{}, {})", rows, begin, end));
+      std::vector<float> y(static_cast<std::size_t>(rows * out), -7.0f);
+      if (begin == 0 && end == out) {
+        kernels::linear(x.data(), rows, w.matrix, y.data());
+      } else {
+        kernels::linear_rows(x.data(), rows, w.matrix, begin, end, y.data());
+      }
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t n = 0; n < out; ++n) {
+          const float expected = n >= begin && n < end ? dot_pairs_in_order(&x16[r * in], &w16[n * in], in) : -7.0f;
+          ASSERT_EQ(y[r * out + n], expected) << "row " << r << ", output " << n;
+        }
+    }
+  }
+  Matrix other = w.matrix;  // the same tiles attached to a view of other rows
+  other.data += in * 2;
+  other.rows = out - 1;
+  EXPECT_EQ(other.packed_copy(), nullptr);
+  std::vector<float> y(static_cast<std::size_t>(out - 1));
+  kernels::linear(x.data(), 1, other, y.data());
+  for (std::int64_t n = 0; n + 1 < out; ++n)
+    EXPECT_NEAR(y[n], dot_pairs_in_order(x16.data(), &w16[(n + 1) * in], in), 1e-5f * (1.0f + std::fabs(y[n])));
 }
 
 // MLA's absorbed query: out[m] = Σ_i coeffs[m, i] · weight[first + i] on every ISA and dtype, rows

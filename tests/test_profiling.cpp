@@ -4,6 +4,8 @@
 
 #include <map>
 
+#include "fast_arithmetic.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/profiling.h"
 #include "model/model.h"
 #include "support.h"
@@ -63,6 +65,27 @@ TEST(Profiling, ComputesWhatTheWrappedBackendComputesAndCountsEachOp) {
   EXPECT_DOUBLE_EQ(profiler.total_seconds(), total);
   profiler.reset();
   EXPECT_TRUE(profiler.entries().empty());
+}
+
+// The head's pair tiles are made through the backend the model is loaded with: under the profiler
+// (dsv3 bench --profile) they must still be made, or the profile times another kernel.
+TEST(Profiling, PreparesADecodeWeightAsTheWrappedBackendDoes) {
+  if (!kernels::gemm_bf16_supported() || !kernels::isa_supported(kernels::Isa::avx512))
+    GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  kernels::ProfilingBackend profiler(kernels::default_backend());
+  std::vector<std::uint16_t> values(40 * 24, 0x3f80);
+  Matrix plain;
+  plain.name = "lm_head.weight";
+  plain.dtype = DType::BF16;
+  plain.rows = 40;
+  plain.cols = 24;
+  plain.data = reinterpret_cast<const std::byte*>(values.data());
+  Matrix timed = plain;
+  const std::size_t bytes = kernels::default_backend().prepare_decode_weight(plain);
+  EXPECT_EQ(bytes, 48u * 12 * 4);  // 3 tiles of 16 rows x 12 column pairs
+  EXPECT_EQ(profiler.prepare_decode_weight(timed), bytes);
+  EXPECT_NE(timed.packed_copy(), nullptr);
 }
 
 TEST(Profiling, NamesAWeightByItsRoleInEveryLayer) {

@@ -419,12 +419,15 @@ int bench(const BenchOptions& options) {
                 : fmt::format("fast: oneDNN {} GEMM from {} rows ({})",
                               kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32", kernels::min_gemm_rows(),
                               kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size));
+  // The head's copy in the kernels' own order (prepare_output_head), if the load made one.
+  const PackedWeight* head_tiles = model.weights().lm_head.packed_copy();
   nlohmann::json report = {
       {"machine", {{"cpu", cpu_model()}, {"features", cpu_features()}, {"threads", ThreadPool::global().size()}}},
       {"model", options.model},
       {"arithmetic", arithmetic},
       {"weights_dtype", dtype_name(model.weights().layers.back().attention.o_proj.dtype)},
       {"head_dtype", dtype_name(model.weights().lm_head.dtype)},
+      {"head_tiles_bytes", head_tiles ? head_tiles->bytes : 0},
       {"prompt_len", options.prompt_len},
       {"gen_len", options.gen_len},
       {"batch", batch},
@@ -469,9 +472,10 @@ int bench(const BenchOptions& options) {
     return 0;
   }
   fmt::print("machine        {} ({}), {} threads\n", cpu_model(), cpu_features(), ThreadPool::global().size());
-  fmt::print("model          {} ({} weights, output head {}{}), loaded in {:.2f} s\n", options.model,
+  fmt::print("model          {} ({} weights, output head {}{}{}), loaded in {:.2f} s\n", options.model,
              report["weights_dtype"].get<std::string>(), report["head_dtype"].get<std::string>(),
-             output_heads_fp8() ? " by --head-fp8" : "", load_seconds);
+             output_heads_fp8() ? " by --head-fp8" : "",
+             head_tiles ? fmt::format(", also in pair tiles ({} MB)", head_tiles->bytes / 1000000) : "", load_seconds);
   fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
              ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");
   fmt::print("arithmetic     {}\n", arithmetic);

@@ -13,6 +13,21 @@
 
 namespace dsv3 {
 
+// A weight's copy in a device kernel's own order, made once at load for a weight that decode reads
+// most (Backend::prepare_decode_weight): the CPU's AVX512-BF16 dot products read a BF16 weight
+// fastest as tiles of 16 rows by column pairs. It belongs to the data it was made from (`source`,
+// rows x cols): a Matrix viewing other data or other rows ignores it.
+struct PackedWeight {
+  enum class Layout { bf16_pair_tiles };
+  Layout layout = Layout::bf16_pair_tiles;
+  const std::byte* source = nullptr;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  const std::uint32_t* data = nullptr;
+  std::size_t bytes = 0;
+  std::shared_ptr<const void> owner;
+};
+
 struct Matrix {
   std::string name;
   DType dtype = DType::F32;
@@ -28,7 +43,13 @@ struct Matrix {
   bool fp8_input_tiles = false;
   // Keeps owned data alive (weights made in memory rather than mapped from a file).
   std::shared_ptr<const void> owner;
+  // The kernels read this copy in place of `data` where they can (nullptr: none was made).
+  std::shared_ptr<const PackedWeight> packed;
 
+  // `packed` if it was made from this matrix's data and shape.
+  const PackedWeight* packed_copy() const {
+    return packed && packed->source == data && packed->rows == rows && packed->cols == cols ? packed.get() : nullptr;
+  }
   bool empty() const { return data == nullptr; }
   std::int64_t scale_cols() const { return (cols + block_cols - 1) / block_cols; }
   std::size_t bytes() const { return static_cast<std::size_t>(rows * cols) * dtype_size(dtype); }

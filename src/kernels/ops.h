@@ -212,6 +212,10 @@ class Backend {
   virtual void release(void* data) const = 0;
   // Copies a device tensor to host memory, rows packed: dst.size() == src.size().
   virtual void read(Tensor src, std::span<float> dst) const = 0;
+  // Gives a weight that decode reads most (the output head) a copy in the device kernels' own
+  // order (Matrix::packed) where the device has one for its dtype and the arithmetic in force;
+  // returns the bytes that copy takes (0: none made). The weight's own data stays for the rest.
+  virtual std::size_t prepare_decode_weight(Matrix& weight) const = 0;
 
   // out[i] = table[ids[i]]; an id of kZeroRow gives a zero row (MTP's first position).
   static constexpr std::int64_t kZeroRow = -1;

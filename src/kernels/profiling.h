@@ -36,6 +36,7 @@ class ProfilingBackend final : public Backend {
   void* allocate(std::size_t bytes) const override { return inner_.allocate(bytes); }
   void release(void* data) const override { inner_.release(data); }
   void read(Tensor src, std::span<float> dst) const override;
+  std::size_t prepare_decode_weight(Matrix& weight) const override { return inner_.prepare_decode_weight(weight); }
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override;
   void linear(Tensor x, const Matrix& weight, Tensor y) const override;
   void rmsnorm(Tensor x, std::span<const float> weight, float eps, Tensor out) const override;

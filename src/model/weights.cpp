@@ -11,6 +11,7 @@
 #include "core/numeric.h"
 #include "core/thread_pool.h"
 #include "io/fp8_blocks.h"
+#include "kernels/ops.h"
 
 namespace dsv3 {
 namespace {
@@ -274,5 +275,10 @@ void quantize_output_heads_fp8(Weights& weights) {
 bool output_heads_fp8() { return heads_fp8_setting().load(std::memory_order_relaxed); }
 
 void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8, std::memory_order_relaxed); }
+
+std::size_t prepare_output_head(Weights& weights, const kernels::Backend& backend) {
+  static const bool wanted = env_flag("DSV3_HEAD_TILES", true);
+  return wanted ? backend.prepare_decode_weight(weights.lm_head) : 0;
+}
 
 }  // namespace dsv3

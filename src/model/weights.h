@@ -15,6 +15,9 @@
 #include "model/shard.h"
 
 namespace dsv3 {
+namespace kernels {
+class Backend;
+}
 
 struct AttentionWeights {
   // q path: q_a_proj -> q_a_layernorm -> q_b_proj when q_lora_rank is set, else one q_proj.
@@ -99,5 +102,13 @@ void quantize_output_heads_fp8(Weights& weights);
 // DSV3_HEAD_FP8 (1 or 0) so that ranks and child processes agree.
 bool output_heads_fp8();
 void set_output_heads_fp8(bool fp8);
+
+// Lets the backend keep the output head, the widest weight a decode step reads, in its kernels' own
+// order as well (Backend::prepare_decode_weight: on the CPU in fast mode with AVX512-BF16, a BF16
+// head in pair tiles, which a batch's rows read in one pass). Returns the bytes of that copy (0:
+// none). The MTP modules' copies of the head are left as they are: a draft step reads one of them,
+// and the tiles would double the head's memory for a module that may never run. DSV3_HEAD_TILES=0
+// keeps the head as it is (the memory, or a comparison in the same build).
+std::size_t prepare_output_head(Weights& weights, const kernels::Backend& backend);
 
 }  // namespace dsv3

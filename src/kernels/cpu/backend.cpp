@@ -94,6 +94,8 @@ class CpuBackend final : public Backend {
     for (std::int64_t r = 0; r < src.rows; ++r) std::copy_n(src.row(r), src.cols, dst.data() + r * src.cols);
   }
 
+  std::size_t prepare_decode_weight(Matrix& weight) const override { return pack_for_few_rows(weight); }
+
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override {
     if (out.rows != static_cast<std::int64_t>(ids.size()) || out.cols != table.cols)
       fail("embedding: {} ids of {} values into [{}, {}]", ids.size(), table.cols, out.rows, out.cols);

@@ -98,7 +98,23 @@ struct WeightKernels {
   // linears where the GEMM takes BF16 inputs (linear.cpp). nullptr where an instruction set has none.
   void (*gemv_bf16_dot)(const std::uint16_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
                         std::int64_t n_end, float* y) = nullptr;
+  // The same products over the weight's pair tiles (Matrix::packed_copy(), PackedWeight::Layout::
+  // bf16_pair_tiles), the activations as pair_tile_activations writes them: each output one
+  // float32 sum over the column pairs in order, whatever rows and outputs share the call.
+  void (*gemv_pair_tiles)(const std::uint32_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
+                          std::int64_t n_end, float* y) = nullptr;
 };
+
+// Pair tiles: tile t holds weight rows [16t, 16t + 16) (past the last row, zeros); its pair p, lane
+// j the dword (row 16t + j, column 2p | column 2p + 1 << 16), a column past the last 0. So one 64-byte
+// load is 16 outputs' next two columns, which vdpbf16ps multiplies by one broadcast activation pair.
+constexpr std::int64_t kPairTileRows = 16;
+inline std::int64_t pair_tile_pairs(std::int64_t cols) { return (cols + 1) / 2; }
+// The activations for gemv_pair_tiles: `rows` rows of `cols` values rounded to BF16 (round_to_bf16),
+// in groups of kPairTileRows rows (the last group the rest): group g at out + g * 16 * pairs, its
+// pair p of row m at [p * group_rows + m], a column past the last 0. rows * pairs dwords.
+void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* out);
+
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.
 template <typename Body>

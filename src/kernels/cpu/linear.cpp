@@ -4,8 +4,12 @@
 #include <cpuid.h>
 #endif
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -219,7 +223,100 @@ const std::uint16_t* rounded_rows(const float* x, std::int64_t rows, std::int64_
   return out;
 }
 
+// `rows` rows of x as gemv_pair_tiles reads them (pair_tile_activations) into `stack`
+// (kStackBf16 / 2 dwords) when they fit, else into this thread's buffer.
+const std::uint32_t* pair_tile_rows(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* stack) {
+  std::uint32_t* out = stack;
+  const std::int64_t dwords = rows * pair_tile_pairs(cols);
+  if (dwords > kStackBf16 / 2)
+    out = reinterpret_cast<std::uint32_t*>(thread_buffer(static_cast<std::size_t>(dwords)).data());
+  pair_tile_activations(x, rows, cols, out);
+  return out;
+}
+
+// Whether a BF16 weight's dot products read its pair tiles.
+bool reads_pair_tiles(const Matrix& weight, const WeightKernels& kernels) {
+  return kernels.gemv_pair_tiles && weight.packed_copy() &&
+         weight.packed_copy()->layout == PackedWeight::Layout::bf16_pair_tiles;
+}
+
+// On the calling thread (its own stack frame: linear_rows' BF16 scratch is another 256 KiB).
+__attribute__((noinline)) void gemv_pair_tiles_here(const float* x, std::int64_t rows, const Matrix& weight,
+                                                    std::int64_t n_begin, std::int64_t n_end, float* y,
+                                                    const WeightKernels& kernels) {
+  alignas(64) std::uint32_t stack[kStackBf16 / 2];
+  kernels.gemv_pair_tiles(pair_tile_rows(x, rows, weight.cols, stack), rows, weight, n_begin, n_end, y);
+}
+
 }  // namespace
+
+void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* out) {
+  const std::int64_t pairs = pair_tile_pairs(cols);
+  constexpr std::int64_t kPiece = 2048;  // columns rounded at a time: even, so pairs stay whole
+  std::uint16_t piece[kPiece];
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const std::int64_t group = m / kPairTileRows;
+    const std::int64_t group_rows = std::min(kPairTileRows, rows - group * kPairTileRows);
+    std::uint32_t* to = out + group * kPairTileRows * pairs + m % kPairTileRows;
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kPiece) {
+      const std::int64_t n = std::min(kPiece, cols - c0);
+      round_to_bf16(x + m * cols + c0, n, piece);
+      for (std::int64_t c = 0; c < n; c += 2) {
+        const std::uint32_t low = piece[c], high = c + 1 < n ? piece[c + 1] : 0u;
+        to[(c0 + c) / 2 * group_rows] = low | high << 16;
+      }
+    }
+  }
+}
+
+std::size_t pack_for_few_rows(Matrix& weight) {
+  if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
+      !weight_kernels().gemv_pair_tiles)
+    return 0;
+  if (weight.packed_copy()) return 0;
+  const std::int64_t tiles = (weight.rows + kPairTileRows - 1) / kPairTileRows, pairs = pair_tile_pairs(weight.cols);
+  const std::size_t bytes = static_cast<std::size_t>(tiles * pairs * kPairTileRows) * sizeof(std::uint32_t);
+  // 2 MiB aligned and advised into huge pages: the tiles are streamed whole every decode step.
+  constexpr std::size_t kHuge = 2u << 20;
+  void* memory = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+  if (!memory) fail("{}: no memory for its {} MiB of pair tiles", weight.name, bytes >> 20);
+  std::shared_ptr<void> owner(memory, std::free);
+#if defined(MADV_HUGEPAGE)
+  madvise(memory, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+#endif
+  auto* data = static_cast<std::uint32_t*>(memory);
+  const Matrix& w = weight;
+  // 16 pairs of the tile's 16 rows at a time: read as 16 short row pieces, written as one 1 KiB run.
+  ThreadPool::global().parallel_for(tiles, 16, [&](std::int64_t first, std::int64_t last) {
+    std::uint32_t piece[kPairTileRows][kPairTileRows];
+    for (std::int64_t t = first; t < last; ++t) {
+      std::uint32_t* tile = data + t * pairs * kPairTileRows;
+      for (std::int64_t p0 = 0; p0 < pairs; p0 += kPairTileRows) {
+        const std::int64_t count = std::min(kPairTileRows, pairs - p0);
+        for (std::int64_t j = 0; j < kPairTileRows; ++j) {
+          std::fill_n(piece[j], kPairTileRows, 0u);
+          const std::int64_t row = t * kPairTileRows + j;
+          if (row >= w.rows) continue;
+          // Whole pairs, then an odd last column alone (its pair's high half stays 0).
+          const std::int64_t columns = std::min<std::int64_t>(2 * count, w.cols - 2 * p0);
+          std::memcpy(piece[j], w.data + (row * w.cols + 2 * p0) * 2, static_cast<std::size_t>(columns) * 2);
+        }
+        for (std::int64_t p = 0; p < count; ++p)
+          for (std::int64_t j = 0; j < kPairTileRows; ++j) tile[(p0 + p) * kPairTileRows + j] = piece[j][p];
+      }
+    }
+  });
+  auto packed = std::make_shared<PackedWeight>();
+  packed->layout = PackedWeight::Layout::bf16_pair_tiles;
+  packed->source = weight.data;
+  packed->rows = weight.rows;
+  packed->cols = weight.cols;
+  packed->data = data;
+  packed->bytes = bytes;
+  packed->owner = std::move(owner);
+  weight.packed = std::move(packed);
+  return bytes;
+}
 
 void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,
                  float* y) {
@@ -229,6 +326,7 @@ void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::i
   if (rows == 0 || n_begin == n_end) return;
   const WeightKernels& kernels = weight_kernels();
   if (bf16_dot_products(weight, kernels)) {
+    if (reads_pair_tiles(weight, kernels)) return gemv_pair_tiles_here(x, rows, weight, n_begin, n_end, y, kernels);
     alignas(64) std::uint16_t stack[kStackBf16];
     return kernels.gemv_bf16_dot(rounded_rows(x, rows, weight.cols, stack), rows, weight, n_begin, n_end, y);
   }
@@ -243,6 +341,20 @@ __attribute__((noinline)) void gemv_bf16_dot_tasks(const float* x, std::int64_t 
   const std::uint16_t* rounded = rounded_rows(x, rows, weight.cols, stack);
   ThreadPool::global().parallel_for(weight.rows, grain, [&](std::int64_t begin, std::int64_t end) {
     kernels.gemv_bf16_dot(rounded, rows, weight, begin, end, y);
+  });
+}
+
+// The same over a weight's pair tiles, handed out kPairTileTask tiles a task (a multiple of the
+// four one activation row reads side by side).
+constexpr std::int64_t kPairTileTask = 4;
+__attribute__((noinline)) void gemv_pair_tile_tasks(const float* x, std::int64_t rows, const Matrix& weight, float* y,
+                                                    const WeightKernels& kernels) {
+  alignas(64) std::uint32_t stack[kStackBf16 / 2];
+  const std::uint32_t* paired = pair_tile_rows(x, rows, weight.cols, stack);
+  const std::int64_t tasks = (weight.rows + kPairTileTask * kPairTileRows - 1) / (kPairTileTask * kPairTileRows);
+  ThreadPool::global().parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
+    kernels.gemv_pair_tiles(paired, rows, weight, first * kPairTileTask * kPairTileRows,
+                            std::min(weight.rows, last * kPairTileTask * kPairTileRows), y);
   });
 }
 
@@ -278,6 +390,7 @@ void linear(const float* x, std::int64_t rows, const Matrix& weight, float* y) {
   if (rows <= max_gemv_rows()) {
     const std::int64_t row_bytes = static_cast<std::int64_t>(in_features * dtype_size(weight.dtype));
     const std::int64_t grain = std::max<std::int64_t>(4, kGemvTaskBytes / row_bytes);
+    if (dot && reads_pair_tiles(weight, kernels)) return gemv_pair_tile_tasks(x, rows, weight, y, kernels);
     if (dot) return gemv_bf16_dot_tasks(x, rows, weight, y, grain, kernels);
     if (weight.dtype == DType::BF16 && kernels.gemv_paired_bf16 && rows * in_features <= kStackScratchFloats)
       return gemv_paired_tasks(x, rows, weight, y, grain, kernels);

@@ -40,6 +40,12 @@ void set_gemm_bf16(bool bf16);
 // cache, round their activations to BF16 for AVX512-BF16 dot products: fast mode, a BF16 GEMM and
 // the AVX-512 kernels.
 bool few_row_bf16_dot_products();
+// Gives a BF16 weight a copy in pair tiles (Matrix::packed: 16 rows by column pairs, the order in
+// which AVX512-BF16's dot products take 16 outputs at once) when few_row_bf16_dot_products(); its
+// few-row products in fast mode then read the tiles, every row of a step in one pass over them.
+// Returns the copy's bytes (0: none made). Exact mode, the GEMM and embedding lookups read the
+// weight's own data still.
+std::size_t pack_for_few_rows(Matrix& weight);
 // FP32 unless DSV3_GEMM chose: for callers whose arithmetic assumes FP32 products (training).
 void use_f32_gemm_unless_chosen();
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);

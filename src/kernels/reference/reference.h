@@ -13,6 +13,8 @@ class ReferenceBackend final : public Backend {
   void* allocate(std::size_t bytes) const override;
   void release(void* data) const override;
   void read(Tensor src, std::span<float> dst) const override;
+  // The plain loops read every weight as it is stored.
+  std::size_t prepare_decode_weight(Matrix&) const override { return 0; }
 
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override;
   void linear(Tensor x, const Matrix& weight, Tensor y) const override;
