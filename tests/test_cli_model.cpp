@@ -173,11 +173,20 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
   EXPECT_EQ(report.at("head_dtype").get<std::string>(), "BF16");
   EXPECT_EQ(fp8_report.at("head_dtype").get<std::string>(), "F8_E4M3");
   EXPECT_LT(fp8_report.at("weight_bytes_per_token").get<double>(), report.at("weight_bytes_per_token").get<double>());
+  // Where few-row products are AVX512-BF16 dot products, the BF16 head is also kept in pair tiles
+  // (the tiny model's 1024 x 256 head: 64 tiles of 16 rows x 128 column pairs, 4 bytes a pair);
+  // an FP8 head is not.
+  const bool dot_products =
+      report.at("arithmetic").get<std::string>().find("AVX512-BF16 dot products") != std::string::npos;
+  EXPECT_EQ(report.at("head_tiles_bytes").get<std::size_t>(), dot_products ? 1024u * 128 * 4 : 0u);
+  EXPECT_EQ(fp8_report.at("head_tiles_bytes").get<std::size_t>(), 0u);
   // --profile times every op of every batch size's decode (and the first size's prefill): a step's
   // output head runs once on each of the batch's rows, the ops' time stays within the step's.
   const auto profiled = run("bench --model " + test::tiny_model_dir().string() +
                             " --prompt-len 8 --gen-len 4 --batch 1,3 --passes 1 --profile --json 2>/dev/null");
   ASSERT_EQ(profiled.exit_code, 0) << profiled.output;
+  // The profiler times the kernels the model runs without it: the head's tiles too.
+  EXPECT_EQ(nlohmann::json::parse(profiled.output).at("head_tiles_bytes"), report.at("head_tiles_bytes"));
   for (const auto& entry : nlohmann::json::parse(profiled.output).at("batches")) {
     const int batch = entry.at("batch").get<int>();
     for (const char* phase : {"prefill_profile", "decode_profile"}) {

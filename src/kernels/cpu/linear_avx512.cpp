@@ -557,9 +557,11 @@ void gemv_bf16_dot(const std::uint16_t* x, std::int64_t rows, const Matrix& w, s
 // order, whatever R and T: a row's logits are the same bits alone and in any batch. One row reads
 // four tiles side by side (four streams kept the AMD prefetchers at the read bandwidth where one
 // tile at a time with a single chain did not); 16 rows read one tile, the next 8 KiB fetched ahead,
-// and with each weight load feeding 16 products the stream runs under them (a batch-16 step's
-// output head, 129280 x 1024: 6.7 ms against 10.1 for the row-major 4 x 6 blocks, whose first pass
-// over each chunk waited on memory while the others computed).
+// and with each weight load feeding 16 products the stream runs under them. bench-1b's output head
+// (129280 x 1024), 2-vCPU AMD EPYC, `DSV3_HEAD_TILES=1|0 dsv3 bench --batch 1,16 --profile` in turn,
+// 2 runs each: 6.0-7.5 ms a batch-16 step against 9.2-9.9 for the row-major 4 x 6 blocks (whose
+// first pass over each chunk waits on memory while the others compute), and 3.7-4.8 ms at batch 1
+// against 4.6-4.8.
 template <int R>
 constexpr int kPairTilesAtOnce = R <= 4 ? 4 : R <= 8 ? 2 : 1;
 constexpr std::int64_t kPairTilesAhead = 8 << 10;
