@@ -18,8 +18,6 @@ namespace dsv3 {
 // fastest as tiles of 16 rows by column pairs. It belongs to the data it was made from (`source`,
 // rows x cols): a Matrix viewing other data or other rows ignores it.
 struct PackedWeight {
-  enum class Layout { bf16_pair_tiles };
-  Layout layout = Layout::bf16_pair_tiles;
   const std::byte* source = nullptr;
   std::int64_t rows = 0;
   std::int64_t cols = 0;

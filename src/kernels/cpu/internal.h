@@ -98,9 +98,9 @@ struct WeightKernels {
   // linears where the GEMM takes BF16 inputs (linear.cpp). nullptr where an instruction set has none.
   void (*gemv_bf16_dot)(const std::uint16_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
                         std::int64_t n_end, float* y) = nullptr;
-  // The same products over the weight's pair tiles (Matrix::packed_copy(), PackedWeight::Layout::
-  // bf16_pair_tiles), the activations as pair_tile_activations writes them: each output one
-  // float32 sum over the column pairs in order, whatever rows and outputs share the call.
+  // The same products over the weight's pair tiles (Matrix::packed_copy()), the activations as
+  // pair_tile_activations writes them: each output one float32 sum over the column pairs in order,
+  // whatever rows and outputs share the call.
   void (*gemv_pair_tiles)(const std::uint32_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
                           std::int64_t n_end, float* y) = nullptr;
 };

@@ -213,12 +213,19 @@ bool bf16_dot_products(const Matrix& weight, const WeightKernels& kernels) {
 // BF16 activations of this many elements go on the calling thread's stack (256 KiB).
 constexpr std::int64_t kStackBf16 = 2 * kStackScratchFloats;
 
+// Room for `count` values of T: `stack` (kStackBf16 BF16 values' bytes) when they fit, else this
+// thread's buffer.
+template <typename T>
+T* stack_or_thread_buffer(T* stack, std::int64_t count) {
+  const auto bytes = static_cast<std::size_t>(count) * sizeof(T);
+  if (bytes <= kStackBf16 * sizeof(std::uint16_t)) return stack;
+  return reinterpret_cast<T*>(thread_buffer((bytes + sizeof(float) - 1) / sizeof(float)).data());
+}
+
 // `rows` rows of x rounded to BF16 into `stack` (kStackBf16 values) when they fit, else into this
 // thread's buffer.
 const std::uint16_t* rounded_rows(const float* x, std::int64_t rows, std::int64_t cols, std::uint16_t* stack) {
-  std::uint16_t* out = stack;
-  if (rows * cols > kStackBf16)
-    out = reinterpret_cast<std::uint16_t*>(thread_buffer(static_cast<std::size_t>((rows * cols + 1) / 2)).data());
+  std::uint16_t* out = stack_or_thread_buffer(stack, rows * cols);
   round_to_bf16(x, rows * cols, out);
   return out;
 }
@@ -226,18 +233,14 @@ const std::uint16_t* rounded_rows(const float* x, std::int64_t rows, std::int64_
 // `rows` rows of x as gemv_pair_tiles reads them (pair_tile_activations) into `stack`
 // (kStackBf16 / 2 dwords) when they fit, else into this thread's buffer.
 const std::uint32_t* pair_tile_rows(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* stack) {
-  std::uint32_t* out = stack;
-  const std::int64_t dwords = rows * pair_tile_pairs(cols);
-  if (dwords > kStackBf16 / 2)
-    out = reinterpret_cast<std::uint32_t*>(thread_buffer(static_cast<std::size_t>(dwords)).data());
+  std::uint32_t* out = stack_or_thread_buffer(stack, rows * pair_tile_pairs(cols));
   pair_tile_activations(x, rows, cols, out);
   return out;
 }
 
 // Whether a BF16 weight's dot products read its pair tiles.
 bool reads_pair_tiles(const Matrix& weight, const WeightKernels& kernels) {
-  return kernels.gemv_pair_tiles && weight.packed_copy() &&
-         weight.packed_copy()->layout == PackedWeight::Layout::bf16_pair_tiles;
+  return kernels.gemv_pair_tiles && weight.packed_copy();
 }
 
 // On the calling thread (its own stack frame: linear_rows' BF16 scratch is another 256 KiB).
@@ -278,11 +281,12 @@ std::size_t pack_for_few_rows(Matrix& weight) {
   const std::size_t bytes = static_cast<std::size_t>(tiles * pairs * kPairTileRows) * sizeof(std::uint32_t);
   // 2 MiB aligned and advised into huge pages: the tiles are streamed whole every decode step.
   constexpr std::size_t kHuge = 2u << 20;
-  void* memory = std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge);
+  const std::size_t reserved = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* memory = std::aligned_alloc(kHuge, reserved);
   if (!memory) fail("{}: no memory for its {} MiB of pair tiles", weight.name, bytes >> 20);
   std::shared_ptr<void> owner(memory, std::free);
 #if defined(MADV_HUGEPAGE)
-  madvise(memory, (bytes + kHuge - 1) / kHuge * kHuge, MADV_HUGEPAGE);
+  madvise(memory, reserved, MADV_HUGEPAGE);
 #endif
   auto* data = static_cast<std::uint32_t*>(memory);
   const Matrix& w = weight;
@@ -307,7 +311,6 @@ std::size_t pack_for_few_rows(Matrix& weight) {
     }
   });
   auto packed = std::make_shared<PackedWeight>();
-  packed->layout = PackedWeight::Layout::bf16_pair_tiles;
   packed->source = weight.data;
   packed->rows = weight.rows;
   packed->cols = weight.cols;
@@ -344,17 +347,17 @@ __attribute__((noinline)) void gemv_bf16_dot_tasks(const float* x, std::int64_t 
   });
 }
 
-// The same over a weight's pair tiles, handed out kPairTileTask tiles a task (a multiple of the
-// four one activation row reads side by side).
-constexpr std::int64_t kPairTileTask = 4;
+// The same over a weight's pair tiles, handed out four tiles a task (the four one activation row
+// reads side by side).
+constexpr std::int64_t kPairTileTaskRows = 4 * kPairTileRows;
 __attribute__((noinline)) void gemv_pair_tile_tasks(const float* x, std::int64_t rows, const Matrix& weight, float* y,
                                                     const WeightKernels& kernels) {
   alignas(64) std::uint32_t stack[kStackBf16 / 2];
   const std::uint32_t* paired = pair_tile_rows(x, rows, weight.cols, stack);
-  const std::int64_t tasks = (weight.rows + kPairTileTask * kPairTileRows - 1) / (kPairTileTask * kPairTileRows);
+  const std::int64_t tasks = (weight.rows + kPairTileTaskRows - 1) / kPairTileTaskRows;
   ThreadPool::global().parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
-    kernels.gemv_pair_tiles(paired, rows, weight, first * kPairTileTask * kPairTileRows,
-                            std::min(weight.rows, last * kPairTileTask * kPairTileRows), y);
+    kernels.gemv_pair_tiles(paired, rows, weight, first * kPairTileTaskRows,
+                            std::min(weight.rows, last * kPairTileTaskRows), y);
   });
 }
 

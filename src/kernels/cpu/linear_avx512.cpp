@@ -643,8 +643,7 @@ constexpr std::int64_t kPairTileChunk = 4;
 void gemv_pair_tiles(const std::uint32_t* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin,
                      std::int64_t n_end, float* y) {
   const PackedWeight* packed = w.packed_copy();
-  if (!packed || packed->layout != PackedWeight::Layout::bf16_pair_tiles)
-    fail("{}: pair-tile products without its pair tiles", w.name);
+  if (!packed) fail("{}: pair-tile products without its pair tiles", w.name);
   const std::int64_t pairs = pair_tile_pairs(w.cols);
   const std::int64_t t_end = (n_end + kPairTileRows - 1) / kPairTileRows;
   for (std::int64_t t0 = n_begin / kPairTileRows; t0 < t_end; t0 += kPairTileChunk) {
