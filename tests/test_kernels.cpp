@@ -3,7 +3,12 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
 #include <tuple>
 
 #include "each_isa.h"
@@ -106,6 +111,41 @@ TEST(Kernels, LinearMatchesReferenceForEveryDtypeIsaAndAwkwardSize) {
 
 // A server meets a new row count with almost every prompt: the GEMM path keeps a bounded number of
 // primitives, and a shape evicted and made again still multiplies correctly.
+// The CPU backend's memory (the latent cache, the workspaces): small blocks 64-byte aligned, blocks
+// from 2 MiB aligned to 2 MiB and advised into huge pages (the kernel then marks the range "hg" in
+// /proc/self/smaps), which decode's cache reads and prefill's activations need (backend.cpp).
+TEST(Kernels, CpuBackendAdvisesHugePagesForLargeBlocks) {
+  if (!std::ifstream("/sys/kernel/mm/transparent_hugepage/enabled")) GTEST_SKIP() << "no transparent huge pages";
+  const kernels::Backend& cpu = kernels::default_backend();
+  constexpr std::size_t kHuge = 2u << 20;
+  // The VmFlags of the mapping that holds `address`.
+  const auto flags_at = [](const void* address) {
+    std::ifstream smaps("/proc/self/smaps");
+    const auto at = reinterpret_cast<std::uintptr_t>(address);
+    bool inside = false;
+    for (std::string line; std::getline(smaps, line);) {
+      std::uintptr_t start = 0, end = 0;
+      char dash = 0;
+      std::istringstream head(line);
+      if (head >> std::hex >> start >> dash >> end && dash == '-' && line.find(':') > line.find(' ')) {
+        inside = start <= at && at < end;
+      } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+        return line + " ";
+      }
+    }
+    return std::string();
+  };
+  void* small = cpu.allocate(1000);
+  void* large = cpu.allocate(5 * kHuge + 123);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(small) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(large) % kHuge, 0u);
+  std::memset(large, 1, 5 * kHuge + 123);  // all of it is ours
+  EXPECT_NE(flags_at(large).find(" hg "), std::string::npos) << flags_at(large);
+  EXPECT_NE(flags_at(static_cast<std::byte*>(large) + 5 * kHuge).find(" hg "), std::string::npos);
+  cpu.release(small);
+  cpu.release(large);
+}
+
 TEST(Kernels, GemmPrimitiveCacheStaysBoundedOverManyRowCounts) {
   test::FastArithmetic fast(/*bf16=*/false, /*min_rows=*/1);  // FP32: the exact bound below holds
   const std::int64_t out = 24, in = 40;
