@@ -1,6 +1,7 @@
 // The CPU backend's row-wise ops at a bench-1b prefill's shapes (512 tokens, hidden 1024, dense
 // intermediate 2816, top 6 of 64 experts, 16 heads with a rope of 32): what `dsv3 bench --profile`
-// lists as swiglu, rmsnorm, moe_combine, add, copy_rows and rope, one op at a time.
+// lists as swiglu, rmsnorm, moe_combine, add, copy_rows and rope, one op at a time; and greedy
+// sampling's arg-max over one row of bench-1b's 129,280 logits (the engine's, outside the ops).
 //
 //   build/bench_row_ops
 //   DSV3_THREADS=1 build/bench_row_ops      one core
@@ -14,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/rng.h"
+#include "engine/sampler.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/ops.h"
 
@@ -110,6 +113,17 @@ void BM_MoeCombine(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_MoeCombine)->UseRealTime();
+
+// Greedy sampling of one sequence's row of logits: the first arg-max, checked for NaN and +inf.
+void BM_GreedyRow(benchmark::State& state) {
+  const std::vector<float> logits = random_floats(129280, 12);
+  std::vector<float> scratch(logits.size());
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  Rng rng(1);
+  for (auto _ : state) benchmark::DoNotOptimize(sample_token(logits, {}, greedy, rng, scratch));
+}
+BENCHMARK(BM_GreedyRow)->UseRealTime();
 
 }  // namespace
 }  // namespace dsv3
