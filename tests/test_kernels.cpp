@@ -347,15 +347,15 @@ namespace {
 // mode to float32's precision; in fast mode with BF16 products (on a CPU with AVX512-BF16) the
 // queries and probabilities are rounded to BF16 as well, ~2^-9 each, so within 4e-3 of the plain
 // softmax, over whole and ragged 32-column blocks of the keys and values and odd key counts.
-void check_latent_attention(bool fast, std::int64_t width, std::int64_t value_dim) {
-  const std::int64_t heads = 11, block_tokens = 16, layers = 2, layer = 1;
+void check_latent_attention(bool fast, std::int64_t width, std::int64_t value_dim, std::int64_t heads = 11) {
+  const std::int64_t block_tokens = 16, layers = 2, layer = 1;
   const test::FastArithmetic arithmetic(/*bf16=*/fast, /*min_rows=*/std::nullopt);
   kernels::set_exact_arithmetic(!fast);
   double worst = 0.0;
   for (DType dtype : {DType::F32, DType::BF16}) {
     for (std::int64_t keys : {1, 7, 129, 1000}) {
-      SCOPED_TRACE(fmt::format("{} {} width={} value_dim={} keys={}", fast ? "fast" : "exact", dtype_name(dtype), width,
-                               value_dim, keys));
+      SCOPED_TRACE(fmt::format("{} {} heads={} width={} value_dim={} keys={}", fast ? "fast" : "exact",
+                               dtype_name(dtype), heads, width, value_dim, keys));
       const std::int64_t blocks = (keys + block_tokens - 1) / block_tokens;
       // Pages handed out in reverse order, so a sequence's rows are not contiguous in storage.
       std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
@@ -422,8 +422,14 @@ void check_latent_attention(bool fast, std::int64_t width, std::int64_t value_di
 TEST(Kernels, LatentAttentionOverPagesAndKeyRangesMatchesNaiveSoftmax) {
   for (const bool fast : {false, true}) {
     if (fast && !kernels::gemm_bf16_supported()) continue;
+    // The kernels take 8 heads at a time: 11 and 20 heads end on a remainder, 16 do not; an odd width
+    // ends on a lone column, and 72, 33 or 48 values on a tail past the last whole 32 (the values
+    // are the first value_dim columns of the width).
     check_latent_attention(fast, 40, 32);
     check_latent_attention(fast, 104, 72);
+    check_latent_attention(fast, 96, 64, 16);
+    check_latent_attention(fast, 37, 33, 11);
+    check_latent_attention(fast, 72, 48, 20);
   }
 }
 
