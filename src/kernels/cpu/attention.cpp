@@ -110,6 +110,9 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   // scores (chunk is even; attention_latent_scratch leaves room for both).
   auto* const q16 = reinterpret_cast<std::uint16_t*>(rows.data());
   auto* const p16 = reinterpret_cast<std::uint16_t*>(scores.data() + heads * chunk);
+  // and after those each head's rescaling of acc for a chunk (attention_latent_scratch's second
+  // part, heads x kLatentChunkBlas, holds all three)
+  float* const factors = scores.data() + heads * chunk + heads * chunk / 2;
   std::array<const std::uint16_t*, kLatentChunk> key_rows{};
   std::fill_n(partial.max, heads, -std::numeric_limits<float>::infinity());
   std::fill_n(partial.sum, heads, 0.0f);
@@ -180,8 +183,11 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       const float sum = exp_sum(row, count, new_max);
       partial.sum[h] = partial.sum[h] * rescale + sum;
       partial.max[h] = new_max;
-      if (rescale != 1.0f)
+      if (dot) {
+        factors[h] = rescale;  // applied by accumulate_dot as it loads acc
+      } else if (rescale != 1.0f) {
         for (std::int64_t d = 0; d < value_dim; ++d) partial.acc[h * value_dim + d] *= rescale;
+      }
     }
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
     if (dot) {
@@ -190,7 +196,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
         round_to_bf16(scores.data() + h * count, count, p16 + h * padded);
         if (padded > count) p16[h * padded + count] = 0;
       }
-      simd->accumulate_dot(scores.data(), p16, heads, count, key_rows.data(), value_dim, partial.acc);
+      simd->accumulate_dot(scores.data(), p16, heads, count, key_rows.data(), value_dim, factors, partial.acc);
     } else if (in_place) {
       simd->accumulate_bf16(scores.data(), heads, count, key_rows.data(), value_dim, partial.acc);
     } else if (simd) {

@@ -362,15 +362,17 @@ void latent_scores_dot(const std::uint16_t* q, std::int64_t heads, const std::ui
 // at a time: their rows interleaved value by value (unpacklo/hi_epi16) meet each head's pair of
 // BF16 probabilities in one dot product. The interleave leaves lane i of `lo` with value
 // d0 + 8 (i / 4) + i % 4 and of `hi` with 4 more, the order acc keeps (dot_order_undo).
+// acc is multiplied by rescale[h0 + h] as it is loaded.
 template <int H>
 void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t count,
                           const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t h0, std::int64_t d0,
-                          float* acc) {
+                          const float* rescale, float* acc) {
   __m512 lo[H], hi[H];
   #pragma GCC unroll 16
   for (int h = 0; h < H; ++h) {
-    lo[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0);
-    hi[h] = _mm512_loadu_ps(acc + (h0 + h) * value_dim + d0 + kLanes);
+    const __m512 factor = _mm512_set1_ps(rescale[h0 + h]);
+    lo[h] = _mm512_mul_ps(_mm512_loadu_ps(acc + (h0 + h) * value_dim + d0), factor);
+    hi[h] = _mm512_mul_ps(_mm512_loadu_ps(acc + (h0 + h) * value_dim + d0 + kLanes), factor);
   }
   for (std::int64_t i = 0; i < pairs; ++i) {
     const __m512i a = _mm512_loadu_si512(keys[2 * i] + d0);
@@ -393,21 +395,38 @@ void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int6
 
 template <int H = kAccumulateHeads>
 void accumulate_heads_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t heads, std::int64_t count,
-                          const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t d0, float* acc) {
+                          const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t d0,
+                          const float* rescale, float* acc) {
   std::int64_t h = 0;
-  for (; h + H <= heads; h += H) accumulate_block_dot<H>(p2, pairs, count, keys, value_dim, h, d0, acc);
+  for (; h + H <= heads; h += H) accumulate_block_dot<H>(p2, pairs, count, keys, value_dim, h, d0, rescale, acc);
   if constexpr (H > 1) {
     if (h < heads)
-      accumulate_heads_dot<H - 1>(p2 + h * pairs, pairs, heads - h, count, keys, value_dim, d0, acc + h * value_dim);
+      accumulate_heads_dot<H - 1>(p2 + h * pairs, pairs, heads - h, count, keys, value_dim, d0, rescale + h,
+                                  acc + h * value_dim);
   }
 }
 
+// The softmax's rescaling of acc folds into the sums' loads: a separate pass over every head's
+// values at each new maximum (which real attention reaches at most chunks) took ~7 of the ~55 us a
+// 576-key sequence's layer takes in a batch-16 step (bench-1b).
 void latent_accumulate_dot(const float* p, const std::uint16_t* p16, std::int64_t heads, std::int64_t count,
-                           const std::uint16_t* const* keys, std::int64_t value_dim, float* acc) {
+                           const std::uint16_t* const* keys, std::int64_t value_dim, const float* rescale,
+                           float* acc) {
   const std::int64_t pairs = (count + 1) / 2;
   const auto* p2 = reinterpret_cast<const std::uint32_t*>(p16);
   std::int64_t d = 0;
-  for (; d + kPair <= value_dim; d += kPair) accumulate_heads_dot(p2, pairs, heads, count, keys, value_dim, d, acc);
+  for (; d + kPair <= value_dim; d += kPair)
+    accumulate_heads_dot(p2, pairs, heads, count, keys, value_dim, d, rescale, acc);
+  if (d == value_dim) return;
+  for (std::int64_t h = 0; h < heads; ++h) {  // the last value_dim % 32 values: rescaled, then summed
+    if (rescale[h] == 1.0f) continue;
+    const __m512 factor = _mm512_set1_ps(rescale[h]);
+    for (std::int64_t c = d; c < value_dim; c += kLanes) {
+      const __mmask16 mask = tail_mask(value_dim - c);
+      float* at = acc + h * value_dim + c;
+      _mm512_mask_storeu_ps(at, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, at), factor));
+    }
+  }
   for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
 }
 

@@ -168,13 +168,16 @@ struct LatentKernels {
   // Fast mode's BF16 products (fast_bf16_products()), on BF16 cache rows: the queries rounded to
   // BF16 in their natural order (round_to_bf16); and the probabilities p[h, :] both as float32 and
   // rounded to BF16, each head's row padded with a 0 to an even count (`p16`, heads x
-  // 2 ceil(count / 2)), which AVX512-BF16's dot products take two keys at a time. acc's whole 32
-  // values at a time lie in the kernels' own order, which `dot_order_undo` puts back in place;
-  // the last value_dim % 32 are in order, summed from the float32 p.
+  // 2 ceil(count / 2)), which AVX512-BF16's dot products take two keys at a time. acc[h] is first
+  // multiplied by rescale[h] (the softmax's correction for a new running maximum; 1 leaves it
+  // alone), as it is loaded for the sums. acc's whole 32 values at a time lie in the kernels' own
+  // order, which `dot_order_undo` puts back in place; the last value_dim % 32 are in order, summed
+  // from the float32 p.
   void (*scores_dot)(const std::uint16_t* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
                      std::int64_t width, float scale, float* scores) = nullptr;
   void (*accumulate_dot)(const float* p, const std::uint16_t* p16, std::int64_t heads, std::int64_t count,
-                         const std::uint16_t* const* keys, std::int64_t value_dim, float* acc) = nullptr;
+                         const std::uint16_t* const* keys, std::int64_t value_dim, const float* rescale,
+                         float* acc) = nullptr;
   void (*dot_order_undo)(float* values, std::int64_t cols) = nullptr;
 };
 // How many keys ahead of those being scored the BF16 kernels fetch rows from memory.
