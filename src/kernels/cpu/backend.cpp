@@ -8,8 +8,6 @@
 #include <new>
 #include <vector>
 
-#include <sys/mman.h>
-
 #include "core/error.h"
 #include "core/numeric.h"
 #include "core/thread_pool.h"
@@ -18,9 +16,6 @@
 
 namespace dsv3::kernels {
 namespace {
-
-constexpr std::size_t kAlignment = 64;
-constexpr std::size_t kHugePage = 2u << 20;
 
 void check_rows(std::string_view op, Tensor a, Tensor b) {
   if (a.rows != b.rows) fail("{}: {} rows against {}", op, a.rows, b.rows);
@@ -87,7 +82,7 @@ class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
 
-  // 64-byte aligned; from 2 MiB (the latent cache, the workspaces' blocks) 2 MiB aligned and
+  // kernel_memory's: from 2 MiB (the latent cache, the workspaces' blocks) 2 MiB aligned and
   // advised into huge pages, as the weights are (io/safetensors.cpp): the cache's pages and a
   // step's activations otherwise cost a TLB miss every 4 KiB, each a page walk that the weights'
   // streaming has pushed out of the caches. bench-1b, 2-vCPU AMD EPYC, `dsv3 bench --batch 1,16`,
@@ -95,13 +90,8 @@ class CpuBackend final : public Backend {
   // attention 7.7-8.0 ms a step against 8.4-10.4 in profiled runs), prefill 1029-1133 against
   // 763-840, batch 1 the same.
   void* allocate(std::size_t bytes) const override {
-    const std::size_t alignment = bytes >= kHugePage ? kHugePage : kAlignment;
-    const std::size_t reserved = (std::max<std::size_t>(bytes, 1) + alignment - 1) / alignment * alignment;
-    void* memory = std::aligned_alloc(alignment, reserved);
+    void* memory = kernel_memory(bytes);
     if (!memory) throw std::bad_alloc();
-#if defined(MADV_HUGEPAGE)
-    if (alignment == kHugePage) ::madvise(memory, reserved, MADV_HUGEPAGE);
-#endif
     return memory;
   }
   void release(void* data) const override { std::free(data); }

@@ -57,6 +57,11 @@ void parallel_lanes(ThreadPool& pool, std::int64_t tasks, std::int64_t lanes, Ta
         task(lane, t);
   });
 }
+// Host memory for the CPU backend and its kernels' copies, released with std::free: 64-byte
+// aligned, and from 2 MiB on 2 MiB aligned with huge pages advised (a whole block streamed every
+// step then takes a TLB entry per 2 MiB, not per 4 KiB); nullptr when there is none.
+void* kernel_memory(std::size_t bytes);
+
 // The lanes worth having for `tasks` tasks: one per thread of the pool, at most one per task.
 inline std::int64_t lanes_for(const ThreadPool& pool, std::int64_t tasks) {
   return std::max<std::int64_t>(1, std::min<std::int64_t>(tasks, pool.size()));

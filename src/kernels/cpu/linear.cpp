@@ -272,6 +272,17 @@ void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols,
   }
 }
 
+void* kernel_memory(std::size_t bytes) {
+  constexpr std::size_t kAlignment = 64, kHugePage = 2u << 20;
+  const std::size_t alignment = bytes >= kHugePage ? kHugePage : kAlignment;
+  const std::size_t reserved = (std::max<std::size_t>(bytes, 1) + alignment - 1) / alignment * alignment;
+  void* memory = std::aligned_alloc(alignment, reserved);
+#if defined(MADV_HUGEPAGE)
+  if (memory && alignment == kHugePage) madvise(memory, reserved, MADV_HUGEPAGE);
+#endif
+  return memory;
+}
+
 std::size_t pack_for_few_rows(Matrix& weight) {
   if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
       !weight_kernels().gemv_pair_tiles)
@@ -279,15 +290,10 @@ std::size_t pack_for_few_rows(Matrix& weight) {
   if (weight.packed_copy()) return 0;
   const std::int64_t tiles = (weight.rows + kPairTileRows - 1) / kPairTileRows, pairs = pair_tile_pairs(weight.cols);
   const std::size_t bytes = static_cast<std::size_t>(tiles * pairs * kPairTileRows) * sizeof(std::uint32_t);
-  // 2 MiB aligned and advised into huge pages: the tiles are streamed whole every decode step.
-  constexpr std::size_t kHuge = 2u << 20;
-  const std::size_t reserved = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* memory = std::aligned_alloc(kHuge, reserved);
+  // In huge pages: the tiles are streamed whole every decode step.
+  void* memory = kernel_memory(bytes);
   if (!memory) fail("{}: no memory for its {} MiB of pair tiles", weight.name, bytes >> 20);
   std::shared_ptr<void> owner(memory, std::free);
-#if defined(MADV_HUGEPAGE)
-  madvise(memory, reserved, MADV_HUGEPAGE);
-#endif
   auto* data = static_cast<std::uint32_t*>(memory);
   const Matrix& w = weight;
   // 16 pairs of the tile's 16 rows at a time: read as 16 short row pieces, written as one 1 KiB run.
