@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <sys/wait.h>
 
 #include <nlohmann/json.hpp>
@@ -180,6 +182,39 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
       report.at("arithmetic").get<std::string>().find("AVX512-BF16 dot products") != std::string::npos;
   EXPECT_EQ(report.at("head_tiles_bytes").get<std::size_t>(), dot_products ? 1024u * 128 * 4 : 0u);
   EXPECT_EQ(fp8_report.at("head_tiles_bytes").get<std::size_t>(), 0u);
+  // And so are the layers' dense linears (all but kv_b_proj and the routed experts), each in tiles
+  // of 16 rows by column pairs: the bytes follow from the config.
+  {
+    std::ifstream file(test::tiny_model_dir() / "config.json");
+    const auto c = nlohmann::json::parse(file);
+    const auto dim = [&](const char* key) { return c.at(key).get<std::size_t>(); };
+    const auto tiles = [](std::size_t rows, std::size_t cols) { return (rows + 15) / 16 * 16 * ((cols + 1) / 2) * 4; };
+    const std::size_t hidden = dim("hidden_size"), heads = dim("num_attention_heads"),
+                      layers = dim("num_hidden_layers"), dense = dim("first_k_dense_replace");
+    const std::size_t attention = tiles(dim("q_lora_rank"), hidden) +
+                                  tiles(heads * (dim("qk_nope_head_dim") + dim("qk_rope_head_dim")), dim("q_lora_rank")) +
+                                  tiles(dim("kv_lora_rank") + dim("qk_rope_head_dim"), hidden) +
+                                  tiles(hidden, heads * dim("v_head_dim"));
+    const auto mlp = [&](std::size_t inner) { return 2 * tiles(inner, hidden) + tiles(hidden, inner); };
+    const std::size_t expected = 1024u * 128 * 4 + layers * attention + dense * mlp(dim("intermediate_size")) +
+                                 (layers - dense) * mlp(dim("n_shared_experts") * dim("moe_intermediate_size"));
+    EXPECT_EQ(report.at("tiles_bytes").get<std::size_t>(), dot_products ? expected : 0u);
+  }
+  // DSV3_DECODE_TILES=head keeps the head's tiles alone, 0 none; anything else is refused by name.
+  for (const auto& [setting, bytes] : std::vector<std::pair<std::string, std::size_t>>{
+           {"head", report.at("head_tiles_bytes").get<std::size_t>()}, {"0", 0u}}) {
+    setenv("DSV3_DECODE_TILES", setting.c_str(), 1);
+    const auto chosen = run("bench --model " + test::tiny_model_dir().string() +
+                            " --prompt-len 8 --gen-len 4 --passes 1 --json 2>/dev/null");
+    unsetenv("DSV3_DECODE_TILES");
+    ASSERT_EQ(chosen.exit_code, 0) << chosen.output;
+    EXPECT_EQ(nlohmann::json::parse(chosen.output).at("tiles_bytes").get<std::size_t>(), bytes) << setting;
+  }
+  setenv("DSV3_DECODE_TILES", "yes", 1);
+  const auto refused = run("bench --model " + test::tiny_model_dir().string() + " --prompt-len 8 --gen-len 4 --passes 1");
+  unsetenv("DSV3_DECODE_TILES");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("DSV3_DECODE_TILES=yes"), std::string::npos) << refused.output;
   // --profile times every op of every batch size's decode (and the first size's prefill): a step's
   // output head runs once on each of the batch's rows, the ops' time stays within the step's.
   const auto profiled = run("bench --model " + test::tiny_model_dir().string() +

@@ -22,11 +22,23 @@ const Model& tiny_model() {
   return model;
 }
 
-test::LogitsError logits_error() { return test::fixture_logits_error(tiny_model()); }
+// The same weights with the copies a loaded model gets for decode (prepare_decode_weights: on a CPU
+// with AVX512-BF16 in fast mode, pair tiles), made under fast arithmetic as a command's load makes them.
+const Model& tiled_model() {
+  static const Model model = [] {
+    test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+    Weights weights = Weights::load(test::tiny_model_dir());
+    prepare_decode_weights(weights, kernels::default_backend());
+    return Model(std::move(weights));
+  }();
+  return model;
+}
+
+test::LogitsError logits_error(const Model& model = tiny_model()) { return test::fixture_logits_error(model); }
 
 // Tokens of the fixture's greedy continuation reproduced before the first difference, and how
 // many steps are comparable at all (up to the first whose top-2 margin may flip in float32).
-std::pair<std::size_t, std::size_t> greedy_agreement() {
+std::pair<std::size_t, std::size_t> greedy_agreement(const Model& model = tiny_model()) {
   const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
   const auto prompt64 = test::read_i64(reference->tensors().at("gen_prompt"));
   const auto expected = test::read_i64(reference->tensors().at("gen_tokens"));
@@ -36,7 +48,7 @@ std::pair<std::size_t, std::size_t> greedy_agreement() {
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   greedy.max_tokens = static_cast<std::int64_t>(expected.size());
-  Engine engine(tiny_model(), {.cache_tokens = 256, .cache_dtype = DType::F32, .block_tokens = 16});
+  Engine engine(model, {.cache_tokens = 256, .cache_dtype = DType::F32, .block_tokens = 16});
   engine.add(std::vector<std::int32_t>(prompt64.begin(), prompt64.end()), greedy);
   std::vector<std::int32_t> tokens;
   while (engine.has_work())
@@ -61,13 +73,13 @@ TEST(FastArithmetic, Fp32GemmMatchesTransformersAtTheExactTolerances) {
 
 // The BF16 bounds below (their comment says how they were measured), on the fixture's logits and
 // greedy continuation.
-void expect_within_bf16_bounds() {
-  const test::LogitsError error = logits_error();
+void expect_within_bf16_bounds(const Model& model = tiny_model()) {
+  const test::LogitsError error = logits_error(model);
   EXPECT_LE(error.median, 0.005);
   EXPECT_LE(error.worst, 0.35);
   EXPECT_LE(error.argmax_mismatches, 6);
   EXPECT_GT(error.argmax_checked, 0);
-  const auto [agree, comparable] = greedy_agreement();
+  const auto [agree, comparable] = greedy_agreement(model);
   EXPECT_GE(agree * 4, comparable * 3);
 }
 
@@ -97,6 +109,21 @@ TEST(FastArithmetic, Bf16DefaultThresholdStaysWithinItsMeasuredErrorOfTransforme
   if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
   test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
   expect_within_bf16_bounds();
+}
+
+// The default with the head and the dense linears read from their pair tiles, as every command's
+// model decodes where the CPU has AVX512-BF16: the same rounding of activations, each output's
+// float32 sum over column pairs in another order, so the same bounds. Tiles in a wrong order (a
+// swapped pair, a tile's rows shifted) give errors of order 1.
+TEST(FastArithmetic, Bf16PairTilesStayWithinItsMeasuredErrorOfTransformers) {
+  if (!kernels::gemm_bf16_supported()) GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX";
+  const Model& model = tiled_model();
+  const Weights& w = model.weights();
+  ASSERT_NE(w.lm_head.packed_copy(), nullptr);
+  ASSERT_NE(w.layers.back().attention.o_proj.packed_copy(), nullptr);
+  ASSERT_NE(w.layers.front().attention.q_a_proj.packed_copy(), nullptr);
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  expect_within_bf16_bounds(model);
 }
 
 }  // namespace

@@ -419,8 +419,9 @@ int bench(const BenchOptions& options) {
                 : fmt::format("fast: oneDNN {} GEMM from {} rows ({})",
                               kernels::gemm_uses_bf16() ? "BF16 x BF16 -> FP32" : "FP32", kernels::min_gemm_rows(),
                               kernels::gemm_implementation(gemm_rows, c.intermediate_size, c.hidden_size));
-  // The head's copy in the kernels' own order (prepare_output_head), if the load made one.
+  // The copies in the kernels' own order (prepare_decode_weights) the load made: the head's, and all.
   const PackedWeight* head_tiles = model.weights().lm_head.packed_copy();
+  const std::size_t tiles_bytes = decode_copy_bytes(model.weights());
   nlohmann::json report = {
       {"machine", {{"cpu", cpu_model()}, {"features", cpu_features()}, {"threads", ThreadPool::global().size()}}},
       {"model", options.model},
@@ -428,6 +429,7 @@ int bench(const BenchOptions& options) {
       {"weights_dtype", dtype_name(model.weights().layers.back().attention.o_proj.dtype)},
       {"head_dtype", dtype_name(model.weights().lm_head.dtype)},
       {"head_tiles_bytes", head_tiles ? head_tiles->bytes : 0},
+      {"tiles_bytes", tiles_bytes},
       {"prompt_len", options.prompt_len},
       {"gen_len", options.gen_len},
       {"batch", batch},
@@ -475,7 +477,12 @@ int bench(const BenchOptions& options) {
   fmt::print("model          {} ({} weights, output head {}{}{}), loaded in {:.2f} s\n", options.model,
              report["weights_dtype"].get<std::string>(), report["head_dtype"].get<std::string>(),
              output_heads_fp8() ? " by --head-fp8" : "",
-             head_tiles ? fmt::format(", also in pair tiles ({} MB)", head_tiles->bytes / 1000000) : "", load_seconds);
+             tiles_bytes == 0 ? ""
+             : tiles_bytes == (head_tiles ? head_tiles->bytes : 0)
+                 ? fmt::format(", also in pair tiles ({} MB)", tiles_bytes / 1000000)
+                 : fmt::format(", the head and dense linears also in pair tiles ({} MB, the head's {})",
+                               tiles_bytes / 1000000, head_tiles ? head_tiles->bytes / 1000000 : 0),
+             load_seconds);
   fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
              ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");
   fmt::print("arithmetic     {}\n", arithmetic);

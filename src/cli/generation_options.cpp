@@ -116,7 +116,7 @@ Model load_model(const std::string& dir, bool read_in, const kernels::Backend& b
   if (read_in || bar.visible())
     weights.store.prefetch([&bar](std::size_t, std::size_t bytes) { bar.set(static_cast<std::int64_t>(bytes)); });
   if (output_heads_fp8()) quantize_output_heads_fp8(weights);
-  prepare_output_head(weights, backend);
+  prepare_decode_weights(weights, backend);
   Model model(std::move(weights), backend);
   model.resident_weight_bytes = resident_memory_bytes() - before;
   return model;

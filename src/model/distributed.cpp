@@ -333,7 +333,7 @@ Model load_shard(const ShardedLoad& load, dist::Communicator& comm, const kernel
   if (load.read_in) read_in_held(weights, progress);
   release_unheld(weights);
   if (output_heads_fp8()) quantize_output_heads_fp8(weights);  // each rank its vocabulary rows
-  prepare_output_head(weights, backend);
+  prepare_decode_weights(weights, backend);
   Model model(std::move(weights), backend, &comm);
   model.resident_weight_bytes = resident_memory_bytes() - before;
   return model;

@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
+#include <string_view>
 #include <memory>
 #include <type_traits>
 
@@ -276,9 +279,54 @@ bool output_heads_fp8() { return heads_fp8_setting().load(std::memory_order_rela
 
 void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8, std::memory_order_relaxed); }
 
-std::size_t prepare_output_head(Weights& weights, const kernels::Backend& backend) {
-  static const bool wanted = env_flag("DSV3_HEAD_TILES", true);
-  return wanted ? backend.prepare_decode_weight(weights.lm_head) : 0;
+namespace {
+
+// DSV3_DECODE_TILES: 1 (the default) the head and the layers' dense linears, head the head alone,
+// 0 none.
+enum class DecodeTiles { none, head, all };
+
+DecodeTiles decode_tiles_setting() {
+  const char* value = std::getenv("DSV3_DECODE_TILES");
+  const std::string_view text = value ? value : "";
+  if (text.empty() || text == "1") return DecodeTiles::all;
+  if (text == "head") return DecodeTiles::head;
+  if (text == "0") return DecodeTiles::none;
+  fail("DSV3_DECODE_TILES={}: expected 1, head or 0", text);
+}
+
+// The main layers' linears a decode step reads with every row of the batch: attention's projections
+// but kv_b_proj (the absorbed products combine its rows), dense MLPs and shared experts.
+// W: Weights or const Weights.
+template <typename W, typename Body>
+void for_each_dense_linear(W& weights, Body&& body) {
+  for (auto& layer : weights.layers) {
+    auto& a = layer.attention;
+    for (auto* m : {&a.q_a_proj, &a.q_b_proj, &a.q_proj, &a.kv_a_proj_with_mqa, &a.o_proj}) body(*m);
+    for (auto* mlp : {&layer.mlp, layer.moe ? &layer.moe->shared_experts : nullptr})
+      if (mlp && *mlp)
+        for (auto* m : {&(*mlp)->gate_proj, &(*mlp)->up_proj, &(*mlp)->down_proj}) body(*m);
+  }
+}
+
+}  // namespace
+
+std::size_t prepare_decode_weights(Weights& weights, const kernels::Backend& backend) {
+  static const DecodeTiles wanted = decode_tiles_setting();
+  if (wanted == DecodeTiles::none) return 0;
+  std::size_t bytes = backend.prepare_decode_weight(weights.lm_head);
+  if (wanted == DecodeTiles::all)
+    for_each_dense_linear(weights, [&](Matrix& m) { bytes += backend.prepare_decode_weight(m); });
+  return bytes;
+}
+
+std::size_t decode_copy_bytes(const Weights& weights) {
+  const auto bytes = [](const Matrix& m) -> std::size_t {
+    const PackedWeight* packed = m.packed_copy();
+    return packed ? packed->bytes : 0;
+  };
+  std::size_t total = bytes(weights.lm_head);
+  for_each_dense_linear(weights, [&](const Matrix& m) { total += bytes(m); });
+  return total;
 }
 
 }  // namespace dsv3

@@ -103,12 +103,17 @@ void quantize_output_heads_fp8(Weights& weights);
 bool output_heads_fp8();
 void set_output_heads_fp8(bool fp8);
 
-// Lets the backend keep the output head, the widest weight a decode step reads, in its kernels' own
-// order as well (Backend::prepare_decode_weight: on the CPU in fast mode with AVX512-BF16, a BF16
-// head in pair tiles, which a batch's rows read in one pass). Returns the bytes of that copy (0:
-// none). The MTP modules' copies of the head are left as they are: a draft step reads one of them,
-// and the tiles would double the head's memory for a module that may never run. DSV3_HEAD_TILES=0
-// keeps the head as it is (the memory, or a comparison in the same build).
-std::size_t prepare_output_head(Weights& weights, const kernels::Backend& backend);
+// Lets the backend keep the weights a decode step reads with every row of its batch in its kernels'
+// own order as well (Backend::prepare_decode_weight: on the CPU in fast mode with AVX512-BF16, a
+// BF16 weight in pair tiles, which a batch's rows read in one pass): the output head, the widest,
+// and the main layers' dense linears (attention's projections but kv_b_proj, dense MLPs, shared
+// experts); the routed experts, read by a row or two each, stay as they are. Returns the bytes of
+// those copies (0: none), which the weights keep besides their own (prefill's GEMM reads those).
+// The MTP modules are left as they are: a draft step reads them with few rows, and the copies
+// would cost memory for a module that may never run. DSV3_DECODE_TILES=head tiles the head alone,
+// =0 nothing (the memory, or a comparison in the same build).
+std::size_t prepare_decode_weights(Weights& weights, const kernels::Backend& backend);
+// The bytes of the copies prepare_decode_weights made.
+std::size_t decode_copy_bytes(const Weights& weights);
 
 }  // namespace dsv3
