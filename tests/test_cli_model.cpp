@@ -183,7 +183,8 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
   EXPECT_EQ(report.at("head_tiles_bytes").get<std::size_t>(), dot_products ? 1024u * 128 * 4 : 0u);
   EXPECT_EQ(fp8_report.at("head_tiles_bytes").get<std::size_t>(), 0u);
   // And so are the layers' dense linears (all but kv_b_proj and the routed experts), each in tiles
-  // of 16 rows by column pairs: the bytes follow from the config.
+  // of 16 rows by column pairs, and kv_b_proj per head as W_UK[h]ᵀ and W_UV[h] in such tiles: the
+  // bytes follow from the config.
   {
     std::ifstream file(test::tiny_model_dir() / "config.json");
     const auto c = nlohmann::json::parse(file);
@@ -194,7 +195,9 @@ TEST(CliModel, BenchReportsSpeedsNextToTheRoofline) {
     const std::size_t attention = tiles(dim("q_lora_rank"), hidden) +
                                   tiles(heads * (dim("qk_nope_head_dim") + dim("qk_rope_head_dim")), dim("q_lora_rank")) +
                                   tiles(dim("kv_lora_rank") + dim("qk_rope_head_dim"), hidden) +
-                                  tiles(hidden, heads * dim("v_head_dim"));
+                                  tiles(hidden, heads * dim("v_head_dim")) +
+                                  heads * (tiles(dim("kv_lora_rank"), dim("qk_nope_head_dim")) +
+                                           tiles(dim("v_head_dim"), dim("kv_lora_rank")));
     const auto mlp = [&](std::size_t inner) { return 2 * tiles(inner, hidden) + tiles(hidden, inner); };
     const std::size_t expected = 1024u * 128 * 4 + layers * attention + dense * mlp(dim("intermediate_size")) +
                                  (layers - dense) * mlp(dim("n_shared_experts") * dim("moe_intermediate_size"));

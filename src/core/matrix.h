@@ -17,7 +17,12 @@ namespace dsv3 {
 // most (Backend::prepare_decode_weight): the CPU's AVX512-BF16 dot products read a BF16 weight
 // fastest as tiles of 16 rows by column pairs. It belongs to the data it was made from (`source`,
 // rows x cols): a Matrix viewing other data or other rows ignores it.
+// pair_tiles: the weight's rows in tiles of 16 by column pairs. absorb_tiles: kv_b_proj's, per head
+// its W_UK transposed and its W_UV, each in such tiles (the absorbed attention's products).
+enum class PackedOrder { pair_tiles, absorb_tiles };
+
 struct PackedWeight {
+  PackedOrder order = PackedOrder::pair_tiles;
   const std::byte* source = nullptr;
   std::int64_t rows = 0;
   std::int64_t cols = 0;
@@ -44,9 +49,11 @@ struct Matrix {
   // The kernels read this copy in place of `data` where they can (nullptr: none was made).
   std::shared_ptr<const PackedWeight> packed;
 
-  // `packed` if it was made from this matrix's data and shape.
-  const PackedWeight* packed_copy() const {
-    return packed && packed->source == data && packed->rows == rows && packed->cols == cols ? packed.get() : nullptr;
+  // `packed` if it was made from this matrix's data and shape, in that order.
+  const PackedWeight* packed_copy(PackedOrder order = PackedOrder::pair_tiles) const {
+    return packed && packed->order == order && packed->source == data && packed->rows == rows && packed->cols == cols
+               ? packed.get()
+               : nullptr;
   }
   bool empty() const { return data == nullptr; }
   std::int64_t scale_cols() const { return (cols + block_cols - 1) / block_cols; }

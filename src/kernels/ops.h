@@ -216,6 +216,9 @@ class Backend {
   // order (Matrix::packed) where the device has one for its dtype and the arithmetic in force;
   // returns the bytes that copy takes (0: none made). The weight's own data stays for the rest.
   virtual std::size_t prepare_decode_weight(Matrix& weight) const = 0;
+  // The same for MLA's kv_b_proj, whose absorbed products (mla_absorb_query, mla_absorb_output)
+  // read it head by head in two parts.
+  virtual std::size_t prepare_absorb_weight(Matrix& kv_b_proj, const MlaShape& d) const = 0;
 
   // out[i] = table[ids[i]]; an id of kZeroRow gives a zero row (MTP's first position).
   static constexpr std::int64_t kZeroRow = -1;

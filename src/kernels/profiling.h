@@ -37,6 +37,9 @@ class ProfilingBackend final : public Backend {
   void release(void* data) const override { inner_.release(data); }
   void read(Tensor src, std::span<float> dst) const override;
   std::size_t prepare_decode_weight(Matrix& weight) const override { return inner_.prepare_decode_weight(weight); }
+  std::size_t prepare_absorb_weight(Matrix& kv_b_proj, const MlaShape& d) const override {
+    return inner_.prepare_absorb_weight(kv_b_proj, d);
+  }
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override;
   void linear(Tensor x, const Matrix& weight, Tensor y) const override;
   void rmsnorm(Tensor x, std::span<const float> weight, float eps, Tensor out) const override;

@@ -281,7 +281,7 @@ void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8, std::memory
 
 namespace {
 
-// DSV3_DECODE_TILES: 1 (the default) the head and the layers' dense linears, head the head alone,
+// DSV3_DECODE_TILES: 1 (the default) the head, the layers' dense linears and kv_b_proj, head the head alone,
 // 0 none.
 enum class DecodeTiles { none, head, all };
 
@@ -314,8 +314,16 @@ std::size_t prepare_decode_weights(Weights& weights, const kernels::Backend& bac
   static const DecodeTiles wanted = decode_tiles_setting();
   if (wanted == DecodeTiles::none) return 0;
   std::size_t bytes = backend.prepare_decode_weight(weights.lm_head);
-  if (wanted == DecodeTiles::all)
-    for_each_dense_linear(weights, [&](Matrix& m) { bytes += backend.prepare_decode_weight(m); });
+  if (wanted != DecodeTiles::all) return bytes;
+  for_each_dense_linear(weights, [&](Matrix& m) { bytes += backend.prepare_decode_weight(m); });
+  const ModelConfig& c = weights.config;
+  for (LayerWeights& layer : weights.layers) {
+    Matrix& kv_b = layer.attention.kv_b_proj;
+    if (kv_b.empty()) continue;
+    const kernels::MlaShape d{.heads = kv_b.rows / (c.qk_nope_head_dim + c.v_head_dim), .nope = c.qk_nope_head_dim,
+                              .rope = c.qk_rope_head_dim, .v = c.v_head_dim, .kv_lora = c.kv_lora_rank};
+    bytes += backend.prepare_absorb_weight(kv_b, d);
+  }
   return bytes;
 }
 
@@ -326,6 +334,9 @@ std::size_t decode_copy_bytes(const Weights& weights) {
   };
   std::size_t total = bytes(weights.lm_head);
   for_each_dense_linear(weights, [&](const Matrix& m) { total += bytes(m); });
+  for (const LayerWeights& layer : weights.layers)
+    if (const PackedWeight* absorb = layer.attention.kv_b_proj.packed_copy(PackedOrder::absorb_tiles))
+      total += absorb->bytes;
   return total;
 }
 

@@ -106,8 +106,9 @@ void set_output_heads_fp8(bool fp8);
 // Lets the backend keep the weights a decode step reads with every row of its batch in its kernels'
 // own order as well (Backend::prepare_decode_weight: on the CPU in fast mode with AVX512-BF16, a
 // BF16 weight in pair tiles, which a batch's rows read in one pass): the output head, the widest,
-// and the main layers' dense linears (attention's projections but kv_b_proj, dense MLPs, shared
-// experts); the routed experts, read by a row or two each, stay as they are. Returns the bytes of
+// the main layers' dense linears (attention's projections, dense MLPs, shared experts) and their
+// kv_b_proj, for the absorbed attention's products (Backend::prepare_absorb_weight); the routed
+// experts, read by a row or two each, stay as they are. Returns the bytes of
 // those copies (0: none), which the weights keep besides their own (prefill's GEMM reads those).
 // The MTP modules are left as they are: a draft step reads them with few rows, and the copies
 // would cost memory for a module that may never run. DSV3_DECODE_TILES=head tiles the head alone,

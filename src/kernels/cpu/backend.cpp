@@ -23,6 +23,11 @@ void check_rows(std::string_view op, Tensor a, Tensor b) {
 void check_shape(std::string_view op, Tensor a, Tensor b) {
   if (a.rows != b.rows || a.cols != b.cols) fail("{}: [{}, {}] against [{}, {}]", op, a.rows, a.cols, b.rows, b.cols);
 }
+// kv_b_proj's absorb tiles where fast mode's BF16 products read them (pack_for_absorb), else nullptr.
+const PackedWeight* absorb_tiles(const Matrix& kv_b_proj) {
+  return fast_bf16_products() ? kv_b_proj.packed_copy(PackedOrder::absorb_tiles) : nullptr;
+}
+
 void check_contiguous(std::string_view op, Tensor t) {
   if (!t.contiguous()) fail("{}: needs a contiguous tensor, got [{}, {}] with stride {}", op, t.rows, t.cols, t.stride);
 }
@@ -103,6 +108,9 @@ class CpuBackend final : public Backend {
   }
 
   std::size_t prepare_decode_weight(Matrix& weight) const override { return pack_for_few_rows(weight); }
+  std::size_t prepare_absorb_weight(Matrix& kv_b_proj, const MlaShape& d) const override {
+    return pack_for_absorb(kv_b_proj, d.nope, d.v);
+  }
 
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override {
     if (out.rows != static_cast<std::int64_t>(ids.size()) || out.cols != table.cols)
@@ -275,6 +283,23 @@ class CpuBackend final : public Backend {
     if (kv_b_proj.rows != d.heads * kv_dim || kv_b_proj.cols != d.kv_lora)
       fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_b_proj.rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
     Workspace::Scope scope(workspace);
+    if (const PackedWeight* tiles = absorb_tiles(kv_b_proj)) {
+      // Fast mode: each head's task rounds its q_nope to BF16 pairs and multiplies them by its
+      // W_UK[h]ᵀ tiles, and copies its q_rope.
+      const std::int64_t pairs = pair_tile_pairs(d.nope);
+      std::span<std::uint32_t> paired = workspace.array<std::uint32_t>(d.heads * rows * pairs);
+      ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+        for (std::int64_t h = h0; h < h1; ++h) {
+          std::uint32_t* x = paired.data() + h * rows * pairs;
+          pair_tile_activations(q.data + h * d.qk(), rows, d.nope, q.stride, x);
+          pair_tile_products(x, rows, absorb_tile_views(*tiles, h, d.nope, d.v).keys, q_latent.data + h * d.width(),
+                             q_latent.stride);
+          for (std::int64_t r = 0; r < rows; ++r)
+            std::copy_n(q.row(r) + h * d.qk() + d.nope, d.rope, q_latent.row(r) + h * d.width() + d.kv_lora);
+        }
+      });
+      return;
+    }
     // q_nope per head, [heads, rows, nope], so each head's product reads one block.
     Tensor q_nope = workspace.tensor(d.heads * rows, d.nope);
     for (std::int64_t r = 0; r < rows; ++r)
@@ -346,6 +371,20 @@ class CpuBackend final : public Backend {
     if (kv_rows != d.heads * kv_dim || kv_b_proj.cols != d.kv_lora)
       fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
     Workspace::Scope scope(workspace);
+    if (const PackedWeight* tiles = absorb_tiles(kv_b_proj)) {
+      // Fast mode: each head's task rounds its latent to BF16 pairs and multiplies them by its
+      // W_UV[h] tiles into its columns of out.
+      const std::int64_t pairs = pair_tile_pairs(d.kv_lora);
+      std::span<std::uint32_t> paired = workspace.array<std::uint32_t>(d.heads * rows * pairs);
+      ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+        for (std::int64_t h = h0; h < h1; ++h) {
+          std::uint32_t* x = paired.data() + h * rows * pairs;
+          pair_tile_activations(o_latent.data + h * d.kv_lora, rows, d.kv_lora, o_latent.stride, x);
+          pair_tile_products(x, rows, absorb_tile_views(*tiles, h, d.nope, d.v).values, out.data + h * d.v, out.stride);
+        }
+      });
+      return;
+    }
     Tensor latent = workspace.tensor(d.heads * rows, d.kv_lora);  // [heads, rows, kv_lora]
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t h = 0; h < d.heads; ++h)

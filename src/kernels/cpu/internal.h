@@ -108,6 +108,13 @@ struct WeightKernels {
   // whatever rows and outputs share the call.
   void (*gemv_pair_tiles)(const std::uint32_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
                           std::int64_t n_end, float* y) = nullptr;
+  // The same over tiles of any [tiles.rows, tiles.cols] weight (a part of a packed copy, such as
+  // one head's in the absorbed attention's): every output, row m's at y + m * ld.
+  void (*pair_tile_products)(const std::uint32_t* x, std::int64_t rows, const PackedWeight& tiles, float* y,
+                             std::int64_t ld) = nullptr;
+  // pair_tile_activations (below) in vector registers, the same bits; nullptr: the portable loop.
+  void (*pair_tile_activations)(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                                std::uint32_t* out) = nullptr;
 };
 
 // Pair tiles: tile t holds weight rows [16t, 16t + 16) (past the last row, zeros); its pair p, lane
@@ -119,6 +126,8 @@ inline std::int64_t pair_tile_pairs(std::int64_t cols) { return (cols + 1) / 2; 
 // in groups of kPairTileRows rows (the last group the rest): group g at out + g * 16 * pairs, its
 // pair p of row m at [p * group_rows + m], a column past the last 0. rows * pairs dwords.
 void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* out);
+// The same from rows `ld` floats apart.
+void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld, std::uint32_t* out);
 
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.

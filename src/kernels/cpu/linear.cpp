@@ -254,6 +254,13 @@ __attribute__((noinline)) void gemv_pair_tiles_here(const float* x, std::int64_t
 }  // namespace
 
 void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::uint32_t* out) {
+  pair_tile_activations(x, rows, cols, cols, out);
+}
+
+void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld, std::uint32_t* out) {
+  // (vcvtne2ps2bf16 is AVX512-BF16's; the AVX-512 kernels run on CPUs without it too.)
+  if (const auto vector = weight_kernels().pair_tile_activations; vector && gemm_bf16_supported())
+    return vector(x, rows, cols, ld, out);
   const std::int64_t pairs = pair_tile_pairs(cols);
   constexpr std::int64_t kPiece = 2048;  // columns rounded at a time: even, so pairs stay whole
   std::uint16_t piece[kPiece];
@@ -263,7 +270,7 @@ void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols,
     std::uint32_t* to = out + group * kPairTileRows * pairs + m % kPairTileRows;
     for (std::int64_t c0 = 0; c0 < cols; c0 += kPiece) {
       const std::int64_t n = std::min(kPiece, cols - c0);
-      round_to_bf16(x + m * cols + c0, n, piece);
+      round_to_bf16(x + m * ld + c0, n, piece);
       for (std::int64_t c = 0; c < n; c += 2) {
         const std::uint32_t low = piece[c], high = c + 1 < n ? piece[c + 1] : 0u;
         to[(c0 + c) / 2 * group_rows] = low | high << 16;
@@ -325,6 +332,90 @@ std::size_t pack_for_few_rows(Matrix& weight) {
   packed->owner = std::move(owner);
   weight.packed = std::move(packed);
   return bytes;
+}
+
+namespace {
+
+// One head's dwords of absorb tiles: W_UK[h]ᵀ's, then W_UV[h]'s.
+struct AbsorbLayout {
+  std::int64_t keys, values;
+};
+AbsorbLayout absorb_layout(std::int64_t nope, std::int64_t v, std::int64_t kv_lora) {
+  const auto tiles = [](std::int64_t rows) { return (rows + kPairTileRows - 1) / kPairTileRows * kPairTileRows; };
+  return {tiles(kv_lora) * pair_tile_pairs(nope), tiles(v) * pair_tile_pairs(kv_lora)};
+}
+
+}  // namespace
+
+std::size_t pack_for_absorb(Matrix& weight, std::int64_t nope, std::int64_t v) {
+  if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
+      !weight_kernels().pair_tile_products)
+    return 0;
+  if (nope <= 0 || v <= 0 || weight.rows % (nope + v) != 0)
+    fail("{}: {} rows are not heads of {} + {} rows", weight.name, weight.rows, nope, v);
+  if (weight.packed_copy(PackedOrder::absorb_tiles)) return 0;
+  const std::int64_t heads = weight.rows / (nope + v), kv_lora = weight.cols;
+  const AbsorbLayout layout = absorb_layout(nope, v, kv_lora);
+  const std::size_t bytes = static_cast<std::size_t>(heads * (layout.keys + layout.values)) * sizeof(std::uint32_t);
+  void* memory = kernel_memory(bytes);
+  if (!memory) fail("{}: no memory for its {} MiB of absorb tiles", weight.name, bytes >> 20);
+  std::shared_ptr<void> owner(memory, std::free);
+  auto* data = static_cast<std::uint32_t*>(memory);
+  const Matrix& w = weight;
+  // Element (row, col) of the weight, 0 outside it (the tiles' padding).
+  const auto at = [&](std::int64_t row, std::int64_t col, std::int64_t rows_end) -> std::uint32_t {
+    if (row >= rows_end || col >= kv_lora) return 0;
+    std::uint16_t bits;
+    std::memcpy(&bits, w.data + (row * w.cols + col) * 2, sizeof bits);
+    return bits;
+  };
+  ThreadPool::global().parallel_for(heads, 1, [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t h = first; h < last; ++h) {
+      std::uint32_t* keys = data + h * (layout.keys + layout.values);
+      std::uint32_t* values = keys + layout.keys;
+      const std::int64_t k0 = h * (nope + v), v0 = k0 + nope;
+      // W_UK[h]ᵀ: output c (a latent column), input pair (nope rows 2p, 2p + 1).
+      const std::int64_t key_pairs = pair_tile_pairs(nope), value_pairs = pair_tile_pairs(kv_lora);
+      for (std::int64_t c = 0; c < layout.keys / key_pairs; ++c)
+        for (std::int64_t p = 0; p < key_pairs; ++p)
+          keys[(c / kPairTileRows * key_pairs + p) * kPairTileRows + c % kPairTileRows] =
+              at(k0 + 2 * p, c, v0) | at(k0 + 2 * p + 1, c, v0) << 16;
+      // W_UV[h]: output j (a value row), input pair (latent columns 2p, 2p + 1).
+      for (std::int64_t j = 0; j < layout.values / value_pairs; ++j)
+        for (std::int64_t p = 0; p < value_pairs; ++p)
+          values[(j / kPairTileRows * value_pairs + p) * kPairTileRows + j % kPairTileRows] =
+              at(v0 + j, 2 * p, v0 + v) | at(v0 + j, 2 * p + 1, v0 + v) << 16;
+    }
+  });
+  auto packed = std::make_shared<PackedWeight>();
+  packed->order = PackedOrder::absorb_tiles;
+  packed->source = weight.data;
+  packed->rows = weight.rows;
+  packed->cols = weight.cols;
+  packed->data = data;
+  packed->bytes = bytes;
+  packed->owner = std::move(owner);
+  weight.packed = std::move(packed);
+  return bytes;
+}
+
+AbsorbTileViews absorb_tile_views(const PackedWeight& tiles, std::int64_t head, std::int64_t nope, std::int64_t v) {
+  const std::int64_t kv_lora = tiles.cols;
+  const AbsorbLayout layout = absorb_layout(nope, v, kv_lora);
+  AbsorbTileViews views;
+  views.keys.rows = kv_lora;
+  views.keys.cols = nope;
+  views.keys.data = tiles.data + head * (layout.keys + layout.values);
+  views.values.rows = v;
+  views.values.cols = kv_lora;
+  views.values.data = views.keys.data + layout.keys;
+  return views;
+}
+
+void pair_tile_products(const std::uint32_t* x, std::int64_t rows, const PackedWeight& tiles, float* y, std::int64_t ld) {
+  const WeightKernels& kernels = weight_kernels();
+  if (!kernels.pair_tile_products) fail("pair-tile products on the {} kernels", isa_name(active_isa()));
+  kernels.pair_tile_products(x, rows, tiles, y, ld);
 }
 
 void linear_rows(const float* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin, std::int64_t n_end,

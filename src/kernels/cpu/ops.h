@@ -46,6 +46,22 @@ bool few_row_bf16_dot_products();
 // Returns the copy's bytes (0: none made). Exact mode, the GEMM and embedding lookups read the
 // weight's own data still.
 std::size_t pack_for_few_rows(Matrix& weight);
+
+// Gives MLA's kv_b_proj ([heads (nope + v), kv_lora], BF16) a copy in absorb tiles
+// (PackedOrder::absorb_tiles) when few_row_bf16_dot_products(): per head its W_UK transposed
+// ([kv_lora, nope]: the absorbed query's product) and then its W_UV ([v, kv_lora]: the output's),
+// each in pair tiles; mla_absorb_query and mla_absorb_output in fast mode then read them. Returns
+// the copy's bytes (0: none made).
+std::size_t pack_for_absorb(Matrix& kv_b_proj, std::int64_t nope, std::int64_t v);
+// Head h's two parts of those tiles, as pair-tile weights of their own.
+struct AbsorbTileViews {
+  PackedWeight keys;    // W_UK[h]ᵀ: kv_lora outputs of nope inputs
+  PackedWeight values;  // W_UV[h]: v outputs of kv_lora inputs
+};
+AbsorbTileViews absorb_tile_views(const PackedWeight& tiles, std::int64_t head, std::int64_t nope, std::int64_t v);
+// y[m * ld + n] = x[m] · weight[n] for m < rows and every output n of a pair-tile weight (x as
+// pair_tile_activations writes it): each a float32 sum over the column pairs in order.
+void pair_tile_products(const std::uint32_t* x, std::int64_t rows, const PackedWeight& tiles, float* y, std::int64_t ld);
 // FP32 unless DSV3_GEMM chose: for callers whose arithmetic assumes FP32 products (training).
 void use_f32_gemm_unless_chosen();
 std::string gemm_implementation(std::int64_t rows, std::int64_t out_features, std::int64_t in_features);

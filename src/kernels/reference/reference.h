@@ -15,6 +15,7 @@ class ReferenceBackend final : public Backend {
   void read(Tensor src, std::span<float> dst) const override;
   // The plain loops read every weight as it is stored.
   std::size_t prepare_decode_weight(Matrix&) const override { return 0; }
+  std::size_t prepare_absorb_weight(Matrix&, const MlaShape&) const override { return 0; }
 
   void embedding(const Matrix& table, std::span<const std::int64_t> ids, Tensor out) const override;
   void linear(Tensor x, const Matrix& weight, Tensor y) const override;
