@@ -53,12 +53,15 @@ void check_pages(std::string_view op, const LatentPages& pages, std::int64_t end
 constexpr std::int64_t kExpertGemvRows = 64;
 
 // The row-wise ops (norms, elementwise products, copies) run over the pool in tasks of at least
-// this many values times the op's weight below, so that an op as small as a decode step's (a few
-// rows) stays on the calling thread, where waking the pool would cost more than it saves. A
-// row's result never depends on which task computes it.
-constexpr std::int64_t kCopyValuesPerTask = std::int64_t{1} << 15;  // a copy, an add: memory-bound
-constexpr std::int64_t kNormValuesPerTask = std::int64_t{1} << 14;  // rmsnorm: two passes
-constexpr std::int64_t kSiluValuesPerTask = std::int64_t{1} << 14;  // swiglu: an exp and a division
+// this many values times the op's weight below, so that an op as small as one row's stays on the
+// calling thread, where waking the pool would cost more than it saves, while a batch's 16 rows
+// split: bench-1b, `dsv3 bench --batch 1,16 --profile`, 2-vCPU AMD EPYC, with 4x these sizes (each
+// such op of a 16-row step inline) moe_combine took 0.57 ms a step, rmsnorm 0.47, swiglu 0.21,
+// rope 0.20; split, 0.32-0.35, 0.38-0.42, 0.12 and 0.09-0.10. A row's result never depends on
+// which task computes it.
+constexpr std::int64_t kCopyValuesPerTask = std::int64_t{1} << 13;  // a copy, an add: memory-bound
+constexpr std::int64_t kNormValuesPerTask = std::int64_t{1} << 12;  // rmsnorm: two passes
+constexpr std::int64_t kSiluValuesPerTask = std::int64_t{1} << 12;  // swiglu: an exp and a division
 
 // body(first, last) over [0, rows) in tasks of at least `min_values` values of rows of `cols`.
 template <typename Body>
@@ -574,8 +577,8 @@ class CpuBackend final : public Backend {
         fail("moe_combine: route {} dispatched twice or outside [0, {})", slot, out.rows);
       row_of[slot] = row;
     }
-    // A task gets 4 times a copy's minimum: a batch-16 decode step's 96 rows of bench-1b (about
-    // 30 us of work) ran slower split than on this thread.
+    // A task gets 4 times a copy's minimum (6 tokens' rows of bench-1b's 1024 columns at top 6):
+    // a batch-16 decode step's 96 rows in 4 tasks.
     for_rows(y.rows, top_k * y.cols, 4 * kCopyValuesPerTask, [&](std::int64_t first, std::int64_t last) {
       for (std::int64_t t = first; t < last; ++t) {
         const auto rows =
