@@ -359,10 +359,15 @@ class CpuBackend final : public Backend {
       const std::int64_t keys = queries[r].keys;
       kernels::attention_latent(q_latent.row(r), d.heads, *queries[r].pages, keys * part / splits,
                                 keys * (part + 1) / splits, d.kv_lora, scale, partials[task], scratch.row(lane));
+      // A row in one task (a batch's decode step: every row) is finished here, on the core that
+      // holds its sums: merged on the calling thread after the loop, a bench-1b batch-16 step's
+      // rows took 0.3-0.4 ms more.
+      if (splits == 1) merge_latent_partials(partials.subspan(task, 1), d.heads, d.kv_lora, o_latent.row(r));
     });
     for (std::int64_t r = 0; r < rows; ++r)
-      merge_latent_partials(partials.subspan(first_task[r], first_task[r + 1] - first_task[r]), d.heads, d.kv_lora,
-                            o_latent.row(r));
+      if (first_task[r + 1] - first_task[r] > 1)
+        merge_latent_partials(partials.subspan(first_task[r], first_task[r + 1] - first_task[r]), d.heads, d.kv_lora,
+                              o_latent.row(r));
   }
 
   void mla_absorb_output(Tensor o_latent, const Matrix& kv_b_proj, const MlaShape& d, Tensor out,
