@@ -295,7 +295,7 @@ DecodeTiles decode_tiles_setting() {
 }
 
 // The main layers' linears a decode step reads with every row of the batch: attention's projections
-// but kv_b_proj (the absorbed products combine its rows), dense MLPs and shared experts.
+// but kv_b_proj (the absorbed products read it in tiles of their own), dense MLPs and shared experts.
 // W: Weights or const Weights.
 template <typename W, typename Body>
 void for_each_dense_linear(W& weights, Body&& body) {
