@@ -28,6 +28,26 @@ const PackedWeight* absorb_tiles(const Matrix& kv_b_proj) {
   return fast_bf16_products() ? kv_b_proj.packed_copy(PackedOrder::absorb_tiles) : nullptr;
 }
 
+// Fast mode's absorbed products: each head's task rounds its rows of x (head h's first x.cols
+// values at x.data + h * x_step, rows x.stride apart) to BF16 pairs in place of a copy, multiplies
+// them by its `part` of kv_b_proj's absorb tiles into y + h * y_step (rows ld apart), then runs
+// also(h).
+template <typename Also>
+void absorb_products(const PackedWeight& tiles, PackedWeight AbsorbTileViews::*part, const MlaShape& d, Tensor x,
+                     std::int64_t x_step, float* y, std::int64_t ld, std::int64_t y_step, Workspace& workspace,
+                     Also&& also) {
+  const std::int64_t pairs = pair_tile_pairs(x.cols);
+  std::span<std::uint32_t> paired = workspace.array<std::uint32_t>(d.heads * x.rows * pairs);
+  ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
+    for (std::int64_t h = h0; h < h1; ++h) {
+      std::uint32_t* rows = paired.data() + h * x.rows * pairs;
+      pair_tile_activations(x.data + h * x_step, x.rows, x.cols, x.stride, rows);
+      pair_tile_products(rows, x.rows, absorb_tile_views(tiles, h, d.nope, d.v).*part, y + h * y_step, ld);
+      also(h);
+    }
+  });
+}
+
 void check_contiguous(std::string_view op, Tensor t) {
   if (!t.contiguous()) fail("{}: needs a contiguous tensor, got [{}, {}] with stride {}", op, t.rows, t.cols, t.stride);
 }
@@ -287,20 +307,13 @@ class CpuBackend final : public Backend {
       fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_b_proj.rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
     Workspace::Scope scope(workspace);
     if (const PackedWeight* tiles = absorb_tiles(kv_b_proj)) {
-      // Fast mode: each head's task rounds its q_nope to BF16 pairs and multiplies them by its
-      // W_UK[h]ᵀ tiles, and copies its q_rope.
-      const std::int64_t pairs = pair_tile_pairs(d.nope);
-      std::span<std::uint32_t> paired = workspace.array<std::uint32_t>(d.heads * rows * pairs);
-      ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
-        for (std::int64_t h = h0; h < h1; ++h) {
-          std::uint32_t* x = paired.data() + h * rows * pairs;
-          pair_tile_activations(q.data + h * d.qk(), rows, d.nope, q.stride, x);
-          pair_tile_products(x, rows, absorb_tile_views(*tiles, h, d.nope, d.v).keys, q_latent.data + h * d.width(),
-                             q_latent.stride);
-          for (std::int64_t r = 0; r < rows; ++r)
-            std::copy_n(q.row(r) + h * d.qk() + d.nope, d.rope, q_latent.row(r) + h * d.width() + d.kv_lora);
-        }
-      });
+      // Fast mode: W_UK[h]ᵀ from its tiles; each head's task also copies its q_rope.
+      absorb_products(*tiles, &AbsorbTileViews::keys, d, {q.data, rows, d.nope, q.stride}, d.qk(), q_latent.data,
+                      q_latent.stride, d.width(), workspace, [&](std::int64_t h) {
+                        for (std::int64_t r = 0; r < rows; ++r)
+                          std::copy_n(q.row(r) + h * d.qk() + d.nope, d.rope,
+                                      q_latent.row(r) + h * d.width() + d.kv_lora);
+                      });
       return;
     }
     // q_nope per head, [heads, rows, nope], so each head's product reads one block.
@@ -380,17 +393,9 @@ class CpuBackend final : public Backend {
       fail("{}: [{}, {}] is not [{}, {}]", kv_b_proj.name, kv_rows, kv_b_proj.cols, d.heads * kv_dim, d.kv_lora);
     Workspace::Scope scope(workspace);
     if (const PackedWeight* tiles = absorb_tiles(kv_b_proj)) {
-      // Fast mode: each head's task rounds its latent to BF16 pairs and multiplies them by its
-      // W_UV[h] tiles into its columns of out.
-      const std::int64_t pairs = pair_tile_pairs(d.kv_lora);
-      std::span<std::uint32_t> paired = workspace.array<std::uint32_t>(d.heads * rows * pairs);
-      ThreadPool::global().parallel_for(d.heads, 1, [&](std::int64_t h0, std::int64_t h1) {
-        for (std::int64_t h = h0; h < h1; ++h) {
-          std::uint32_t* x = paired.data() + h * rows * pairs;
-          pair_tile_activations(o_latent.data + h * d.kv_lora, rows, d.kv_lora, o_latent.stride, x);
-          pair_tile_products(x, rows, absorb_tile_views(*tiles, h, d.nope, d.v).values, out.data + h * d.v, out.stride);
-        }
-      });
+      // Fast mode: W_UV[h] from its tiles into the head's columns of out.
+      absorb_products(*tiles, &AbsorbTileViews::values, d, {o_latent.data, rows, d.kv_lora, o_latent.stride}, d.kv_lora,
+                      out.data, out.stride, d.v, workspace, [](std::int64_t) {});
       return;
     }
     Tensor latent = workspace.tensor(d.heads * rows, d.kv_lora);  // [heads, rows, kv_lora]

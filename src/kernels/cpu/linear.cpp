@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <vector>
 
 #include "core/error.h"
@@ -290,6 +291,31 @@ void* kernel_memory(std::size_t bytes) {
   return memory;
 }
 
+namespace {
+
+// Memory for a packed copy of `weight` (kernel_memory's: huge pages from 2 MiB), failing by name.
+std::shared_ptr<void> packed_memory(const Matrix& weight, std::size_t bytes, std::string_view what) {
+  void* memory = kernel_memory(bytes);
+  if (!memory) fail("{}: no memory for its {} MiB of {}", weight.name, bytes >> 20, what);
+  return {memory, std::free};
+}
+
+// Gives `weight` the packed copy in `order` that `owner` holds (`bytes` of it); returns bytes.
+std::size_t attach_packed(Matrix& weight, PackedOrder order, std::shared_ptr<void> owner, std::size_t bytes) {
+  auto packed = std::make_shared<PackedWeight>();
+  packed->order = order;
+  packed->source = weight.data;
+  packed->rows = weight.rows;
+  packed->cols = weight.cols;
+  packed->data = static_cast<const std::uint32_t*>(owner.get());
+  packed->bytes = bytes;
+  packed->owner = std::move(owner);
+  weight.packed = std::move(packed);
+  return bytes;
+}
+
+}  // namespace
+
 std::size_t pack_for_few_rows(Matrix& weight) {
   if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
       !weight_kernels().gemv_pair_tiles)
@@ -298,10 +324,8 @@ std::size_t pack_for_few_rows(Matrix& weight) {
   const std::int64_t tiles = (weight.rows + kPairTileRows - 1) / kPairTileRows, pairs = pair_tile_pairs(weight.cols);
   const std::size_t bytes = static_cast<std::size_t>(tiles * pairs * kPairTileRows) * sizeof(std::uint32_t);
   // In huge pages: the tiles are streamed whole every decode step.
-  void* memory = kernel_memory(bytes);
-  if (!memory) fail("{}: no memory for its {} MiB of pair tiles", weight.name, bytes >> 20);
-  std::shared_ptr<void> owner(memory, std::free);
-  auto* data = static_cast<std::uint32_t*>(memory);
+  std::shared_ptr<void> owner = packed_memory(weight, bytes, "pair tiles");
+  auto* data = static_cast<std::uint32_t*>(owner.get());
   const Matrix& w = weight;
   // 16 pairs of the tile's 16 rows at a time: read as 16 short row pieces, written as one 1 KiB run.
   ThreadPool::global().parallel_for(tiles, 16, [&](std::int64_t first, std::int64_t last) {
@@ -323,15 +347,7 @@ std::size_t pack_for_few_rows(Matrix& weight) {
       }
     }
   });
-  auto packed = std::make_shared<PackedWeight>();
-  packed->source = weight.data;
-  packed->rows = weight.rows;
-  packed->cols = weight.cols;
-  packed->data = data;
-  packed->bytes = bytes;
-  packed->owner = std::move(owner);
-  weight.packed = std::move(packed);
-  return bytes;
+  return attach_packed(weight, PackedOrder::pair_tiles, std::move(owner), bytes);
 }
 
 namespace {
@@ -357,10 +373,8 @@ std::size_t pack_for_absorb(Matrix& weight, std::int64_t nope, std::int64_t v) {
   const std::int64_t heads = weight.rows / (nope + v), kv_lora = weight.cols;
   const AbsorbLayout layout = absorb_layout(nope, v, kv_lora);
   const std::size_t bytes = static_cast<std::size_t>(heads * (layout.keys + layout.values)) * sizeof(std::uint32_t);
-  void* memory = kernel_memory(bytes);
-  if (!memory) fail("{}: no memory for its {} MiB of absorb tiles", weight.name, bytes >> 20);
-  std::shared_ptr<void> owner(memory, std::free);
-  auto* data = static_cast<std::uint32_t*>(memory);
+  std::shared_ptr<void> owner = packed_memory(weight, bytes, "absorb tiles");
+  auto* data = static_cast<std::uint32_t*>(owner.get());
   const Matrix& w = weight;
   // Element (row, col) of the weight, 0 outside it (the tiles' padding).
   const auto at = [&](std::int64_t row, std::int64_t col, std::int64_t rows_end) -> std::uint32_t {
@@ -387,16 +401,7 @@ std::size_t pack_for_absorb(Matrix& weight, std::int64_t nope, std::int64_t v) {
               at(v0 + j, 2 * p, v0 + v) | at(v0 + j, 2 * p + 1, v0 + v) << 16;
     }
   });
-  auto packed = std::make_shared<PackedWeight>();
-  packed->order = PackedOrder::absorb_tiles;
-  packed->source = weight.data;
-  packed->rows = weight.rows;
-  packed->cols = weight.cols;
-  packed->data = data;
-  packed->bytes = bytes;
-  packed->owner = std::move(owner);
-  weight.packed = std::move(packed);
-  return bytes;
+  return attach_packed(weight, PackedOrder::absorb_tiles, std::move(owner), bytes);
 }
 
 AbsorbTileViews absorb_tile_views(const PackedWeight& tiles, std::int64_t head, std::int64_t nope, std::int64_t v) {
