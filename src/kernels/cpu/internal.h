@@ -129,6 +129,15 @@ void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols,
 // The same from rows `ld` floats apart.
 void pair_tile_activations(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld, std::uint32_t* out);
 
+// pair_tiles_avx512.cpp: WeightKernels' gemv_pair_tiles, pair_tile_products and
+// pair_tile_activations for AVX512-BF16 (x86-64 builds only).
+void gemv_pair_tiles_avx512(const std::uint32_t* x, std::int64_t rows, const Matrix& weight, std::int64_t n_begin,
+                            std::int64_t n_end, float* y);
+void pair_tile_products_avx512(const std::uint32_t* x, std::int64_t rows, const PackedWeight& tiles, float* y,
+                               std::int64_t ld);
+void pair_tile_activations_avx512(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ld,
+                                  std::uint32_t* out);
+
 // Calls body(std::integral_constant<DType, D>{}) for the weight's storage dtype D: the one switch
 // through which each instruction set's file reaches its kernels instantiated per weight dtype.
 template <typename Body>
