@@ -478,10 +478,8 @@ int bench(const BenchOptions& options) {
              report["weights_dtype"].get<std::string>(), report["head_dtype"].get<std::string>(),
              output_heads_fp8() ? " by --head-fp8" : "",
              tiles_bytes == 0 ? ""
-             : tiles_bytes == (head_tiles ? head_tiles->bytes : 0)
-                 ? fmt::format(", also in pair tiles ({} MB)", tiles_bytes / 1000000)
-                 : fmt::format(", the head and dense linears also in pair tiles ({} MB, the head's {})",
-                               tiles_bytes / 1000000, head_tiles ? head_tiles->bytes / 1000000 : 0),
+                              : fmt::format(", {} MB of decode copies in pair tiles, the head's {}",
+                                            tiles_bytes / 1000000, head_tiles ? head_tiles->bytes / 1000000 : 0),
              load_seconds);
   fmt::print("resident       weights{} (measured per rank across its load{})\n", resident,
              ranks.size() > 1 ? fmt::format("; {}", ranks.description()) : "");

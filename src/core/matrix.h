@@ -13,14 +13,15 @@
 
 namespace dsv3 {
 
-// A weight's copy in a device kernel's own order, made once at load for a weight that decode reads
-// most (Backend::prepare_decode_weight): the CPU's AVX512-BF16 dot products read a BF16 weight
-// fastest as tiles of 16 rows by column pairs. It belongs to the data it was made from (`source`,
-// rows x cols): a Matrix viewing other data or other rows ignores it.
 // pair_tiles: the weight's rows in tiles of 16 by column pairs. absorb_tiles: kv_b_proj's, per head
 // its W_UK transposed and its W_UV, each in such tiles (the absorbed attention's products).
 enum class PackedOrder { pair_tiles, absorb_tiles };
 
+// A weight's copy in a device kernel's own order, made once at load for a weight that decode reads
+// with every row of a batch (Backend::prepare_decode_weight, prepare_absorb_weight): the CPU's
+// AVX512-BF16 dot products read a BF16 weight fastest as tiles of 16 rows by column pairs. It
+// belongs to the data it was made from (`source`, rows x cols): a Matrix viewing other data or
+// other rows ignores it.
 struct PackedWeight {
   PackedOrder order = PackedOrder::pair_tiles;
   const std::byte* source = nullptr;

@@ -4,9 +4,8 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
-#include <string_view>
 #include <memory>
+#include <string_view>
 #include <type_traits>
 
 #include "core/env.h"
@@ -281,8 +280,8 @@ void set_output_heads_fp8(bool fp8) { heads_fp8_setting().store(fp8, std::memory
 
 namespace {
 
-// DSV3_DECODE_TILES: 1 (the default) the head, the layers' dense linears and kv_b_proj, head the head alone,
-// 0 none.
+// DSV3_DECODE_TILES: 1 (the default) the head, the layers' dense linears and kv_b_proj; head the
+// head alone; 0 none.
 enum class DecodeTiles { none, head, all };
 
 DecodeTiles decode_tiles_setting() {
