@@ -200,9 +200,41 @@ void head_sweep(benchmark::internal::Benchmark* b) {
     }
 }
 
+// A batched decode step's attention projections and shared experts, bench-1b's shapes (o_proj,
+// shared gate/up and down, q_b, kv_a_proj_with_mqa, q_a), from their pair tiles at 1 and 16 rows.
+void tile_shapes(benchmark::internal::Benchmark* b) {
+  const std::int64_t shapes[][2] = {{1024, 1024}, {768, 1024}, {1024, 768}, {1536, 384}, {288, 1024}, {384, 1024}};
+  for (const auto& s : shapes)
+    for (std::int64_t rows : {1, 16}) b->Args({rows, s[0], s[1], 0, 4});
+}
+
+// A routed expert's matrices as a batched decode step runs them: 1 to 6 rows (bench-1b's 16 rows x
+// top 6 over 64 experts give each expert 1.5 on average), on the calling thread alone
+// (kernels::linear_rows, as moe_experts runs an expert on one core while the others take theirs).
+// args: rows, out features N, in features K, 0 = BF16 / 1 = FP8 (fast mode).
+void BM_ExpertRows(benchmark::State& state) {
+  const std::int64_t rows = state.range(0), n = state.range(1), k = state.range(2);
+  kernels::set_exact_arithmetic(false);
+  const Weights w = make_weights(n, k, state.range(3) ? DType::F8_E4M3 : DType::BF16);
+  std::vector<float> x(static_cast<std::size_t>(rows * k), 0.5f), y(static_cast<std::size_t>(rows * n));
+  std::size_t next = 0;
+  for (auto _ : state) {
+    kernels::linear_rows(x.data(), rows, w.matrices[next], 0, n, y.data());
+    next = (next + 1) % w.matrices.size();
+    benchmark::DoNotOptimize(y.data());
+  }
+  // GB/s of one core's stream (the bandwidth probe's figures are for all the cores).
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(w.weight_bytes) / 1e9,
+                                             benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(state.range(3) ? "fp8 " : "bf16 ") + std::string(kernels::isa_name(kernels::active_isa())) +
+                 " one core");
+}
+BENCHMARK(BM_ExpertRows)->ArgNames({"rows", "N", "K", "fp8"})->ArgsProduct({{1, 2, 3, 4, 5, 6}, {384}, {1024}, {0, 1}})->ArgsProduct({{1, 2, 3, 4, 5, 6}, {1024}, {384}, {0, 1}})->UseRealTime();
+
 BENCHMARK(BM_Linear)->Name("Gemv")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(decode_shapes)->UseRealTime();
 BENCHMARK(BM_Linear)->Name("LinearRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 BENCHMARK(BM_Linear)->Name("GemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(gemm_sweep)->UseRealTime();
+BENCHMARK(BM_Linear)->Name("TileRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(tile_shapes)->UseRealTime();
 BENCHMARK(BM_Linear)->Name("HeadRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(head_sweep)->UseRealTime();
 BENCHMARK(BM_LinearPanelSgemm)->Name("PanelSgemmRows")->ArgNames({"rows", "N", "K", "fp8", "exact"})->Apply(row_sweep)->UseRealTime();
 
