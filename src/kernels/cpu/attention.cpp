@@ -216,6 +216,18 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
 
 void merge_latent_partials(std::span<const LatentPartial> partials, std::int64_t heads, std::int64_t value_dim,
                            float* out) {
+  if (partials.size() == 1) {  // a row in one task (every row of a batch's decode step): one pass
+    const LatentPartial& p = partials.front();
+    for (std::int64_t h = 0; h < heads; ++h) {
+      // The loop below with one partial, bit for bit: its weight is exp(0) = 1, so each value is
+      // (0 + a) / sum (the 0 + turns -0 into +0 as the sum into zeros does).
+      const auto inverse = static_cast<float>(1.0 / static_cast<double>(p.sum[h]));
+      const float* from = p.acc + h * value_dim;
+      float* target = out + h * value_dim;
+      for (std::int64_t d = 0; d < value_dim; ++d) target[d] = (0.0f + from[d]) * inverse;
+    }
+    return;
+  }
   for (std::int64_t h = 0; h < heads; ++h) {
     float max_score = -std::numeric_limits<float>::infinity();
     for (const auto& p : partials) max_score = std::max(max_score, p.max[h]);
