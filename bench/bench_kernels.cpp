@@ -209,7 +209,7 @@ void tile_shapes(benchmark::internal::Benchmark* b) {
 }
 
 // A routed expert's matrices as a batched decode step runs them: 1 to 6 rows (bench-1b's 16 rows x
-// top 6 over 64 experts give each expert 1.5 on average), on the calling thread alone
+// top 6 are 96 routes over 64 experts), on the calling thread alone
 // (kernels::linear_rows, as moe_experts runs an expert on one core while the others take theirs).
 // args: rows, out features N, in features K, 0 = BF16 / 1 = FP8 (fast mode).
 void BM_ExpertRows(benchmark::State& state) {

@@ -260,7 +260,6 @@ void block_rows(std::int64_t count, const X* x, const Matrix& w, std::int64_t n0
   if constexpr (M == 1) {
     block<D, R, 1>(x, w, n0, y, far, far_lines);
   } else {
-
     if (count == M) return block<D, R, M>(x, w, n0, y, far, far_lines);
     block_rows<D, R, M - 1>(count, x, w, n0, y, far, far_lines);
   }
