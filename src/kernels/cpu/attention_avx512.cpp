@@ -17,20 +17,11 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
-#endif
+#define DSV3_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512bf16"
 // AVX512-BF16 is in the target for the dot-product kernels alone (scores_dot, accumulate_dot),
 // which attention.cpp calls only where fast_bf16_products() holds, on a CPU that has it. Nothing
 // here uses the __bf16 type, the one way a compiler emits those instructions unasked.
-// GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
-// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "kernels/cpu/avx512_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx512.h"
 #include "kernels/cpu/reduce_avx512.h"
@@ -461,12 +452,7 @@ const LatentKernels* avx512_latent_kernels() {
 
 }  // namespace dsv3::kernels
 
-#pragma GCC diagnostic pop
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "kernels/cpu/avx512_target_end.h"
 
 #else
 

@@ -13,17 +13,8 @@
 
 #include "core/error.h"
 
-#if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
-#endif
-// GCC 12's AVX-512 headers build some results from a self-initialised "undefined" register, which
-// -Wuninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define DSV3_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512bf16"
+#include "kernels/cpu/avx512_target_begin.h"
 
 namespace dsv3::kernels {
 namespace {
@@ -208,11 +199,6 @@ void pair_tile_products_avx512(const std::uint32_t* x, std::int64_t rows, const 
 
 }  // namespace dsv3::kernels
 
-#pragma GCC diagnostic pop
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "kernels/cpu/avx512_target_end.h"
 
 #endif
