@@ -106,10 +106,10 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   float* const start = scratch + (kLineFloats - misaligned) % kLineFloats;
   const std::span<float> rows(start, static_cast<std::size_t>(first_part));
   const std::span<float> scores(start + first_part, static_cast<std::size_t>(heads * chunk));
-  // With dot products: the rounded queries in the first part, the rounded probabilities after the
-  // scores (chunk is even; attention_latent_scratch leaves room for both).
+  // With dot products: the rounded queries in the first part, the rounded probabilities (two to a
+  // word) after the scores (chunk is even; attention_latent_scratch leaves room for both).
   auto* const q16 = reinterpret_cast<std::uint16_t*>(rows.data());
-  auto* const p16 = reinterpret_cast<std::uint16_t*>(scores.data() + heads * chunk);
+  auto* const p2 = reinterpret_cast<std::uint32_t*>(scores.data() + heads * chunk);
   // and after those each head's rescaling of acc for a chunk (attention_latent_scratch's second
   // part, heads x kLatentChunkBlas, holds all three)
   float* const factors = scores.data() + heads * chunk + heads * chunk / 2;
@@ -175,6 +175,11 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
                      const std::size_t bytes = static_cast<std::size_t>(run) * row_bytes;
                      for (std::size_t b = 0; b < bytes; b += kLineFloats * sizeof(float)) __builtin_prefetch(source + b);
                    });
+    if (dot) {  // heads in lanes from the scores to the sums
+      simd->softmax_dot(scores.data(), heads, count, partial.max, partial.sum, factors, p2);
+      simd->accumulate_dot(scores.data(), p2, heads, count, key_rows.data(), value_dim, factors, partial.acc);
+      continue;
+    }
     for (std::int64_t h = 0; h < heads; ++h) {
       float* row = scores.data() + h * count;
       const float chunk_max = row_max ? row_max(row, count) : *std::max_element(row, row + count);
@@ -183,21 +188,11 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       const float sum = exp_sum(row, count, new_max);
       partial.sum[h] = partial.sum[h] * rescale + sum;
       partial.max[h] = new_max;
-      if (dot) {
-        factors[h] = rescale;  // applied by accumulate_dot as it loads acc
-      } else if (rescale != 1.0f) {
+      if (rescale != 1.0f)
         for (std::int64_t d = 0; d < value_dim; ++d) partial.acc[h * value_dim + d] *= rescale;
-      }
     }
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
-    if (dot) {
-      const std::int64_t padded = count + count % 2;
-      for (std::int64_t h = 0; h < heads; ++h) {
-        round_to_bf16(scores.data() + h * count, count, p16 + h * padded);
-        if (padded > count) p16[h * padded + count] = 0;
-      }
-      simd->accumulate_dot(scores.data(), p16, heads, count, key_rows.data(), value_dim, factors, partial.acc);
-    } else if (in_place) {
+    if (in_place) {
       simd->accumulate_bf16(scores.data(), heads, count, key_rows.data(), value_dim, partial.acc);
     } else if (simd) {
       simd->accumulate(scores.data(), heads, count, rows.data(), width, value_dim, partial.acc);

@@ -24,6 +24,7 @@
 #include "kernels/cpu/avx512_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx512.h"
+#include "kernels/cpu/exp_avx512.h"
 #include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
@@ -35,25 +36,43 @@ __mmask16 tail_mask(std::int64_t remaining) {
   return remaining >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << remaining) - 1);
 }
 
-// scores[h0 + h, j0 + k] = scale · (the sum of acc[h * K + k]'s lanes) for a block of H heads x K keys.
-template <int H, int K>
-__attribute__((always_inline)) inline void store_scores(const __m512 (&acc)[H * K], float scale, std::int64_t count,
+// scores[h0 + h, j0 + k] = scale · (the sum of acc[h * K + k]'s lanes) for a block of H heads x K
+// keys: scores[h, j] at h * stride + j, or, KeyMajor (heads in lanes, for the dot products' softmax),
+// at j * stride + h.
+template <int H, int K, bool KeyMajor = false>
+__attribute__((always_inline)) inline void store_scores(const __m512 (&acc)[H * K], float scale, std::int64_t stride,
                                                         std::int64_t h0, std::int64_t j0, float* scores) {
+  const auto at = [&](int h, int k) { return KeyMajor ? (j0 + k) * stride + h0 + h : (h0 + h) * stride + j0 + k; };
   if constexpr (H * K == 16) {
     // Copied out (rather than acc handed to reduce_add_16 by reference), so that acc stays in
     // registers through the caller's loop.
     __m512 v[16];
     #pragma GCC unroll 16
     for (int i = 0; i < 16; ++i) v[i] = acc[i];
-    alignas(64) float sums[16];
-    _mm512_store_ps(sums, avx512::reduce_add_16(v));
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) scores[(h0 + i / K) * count + j0 + i % K] = scale * sums[avx512::reduce_add_16_lane(i)];
+    const __m512 sums = avx512::reduce_add_16(v);
+    if constexpr (KeyMajor && K == 2) {
+      // Lane 8k + h of `order` names where acc[h * 2 + k]'s sum lies: each key's 8 heads in a row.
+      const __m512i order = _mm512_setr_epi32(
+          avx512::reduce_add_16_lane(0), avx512::reduce_add_16_lane(2), avx512::reduce_add_16_lane(4),
+          avx512::reduce_add_16_lane(6), avx512::reduce_add_16_lane(8), avx512::reduce_add_16_lane(10),
+          avx512::reduce_add_16_lane(12), avx512::reduce_add_16_lane(14), avx512::reduce_add_16_lane(1),
+          avx512::reduce_add_16_lane(3), avx512::reduce_add_16_lane(5), avx512::reduce_add_16_lane(7),
+          avx512::reduce_add_16_lane(9), avx512::reduce_add_16_lane(11), avx512::reduce_add_16_lane(13),
+          avx512::reduce_add_16_lane(15));
+      const __m512 scaled = _mm512_mul_ps(_mm512_permutexvar_ps(order, sums), _mm512_set1_ps(scale));
+      _mm256_storeu_ps(scores + at(0, 0), _mm512_castps512_ps256(scaled));
+      _mm256_storeu_ps(scores + at(0, 1), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(scaled), 1)));
+    } else {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, sums);
+      #pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) scores[at(i / K, i % K)] = scale * lanes[avx512::reduce_add_16_lane(i)];
+    }
   } else {
     #pragma GCC unroll 16
     for (int h = 0; h < H; ++h)
       #pragma GCC unroll 16
-      for (int k = 0; k < K; ++k) scores[(h0 + h) * count + j0 + k] = scale * avx512::reduce_add(acc[h * K + k]);
+      for (int k = 0; k < K; ++k) scores[at(h, k)] = scale * avx512::reduce_add(acc[h * K + k]);
   }
 }
 
@@ -207,10 +226,11 @@ void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::in
 
 // The same with the queries rounded to BF16 (fast mode, see LatentKernels::scores_dot): both sides
 // in their natural order, one AVX512-BF16 dot product per 32 columns of a head and a key, half the
-// instructions of the widened FMAs above. Whole 32 columns unmasked, then the tail masked.
+// instructions of the widened FMAs above. Whole 32 columns unmasked, then the tail masked. The
+// scores are stored key-major, scores[j, h] at j * stride + h.
 template <int H, int K>
 void scores_block_bf16(const std::uint16_t* q, const std::uint16_t* const* keys, std::int64_t width,
-                       std::int64_t count, float scale, std::int64_t h0, std::int64_t j0, float* scores) {
+                       std::int64_t stride, float scale, std::int64_t h0, std::int64_t j0, float* scores) {
   __m512 acc[H * K];
   #pragma GCC unroll 16
   for (int i = 0; i < H * K; ++i) acc[i] = _mm512_setzero_ps();
@@ -231,20 +251,24 @@ void scores_block_bf16(const std::uint16_t* q, const std::uint16_t* const* keys,
   std::int64_t c = 0;
   for (; c + kPair <= width; c += kPair) step(c, std::true_type{}, static_cast<__mmask32>(~0u));
   if (c < width) step(c, std::false_type{}, static_cast<__mmask32>((1ull << (width - c)) - 1));
-  store_scores<H, K>(acc, scale, count, h0, j0, scores);
+  store_scores<H, K, true>(acc, scale, stride, h0, j0, scores);
 }
 
 // 8 heads at a time (16 accumulators for 2 keys, 4 widened key vectors), then the rest of them.
 constexpr int kScoreHeads = 8;
 
-// Q: float (paired queries) or std::uint16_t (queries rounded to BF16).
+// Q: float (paired queries; scores[h, j] at h * stride + j) or std::uint16_t (queries rounded to
+// BF16; scores[j, h] at j * stride + h).
 template <int K, int H = kScoreHeads, typename Q>
 void scores_heads_bf16(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t width,
-                       std::int64_t count, float scale, std::int64_t j0, float* scores) {
+                       std::int64_t stride, float scale, std::int64_t j0, float* scores) {
+  constexpr bool key_major = std::is_same_v<Q, std::uint16_t>;
   std::int64_t h = 0;
-  for (; h + H <= heads; h += H) scores_block_bf16<H, K>(q, keys, width, count, scale, h, j0, scores);
+  for (; h + H <= heads; h += H) scores_block_bf16<H, K>(q, keys, width, stride, scale, h, j0, scores);
   if constexpr (H > 1) {
-    if (h < heads) scores_heads_bf16<K, H - 1>(q + h * width, heads - h, keys, width, count, scale, j0, scores + h * count);
+    if (h < heads)
+      scores_heads_bf16<K, H - 1>(q + h * width, heads - h, keys, width, stride, scale, j0,
+                                  scores + h * (key_major ? 1 : stride));
   }
 }
 
@@ -259,18 +283,28 @@ inline void fetch_row(const std::uint16_t* row, std::int64_t width) {
 template <typename Q>
 void latent_scores_in_place(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
                             std::int64_t width, float scale, float* scores) {
+  const std::int64_t stride = std::is_same_v<Q, std::uint16_t> ? heads : count;  // see scores_heads_bf16
   std::int64_t j = 0;
   for (; j + 2 <= count; j += 2) {
     for (std::int64_t a = j + kLatentFetchAhead; a < std::min(count, j + kLatentFetchAhead + 2); ++a)
       fetch_row(keys[a], width);
-    scores_heads_bf16<2>(q, heads, keys, width, count, scale, j, scores);
+    scores_heads_bf16<2>(q, heads, keys, width, stride, scale, j, scores);
   }
-  if (j < count) scores_heads_bf16<1>(q, heads, keys, width, count, scale, j, scores);
+  if (j < count) scores_heads_bf16<1>(q, heads, keys, width, stride, scale, j, scores);
 }
+
+// Float32 probabilities p[h, j] at h * head_stride + j * key_stride: head-major rows of the scores
+// (the exact path's) or key-major (the dot products' softmax, heads in lanes).
+struct Probabilities {
+  const float* p;
+  std::int64_t head_stride, key_stride;
+  float at(std::int64_t h, std::int64_t j) const { return p[h * head_stride + j * key_stride]; }
+  Probabilities from_head(std::int64_t h) const { return {p + h * head_stride, head_stride, key_stride}; }
+};
 
 // acc[h, d] += Σ_j p[h, j] · keys[j, d] for H heads from `h0` and values [d0, d0 + 32), paired in acc.
 template <int H>
-void accumulate_block_bf16(const float* p, std::int64_t count, const std::uint16_t* const* keys,
+void accumulate_block_bf16(Probabilities p, std::int64_t count, const std::uint16_t* const* keys,
                            std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
   __m512 even[H], odd[H];
   #pragma GCC unroll 16
@@ -283,7 +317,7 @@ void accumulate_block_bf16(const float* p, std::int64_t count, const std::uint16
     const __m512 key_even = avx512::bf16_even(pairs), key_odd = avx512::bf16_odd(pairs);
     #pragma GCC unroll 16
     for (int h = 0; h < H; ++h) {
-      const __m512 weight = _mm512_set1_ps(p[(h0 + h) * count + j]);
+      const __m512 weight = _mm512_set1_ps(p.at(h0 + h, j));
       even[h] = _mm512_fmadd_ps(weight, key_even, even[h]);
       odd[h] = _mm512_fmadd_ps(weight, key_odd, odd[h]);
     }
@@ -297,7 +331,7 @@ void accumulate_block_bf16(const float* p, std::int64_t count, const std::uint16
 
 // The same for values [d0, d0 + 16) past the last whole 32, in order, the `mask` lanes.
 template <int H>
-void accumulate_tail_bf16(const float* p, std::int64_t count, const std::uint16_t* const* keys,
+void accumulate_tail_bf16(Probabilities p, std::int64_t count, const std::uint16_t* const* keys,
                           std::int64_t value_dim, std::int64_t h0, std::int64_t d0, float* acc) {
   const __mmask16 mask = tail_mask(value_dim - d0);
   __m512 sum[H];
@@ -306,7 +340,7 @@ void accumulate_tail_bf16(const float* p, std::int64_t count, const std::uint16_
   for (std::int64_t j = 0; j < count; ++j) {
     const __m512 key = widen_16(keys[j] + d0, mask);
     #pragma GCC unroll 16
-    for (int h = 0; h < H; ++h) sum[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[(h0 + h) * count + j]), key, sum[h]);
+    for (int h = 0; h < H; ++h) sum[h] = _mm512_fmadd_ps(_mm512_set1_ps(p.at(h0 + h, j)), key, sum[h]);
   }
   #pragma GCC unroll 16
   for (int h = 0; h < H; ++h) _mm512_mask_storeu_ps(acc + (h0 + h) * value_dim + d0, mask, sum[h]);
@@ -316,7 +350,7 @@ void accumulate_tail_bf16(const float* p, std::int64_t count, const std::uint16_
 constexpr int kAccumulateHeads = 8;
 
 template <int H = kAccumulateHeads>
-void accumulate_heads_bf16(const float* p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
+void accumulate_heads_bf16(Probabilities p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
                            std::int64_t value_dim, std::int64_t d0, float* acc) {
   const bool tail = d0 + kPair > value_dim;
   std::int64_t h = 0;
@@ -328,15 +362,17 @@ void accumulate_heads_bf16(const float* p, std::int64_t heads, std::int64_t coun
     }
   }
   if constexpr (H > 1) {
-    if (h < heads) accumulate_heads_bf16<H - 1>(p + h * count, heads - h, count, keys, value_dim, d0, acc + h * value_dim);
+    if (h < heads)
+      accumulate_heads_bf16<H - 1>(p.from_head(h), heads - h, count, keys, value_dim, d0, acc + h * value_dim);
   }
 }
 
 void latent_accumulate_bf16(const float* p, std::int64_t heads, std::int64_t count, const std::uint16_t* const* keys,
                             std::int64_t value_dim, float* acc) {
+  const Probabilities rows{p, count, 1};
   std::int64_t d = 0;
-  for (; d + kPair <= value_dim; d += kPair) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
-  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
+  for (; d + kPair <= value_dim; d += kPair) accumulate_heads_bf16(rows, heads, count, keys, value_dim, d, acc);
+  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(rows, heads, count, keys, value_dim, d, acc);
 }
 
 void latent_scores_bf16(const float* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
@@ -351,11 +387,11 @@ void latent_scores_dot(const std::uint16_t* q, std::int64_t heads, const std::ui
 
 // acc[h, d] += Σ_j p[h, j] · keys[j, d] for H heads from `h0` and values [d0, d0 + 32), two keys
 // at a time: their rows interleaved value by value (unpacklo/hi_epi16) meet each head's pair of
-// BF16 probabilities in one dot product. The interleave leaves lane i of `lo` with value
-// d0 + 8 (i / 4) + i % 4 and of `hi` with 4 more, the order acc keeps (dot_order_undo).
-// acc is multiplied by rescale[h0 + h] as it is loaded.
+// BF16 probabilities (p2[i, h] at i * stride + h, keys 2i and 2i + 1) in one dot product. The
+// interleave leaves lane i of `lo` with value d0 + 8 (i / 4) + i % 4 and of `hi` with 4 more, the
+// order acc keeps (dot_order_undo). acc is multiplied by rescale[h0 + h] as it is loaded.
 template <int H>
-void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t count,
+void accumulate_block_dot(const std::uint32_t* p2, std::int64_t stride, std::int64_t pairs, std::int64_t count,
                           const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t h0, std::int64_t d0,
                           const float* rescale, float* acc) {
   __m512 lo[H], hi[H];
@@ -372,7 +408,7 @@ void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int6
     const auto key_lo = (__m512bh)_mm512_unpacklo_epi16(a, b), key_hi = (__m512bh)_mm512_unpackhi_epi16(a, b);
     #pragma GCC unroll 16
     for (int h = 0; h < H; ++h) {
-      const auto weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(p2[(h0 + h) * pairs + i]));
+      const auto weight = (__m512bh)_mm512_set1_epi32(static_cast<int>(p2[i * stride + h0 + h]));
       lo[h] = _mm512_dpbf16_ps(lo[h], weight, key_lo);
       hi[h] = _mm512_dpbf16_ps(hi[h], weight, key_hi);
     }
@@ -385,29 +421,70 @@ void accumulate_block_dot(const std::uint32_t* p2, std::int64_t pairs, std::int6
 }
 
 template <int H = kAccumulateHeads>
-void accumulate_heads_dot(const std::uint32_t* p2, std::int64_t pairs, std::int64_t heads, std::int64_t count,
-                          const std::uint16_t* const* keys, std::int64_t value_dim, std::int64_t d0,
-                          const float* rescale, float* acc) {
+void accumulate_heads_dot(const std::uint32_t* p2, std::int64_t stride, std::int64_t pairs, std::int64_t heads,
+                          std::int64_t count, const std::uint16_t* const* keys, std::int64_t value_dim,
+                          std::int64_t d0, const float* rescale, float* acc) {
   std::int64_t h = 0;
-  for (; h + H <= heads; h += H) accumulate_block_dot<H>(p2, pairs, count, keys, value_dim, h, d0, rescale, acc);
+  for (; h + H <= heads; h += H)
+    accumulate_block_dot<H>(p2, stride, pairs, count, keys, value_dim, h, d0, rescale, acc);
   if constexpr (H > 1) {
     if (h < heads)
-      accumulate_heads_dot<H - 1>(p2 + h * pairs, pairs, heads - h, count, keys, value_dim, d0, rescale + h,
+      accumulate_heads_dot<H - 1>(p2 + h, stride, pairs, heads - h, count, keys, value_dim, d0, rescale + h,
                                   acc + h * value_dim);
+  }
+}
+
+// One chunk's step of the online softmax for the dot products, 16 heads to a vector: scores [count,
+// heads] (key-major, as scores_dot writes them) become exp(score - the new maximum) in place; each
+// head's running max and sum move on (sum · rescale + the chunk's, its keys added in order), with
+// rescale[h] = exp(old max - new max), 0 on a first chunk; p2[i, h] (i * heads + h) takes keys 2i
+// and 2i + 1's probabilities rounded to BF16, in its low and high half (0 past an odd count's end).
+// Done head by head over rows of the scores, this was ~8% of a chunk's time on 16 heads (per-head
+// calls, scalar exp for the rescaling, a rounding pass per head).
+void latent_softmax_dot(float* scores, std::int64_t heads, std::int64_t count, float* max, float* sum,
+                        float* rescale, std::uint32_t* p2) {
+  const __m512 minus_infinity = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (std::int64_t h = 0; h < heads; h += kLanes) {
+    const __mmask16 mask = tail_mask(heads - h);
+    const __m512 old_max = _mm512_mask_loadu_ps(minus_infinity, mask, max + h);
+    __m512 new_max = old_max;
+    for (std::int64_t j = 0; j < count; ++j)
+      new_max = _mm512_max_ps(new_max, _mm512_mask_loadu_ps(minus_infinity, mask, scores + j * heads + h));
+    // A lane past the heads keeps -inf throughout; it is never stored.
+    const __m512 factor = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(old_max, minus_infinity, _CMP_NEQ_OQ),
+                                              avx512::exp_nonpositive(_mm512_sub_ps(old_max, new_max)));
+    __m512 total = _mm512_setzero_ps();
+    for (std::int64_t i = 0; 2 * i < count; ++i) {
+      float* at = scores + 2 * i * heads + h;
+      const __m512 first = avx512::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, at), new_max));
+      _mm512_mask_storeu_ps(at, mask, first);
+      total = _mm512_add_ps(total, first);
+      __m512 second = _mm512_setzero_ps();
+      if (2 * i + 1 < count) {
+        second = avx512::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, at + heads), new_max));
+        _mm512_mask_storeu_ps(at + heads, mask, second);
+        total = _mm512_add_ps(total, second);
+      }
+      const __m512i low = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(first));
+      const __m512i high = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(second));
+      _mm512_mask_storeu_epi32(p2 + i * heads + h, mask, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+    }
+    _mm512_mask_storeu_ps(sum + h, mask, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, sum + h), factor, total));
+    _mm512_mask_storeu_ps(max + h, mask, new_max);
+    _mm512_mask_storeu_ps(rescale + h, mask, factor);
   }
 }
 
 // The softmax's rescaling of acc folds into the sums' loads: a separate pass over every head's
 // values at each new maximum (which real attention reaches at most chunks) took ~7 of the ~55 us a
 // 576-key sequence's layer takes in a batch-16 step (bench-1b).
-void latent_accumulate_dot(const float* p, const std::uint16_t* p16, std::int64_t heads, std::int64_t count,
+void latent_accumulate_dot(const float* p, const std::uint32_t* p2, std::int64_t heads, std::int64_t count,
                            const std::uint16_t* const* keys, std::int64_t value_dim, const float* rescale,
                            float* acc) {
   const std::int64_t pairs = (count + 1) / 2;
-  const auto* p2 = reinterpret_cast<const std::uint32_t*>(p16);
   std::int64_t d = 0;
   for (; d + kPair <= value_dim; d += kPair)
-    accumulate_heads_dot(p2, pairs, heads, count, keys, value_dim, d, rescale, acc);
+    accumulate_heads_dot(p2, heads, pairs, heads, count, keys, value_dim, d, rescale, acc);
   if (d == value_dim) return;
   for (std::int64_t h = 0; h < heads; ++h) {  // the last value_dim % 32 values: rescaled, then summed
     if (rescale[h] == 1.0f) continue;
@@ -418,7 +495,8 @@ void latent_accumulate_dot(const float* p, const std::uint16_t* p16, std::int64_
       _mm512_mask_storeu_ps(at, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, at), factor));
     }
   }
-  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(p, heads, count, keys, value_dim, d, acc);
+  const Probabilities columns{p, 1, heads};
+  for (; d < value_dim; d += kLanes) accumulate_heads_bf16(columns, heads, count, keys, value_dim, d, acc);
 }
 
 // acc's whole 32 values back in order from accumulate_block_dot's.
@@ -446,7 +524,8 @@ RowMax avx512_row_max() { return row_max; }
 const LatentKernels* avx512_latent_kernels() {
   static const LatentKernels kernels{latent_scores,          latent_accumulate,    latent_scores_bf16,
                                      latent_accumulate_bf16, avx512::pair_columns, avx512::unpair_columns,
-                                     latent_scores_dot,      latent_accumulate_dot, dot_order_undo};
+                                     latent_scores_dot,      latent_softmax_dot,    latent_accumulate_dot,
+                                     dot_order_undo};
   return &kernels;
 }
 

@@ -188,17 +188,21 @@ struct LatentKernels {
                           std::int64_t value_dim, float* acc);
   void (*pair)(const float* in, std::int64_t cols, float* out);
   void (*unpair)(float* values, std::int64_t cols);
-  // Fast mode's BF16 products (fast_bf16_products()), on BF16 cache rows: the queries rounded to
-  // BF16 in their natural order (round_to_bf16); and the probabilities p[h, :] both as float32 and
-  // rounded to BF16, each head's row padded with a 0 to an even count (`p16`, heads x
-  // 2 ceil(count / 2)), which AVX512-BF16's dot products take two keys at a time. acc[h] is first
-  // multiplied by rescale[h] (the softmax's correction for a new running maximum; 1 leaves it
-  // alone), as it is loaded for the sums. acc's whole 32 values at a time lie in the kernels' own
-  // order, which `dot_order_undo` puts back in place; the last value_dim % 32 are in order, summed
-  // from the float32 p.
+  // Fast mode's BF16 products (fast_bf16_products()), on BF16 cache rows, with heads in lanes
+  // between them. scores_dot: the queries rounded to BF16 in their natural order (round_to_bf16);
+  // the scores key-major, scores[j, h] at j * heads + h. softmax_dot: the online softmax's step over
+  // them (partial max and sum moved on, rescale[h] the correction of acc[h] for a new maximum, 0 on
+  // a first chunk), the scores replaced by exp(score - max) and those also rounded to BF16 two keys
+  // to a 32-bit word (`p2`, ceil(count / 2) x heads, key 2i in the low half, a 0 past an odd count),
+  // which AVX512-BF16's dot products take. accumulate_dot: acc[h] first multiplied by rescale[h] as
+  // it is loaded, then the sums; acc's whole 32 values at a time lie in the kernels' own order, which
+  // `dot_order_undo` puts back in place; the last value_dim % 32 are in order, summed from the float32
+  // probabilities `p` (key-major as softmax_dot leaves them).
   void (*scores_dot)(const std::uint16_t* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
                      std::int64_t width, float scale, float* scores) = nullptr;
-  void (*accumulate_dot)(const float* p, const std::uint16_t* p16, std::int64_t heads, std::int64_t count,
+  void (*softmax_dot)(float* scores, std::int64_t heads, std::int64_t count, float* max, float* sum, float* rescale,
+                      std::uint32_t* p2) = nullptr;
+  void (*accumulate_dot)(const float* p, const std::uint32_t* p2, std::int64_t heads, std::int64_t count,
                          const std::uint16_t* const* keys, std::int64_t value_dim, const float* rescale,
                          float* acc) = nullptr;
   void (*dot_order_undo)(float* values, std::int64_t cols) = nullptr;

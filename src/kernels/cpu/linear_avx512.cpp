@@ -19,6 +19,7 @@
 #include "kernels/cpu/avx512_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx512.h"
+#include "kernels/cpu/exp_avx512.h"
 #include "kernels/cpu/reduce_avx512.h"
 
 namespace dsv3::kernels {
@@ -491,36 +492,18 @@ void dequantize(const Matrix& w, std::int64_t begin, std::int64_t end, float* ou
   for_weight_dtype(w, [&](auto dtype) { dequantize_typed<decltype(dtype)::value>(w, begin, end, out); });
 }
 
-// exp(x) for x <= 0 as 2^n · p(r), x = n ln2 + r, |r| <= ln2 / 2, p the degree-6 Taylor polynomial
-// (its error, r^7 / 7!, stays under 1.2e-7 relative); below -87.3 the result underflows to ~1e-38.
-DSV3_INLINE __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln2 in two parts: exact n·hi
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 float exp_and_sum(float* values, std::int64_t count, float shift) {
   const __m512 offset = _mm512_set1_ps(shift);
   __m512 sum = _mm512_setzero_ps();
   std::int64_t i = 0;
   for (; i + kLanes <= count; i += kLanes) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(values + i), offset));
+    const __m512 e = avx512::exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(values + i), offset));
     _mm512_storeu_ps(values + i, e);
     sum = _mm512_add_ps(sum, e);
   }
   if (i < count) {
     const auto mask = static_cast<__mmask16>((1u << (count - i)) - 1);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, values + i), offset));
+    const __m512 e = avx512::exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, values + i), offset));
     _mm512_mask_storeu_ps(values + i, mask, e);
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, e));
   }
