@@ -378,29 +378,37 @@ void BM_AttentionLatentStep(benchmark::State& state) {
   for (float& x : q) x = normal(rng);
   const std::int64_t tasks = sequences * layers;
   std::vector<float> results(static_cast<std::size_t>(tasks * heads * (2 + kv)));
+  const auto task = [&](std::int64_t sequence, std::int64_t layer) {
+    kernels::LatentPages pages;
+    pages.storage = reinterpret_cast<std::byte*>(storage.data);
+    pages.dtype = DType::BF16;
+    pages.width = width;
+    pages.block_tokens = block;
+    pages.block_stride_rows = layers * block;
+    pages.layer_offset_rows = layer * block;
+    pages.blocks = tables[static_cast<std::size_t>(sequence)];
+    float* base = results.data() + (sequence * layers + layer) * heads * (2 + kv);
+    kernels::LatentPartial partial{base, base + heads, base + 2 * heads};
+    kernels::attention_latent(q.data(), heads, pages, 0, keys, kv, 0.1f, partial);
+  };
   for (auto _ : state) {
-    ThreadPool::global().parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
-      for (std::int64_t t = first; t < last; ++t) {
-        kernels::LatentPages pages;
-        pages.storage = reinterpret_cast<std::byte*>(storage.data);
-        pages.dtype = DType::BF16;
-        pages.width = width;
-        pages.block_tokens = block;
-        pages.block_stride_rows = layers * block;
-        pages.layer_offset_rows = (t % layers) * block;
-        pages.blocks = tables[static_cast<std::size_t>(t / layers)];
-        float* base = results.data() + t * heads * (2 + kv);
-        kernels::LatentPartial partial{base, base + heads, base + 2 * heads};
-        kernels::attention_latent(q.data(), heads, pages, 0, keys, kv, 0.1f, partial);
-      }
-    });
+    if (state.range(2) == 1) {  // as the engine runs them: a layer's sequences, then the next layer's
+      for (std::int64_t layer = 0; layer < layers; ++layer)
+        ThreadPool::global().parallel_for(sequences, 1, [&](std::int64_t first, std::int64_t last) {
+          for (std::int64_t s = first; s < last; ++s) task(s, layer);
+        });
+    } else {
+      ThreadPool::global().parallel_for(tasks, 1, [&](std::int64_t first, std::int64_t last) {
+        for (std::int64_t t = first; t < last; ++t) task(t / layers, t % layers);
+      });
+    }
     benchmark::DoNotOptimize(results.data());
   }
   const double flop = 2.0 * static_cast<double>(tasks * keys * heads * (width + kv));
   state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * flop / 1e9,
                                                  benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_AttentionLatentStep)->ArgNames({"sequences", "exact"})->ArgsProduct({{1, 16}, {1, 0}})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_AttentionLatentStep)->ArgNames({"sequences", "exact", "by_layer"})->ArgsProduct({{1, 16}, {1, 0}, {0, 1}})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 // MLA's absorbed products of a decode step, bench-1b's shape (16 heads, nope 64, rope 32, v 64,
 // kv_lora 256): mla_absorb_query then mla_absorb_output for `rows` rows, each pass on the next of
