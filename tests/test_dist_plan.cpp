@@ -6,8 +6,10 @@
 
 #include <cmath>
 
+#include "fast_arithmetic.h"
 #include "io/checkpoint_layout.h"
 #include "io/model_config.h"
+#include "model/weights.h"
 #include "support.h"
 
 namespace dsv3 {
@@ -94,6 +96,33 @@ TEST(Plan, EveryRankStreamsTheReplicatedWeightsWhole) {
   const double per_layer = 96 * 256 + 96 + 80 * 256 + 64 + 2 * 256;
   const double replicated = 2.0 * (3 * per_layer + 2 * (16 * 256 + 16) + 256);
   EXPECT_DOUBLE_EQ(2 * streamed(p, 1, 0) - streamed(p, 0, 0), replicated);
+}
+
+double copies(const nlohmann::json& p, int rank_index) {
+  return p["ranks"][rank_index]["decode_copy_bytes"].get<double>();
+}
+
+TEST(Plan, DecodeCopiesAreWhatALoadMakesAndSplitAsTheirMatrices) {
+  const nlohmann::json p =
+      plan("--config " + tiny_config() + " --ranks 1,2 --bandwidth 100 --link 10 --latency 5 --dtype bf16 --batch 1");
+  ASSERT_FALSE(p.is_null());
+  // Replicated as their matrices: q_a_proj (96 x 256) and kv_a_proj_with_mqa (80 x 256) of each of
+  // the 3 layers, in whole tiles of 16 rows, BF16 pairs of columns: 2 bytes an element.
+  EXPECT_DOUBLE_EQ(2 * copies(p, 1) - copies(p, 0), 3.0 * (96 + 80) * 256 * 2);
+  // FP8 matrices get none: the head alone (vocabulary x hidden, BF16 in the official checkpoints).
+  const ModelConfig c = ModelConfig::load(tiny_model_dir());
+  const nlohmann::json fp8 =
+      plan("--config " + tiny_config() + " --ranks 1 --bandwidth 100 --link 10 --latency 5 --dtype fp8 --batch 1");
+  ASSERT_FALSE(fp8.is_null());
+  EXPECT_DOUBLE_EQ(copies(fp8, 0), static_cast<double>(kernels::pair_tile_copy_bytes(c.vocab_size, c.hidden_size)));
+  // On paper as at load: the copies a load of the tiny model makes where this CPU makes them.
+  test::FastArithmetic fast(/*bf16=*/true, /*min_rows=*/std::nullopt);
+  if (!kernels::few_row_bf16_dot_products()) GTEST_SKIP() << "this CPU makes no decode copies (no AVX512-BF16)";
+  Weights weights = Weights::load(tiny_model_dir());
+  const std::size_t made = prepare_decode_weights(weights, kernels::default_backend());
+  EXPECT_GT(made, 0u);
+  EXPECT_EQ(decode_copy_bytes(weights), made);
+  EXPECT_DOUBLE_EQ(copies(p, 0), static_cast<double>(made));
 }
 
 TEST(Plan, TheReleasedModelInFp8IsAboutItsCheckpointSize) {

@@ -6,6 +6,10 @@
 //     (by intermediate columns), the vocabulary (embedding and head).
 //   Replicated: the latent projections (q_a_proj, kv_a_proj_with_mqa), norms, routers, eh_proj.
 //   Routed experts: E/N per rank.
+//   Decode copies: a CPU with AVX512-BF16 (fast mode) adds, at load, a copy in its kernels' own
+//     order of each BF16 matrix a decode step reads with every row (the head, attention's
+//     projections, dense and shared MLPs; kv_b_proj in absorb tiles; kernels/cpu/ops.h), split
+//     as the matrices are. FP8 matrices get none.
 //   Communication per step: an all-reduce of the batch's hidden rows (F32) after the embedding and
 //     after each layer's attention and MoE, as ring all-reduces (2 (N-1)/N bytes/link + 2 (N-1)
 //     latency), and an all-gather of the logits (F32, (N-1)/N bytes/link + (N-1) latency).
@@ -20,6 +24,7 @@
 #include "core/error.h"
 #include "io/checkpoint_layout.h"
 #include "io/model_config.h"
+#include "kernels/cpu/ops.h"
 #include "model/latent_cache.h"
 
 namespace dsv3::cli {
@@ -88,7 +93,36 @@ struct Totals {
   double mtp = 0;            // MTP modules' own weights (split like the rest): resident only
   double mtp_replicated = 0;
   double mtp_routed = 0;
+  double copies = 0;             // the decode copies of split matrices (see the top)
+  double copies_replicated = 0;  // of replicated ones (q_a_proj, kv_a_proj_with_mqa)
 };
+
+// The bytes of a main-model tensor's decode copy (0: it gets none) when stored as `fp8` says.
+double decode_copy_bytes(const CheckpointTensor& t, bool fp8, const ModelConfig& c) {
+  if (t.mtp_depth >= 0 || t.shape.size() != 2 || (fp8 && t.fp8_in_official_checkpoints)) return 0;
+  const std::int64_t rows = t.shape[0], cols = t.shape[1];
+  switch (t.role) {
+    case Role::embed_tokens:  // the head too when tied
+      return c.tie_word_embeddings ? static_cast<double>(kernels::pair_tile_copy_bytes(rows, cols)) : 0;
+    case Role::lm_head:
+    case Role::q_a_proj:
+    case Role::q_b_proj:
+    case Role::q_proj:
+    case Role::kv_a_proj_with_mqa:
+    case Role::o_proj:
+      return static_cast<double>(kernels::pair_tile_copy_bytes(rows, cols));
+    case Role::kv_b_proj:
+      return static_cast<double>(kernels::absorb_tile_copy_bytes(rows, cols, c.qk_nope_head_dim, c.v_head_dim));
+    case Role::gate_proj:
+    case Role::up_proj:
+    case Role::down_proj:
+      return t.mlp == Mlp::dense || t.mlp == Mlp::shared_experts
+                 ? static_cast<double>(kernels::pair_tile_copy_bytes(rows, cols))
+                 : 0;
+    default:
+      return 0;
+  }
+}
 
 Totals weigh(const ModelConfig& c, bool fp8) {
   Totals totals;
@@ -97,6 +131,7 @@ Totals weigh(const ModelConfig& c, bool fp8) {
     const double bytes = stored_bytes(t, fp8, c);
     const bool routed = t.mlp == Mlp::routed_expert;
     const bool split = split_by_rank(t);
+    (split ? totals.copies : totals.copies_replicated) += decode_copy_bytes(t, fp8, c);
     if (t.mtp_depth >= 0) {
       (routed ? totals.mtp_routed : split ? totals.mtp : totals.mtp_replicated) += bytes;
     } else if (t.role == Role::embed_tokens && !c.tie_word_embeddings) {
@@ -142,7 +177,11 @@ int run_plan(const PlanOptions& o) {
       fail("--ranks {}: the {} routed experts do not split evenly over {} ranks", n, experts, n);
     const double resident = totals.split / n + totals.replicated + totals.routed / n + totals.embedding / n +
                             totals.mtp / n + totals.mtp_replicated + totals.mtp_routed / n;
-    nlohmann::json rank = {{"ranks", n}, {"resident_weight_bytes", resident}, {"batches", nlohmann::json::array()}};
+    const double copies = totals.copies / n + totals.copies_replicated;
+    nlohmann::json rank = {{"ranks", n},
+                           {"resident_weight_bytes", resident},
+                           {"decode_copy_bytes", copies},
+                           {"batches", nlohmann::json::array()}};
     for (const std::int64_t batch : batches) {
       const auto b = static_cast<double>(batch);
       // The chance an expert is chosen by at least one of b tokens, each picking k of E.
@@ -173,16 +212,18 @@ int run_plan(const PlanOptions& o) {
   fmt::print("{}: {} weights, memory {} GB/s per rank, link {} GB/s, latency {} us, context {} tokens\n",
              o.config, fp8 ? "FP8" : "BF16", o.bandwidth_gb_s, o.link_gb_s, o.latency_us, o.context);
   fmt::print("KV cache {:.1f} KB per token (BF16 latent, held whole by every rank)\n", kv_per_token / 1e3);
-  fmt::print("{:>5} {:>14} {:>6} {:>16} {:>12} {:>12} {:>12}\n", "ranks", "weights/rank", "batch",
-             "streamed/step", "stream", "comm", "tokens/s");
+  fmt::print("{:>5} {:>14} {:>13} {:>6} {:>16} {:>12} {:>12} {:>12}\n", "ranks", "weights/rank", "copies/rank",
+             "batch", "streamed/step", "stream", "comm", "tokens/s");
   for (const auto& rank : out["ranks"])
     for (const auto& batch : rank["batches"])
-      fmt::print("{:>5} {:>11.1f} GB {:>6} {:>13.2f} GB {:>9.2f} ms {:>9.3f} ms {:>12.2f}\n", rank["ranks"].get<int>(),
-                 rank["resident_weight_bytes"].get<double>() / 1e9, batch["batch"].get<std::int64_t>(),
+      fmt::print("{:>5} {:>11.1f} GB {:>10.2f} GB {:>6} {:>13.2f} GB {:>9.2f} ms {:>9.3f} ms {:>12.2f}\n",
+                 rank["ranks"].get<int>(), rank["resident_weight_bytes"].get<double>() / 1e9,
+                 rank["decode_copy_bytes"].get<double>() / 1e9, batch["batch"].get<std::int64_t>(),
                  batch["streamed_bytes_per_step"].get<double>() / 1e9, batch["stream_seconds"].get<double>() * 1e3,
                  batch["communication_seconds"].get<double>() * 1e3, batch["tokens_per_second"].get<double>());
   fmt::print("tokens/s counts every sequence of the batch; weights/rank includes the MTP module, which the steps "
-             "do not run\n");
+             "do not run;\ncopies/rank: what a CPU with AVX512-BF16 adds at load, the BF16 matrices every decode row "
+             "reads in its kernels' order (DSV3_DECODE_TILES=head keeps the head's alone, 0 none)\n");
   return 0;
 }
 

@@ -316,13 +316,18 @@ std::size_t attach_packed(Matrix& weight, PackedOrder order, std::shared_ptr<voi
 
 }  // namespace
 
+std::size_t pair_tile_copy_bytes(std::int64_t rows, std::int64_t cols) {
+  const std::int64_t tiles = (rows + kPairTileRows - 1) / kPairTileRows;
+  return static_cast<std::size_t>(tiles * pair_tile_pairs(cols) * kPairTileRows) * sizeof(std::uint32_t);
+}
+
 std::size_t pack_for_few_rows(Matrix& weight) {
   if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
       !weight_kernels().gemv_pair_tiles)
     return 0;
   if (weight.packed_copy()) return 0;
   const std::int64_t tiles = (weight.rows + kPairTileRows - 1) / kPairTileRows, pairs = pair_tile_pairs(weight.cols);
-  const std::size_t bytes = static_cast<std::size_t>(tiles * pairs * kPairTileRows) * sizeof(std::uint32_t);
+  const std::size_t bytes = pair_tile_copy_bytes(weight.rows, weight.cols);
   // In huge pages: the tiles are streamed whole every decode step.
   std::shared_ptr<void> owner = packed_memory(weight, bytes, "pair tiles");
   auto* data = static_cast<std::uint32_t*>(owner.get());
@@ -363,6 +368,11 @@ AbsorbLayout absorb_layout(std::int64_t nope, std::int64_t v, std::int64_t kv_lo
 
 }  // namespace
 
+std::size_t absorb_tile_copy_bytes(std::int64_t rows, std::int64_t cols, std::int64_t nope, std::int64_t v) {
+  const AbsorbLayout layout = absorb_layout(nope, v, cols);
+  return static_cast<std::size_t>(rows / (nope + v) * (layout.keys + layout.values)) * sizeof(std::uint32_t);
+}
+
 std::size_t pack_for_absorb(Matrix& weight, std::int64_t nope, std::int64_t v) {
   if (weight.dtype != DType::BF16 || weight.empty() || !few_row_bf16_dot_products() ||
       !weight_kernels().pair_tile_products)
@@ -372,7 +382,7 @@ std::size_t pack_for_absorb(Matrix& weight, std::int64_t nope, std::int64_t v) {
   if (weight.packed_copy(PackedOrder::absorb_tiles)) return 0;
   const std::int64_t heads = weight.rows / (nope + v), kv_lora = weight.cols;
   const AbsorbLayout layout = absorb_layout(nope, v, kv_lora);
-  const std::size_t bytes = static_cast<std::size_t>(heads * (layout.keys + layout.values)) * sizeof(std::uint32_t);
+  const std::size_t bytes = absorb_tile_copy_bytes(weight.rows, kv_lora, nope, v);
   std::shared_ptr<void> owner = packed_memory(weight, bytes, "absorb tiles");
   auto* data = static_cast<std::uint32_t*>(owner.get());
   const Matrix& w = weight;

@@ -53,6 +53,10 @@ std::size_t pack_for_few_rows(Matrix& weight);
 // each in pair tiles; mla_absorb_query and mla_absorb_output in fast mode then read them. Returns
 // the copy's bytes (0: none made).
 std::size_t pack_for_absorb(Matrix& kv_b_proj, std::int64_t nope, std::int64_t v);
+// The bytes of those two copies, for a [rows, cols] weight and for kv_b_proj ([heads (nope + v),
+// kv_lora]), whether or not this CPU makes them: what `dsv3 plan` counts on paper.
+std::size_t pair_tile_copy_bytes(std::int64_t rows, std::int64_t cols);
+std::size_t absorb_tile_copy_bytes(std::int64_t rows, std::int64_t cols, std::int64_t nope, std::int64_t v);
 // Head h's two parts of those tiles, as pair-tile weights of their own.
 struct AbsorbTileViews {
   PackedWeight keys;    // W_UK[h]ᵀ: kv_lora outputs of nope inputs
