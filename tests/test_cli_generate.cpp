@@ -1,8 +1,11 @@
 // `dsv3 generate`, run as a user runs it: the --print-ids contract on the fixture's greedy
 // continuation, with and without MTP and for both cache dtypes, and clear errors.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <sys/wait.h>
 
 #include "support.h"
@@ -67,6 +70,44 @@ TEST(CliGenerate, GreedyPrintIdsReproducesTheFixtureContinuation) {
               std::vector(expected.begin(), expected.begin() + comparable));
     EXPECT_NE(result.all.find("tokens/s"), std::string::npos) << result.all;
   }
+}
+
+// The ids on --print-ids' line (the only output without a tokenizer).
+std::vector<std::int64_t> printed_ids(const std::string& out) {
+  std::vector<std::int64_t> ids;
+  const std::string line = out.substr(0, out.find('\n'));
+  for (std::size_t start = 0; start < line.size();) {
+    const std::size_t end = std::min(line.find(',', start), line.size());
+    ids.push_back(std::stoll(line.substr(start, end - start)));
+    start = end + 1;
+  }
+  return ids;
+}
+
+TEST(CliGenerate, IgnoreEosGoesOnToMaxTokens) {
+  // The fixture's weights under a config whose end-of-sequence token is the first one greedy
+  // decoding gives: without --ignore-eos the continuation ends there, with it it runs to the limit.
+  const std::string prompt = " --prompt-ids 5,6,7 --print-ids";
+  const auto first = run("--model " + test::tiny_model_dir().string() + prompt + " --max-tokens 1");
+  ASSERT_EQ(first.exit_code, 0) << first.all;
+  const std::vector<std::int64_t> token = printed_ids(first.out);
+  ASSERT_EQ(token.size(), 1u) << first.out;
+  const auto dir = std::filesystem::temp_directory_path() / ("dsv3-ignore-eos-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(test::tiny_model_dir() / "config.json"));
+  config["eos_token_id"] = token[0];
+  std::ofstream(dir / "config.json") << config.dump();
+  std::filesystem::remove(dir / "model.safetensors");
+  std::filesystem::create_symlink(test::tiny_model_dir() / "model.safetensors", dir / "model.safetensors");
+  const auto stops = run("--model " + dir.string() + prompt + " --max-tokens 6");
+  ASSERT_EQ(stops.exit_code, 0) << stops.all;
+  EXPECT_EQ(printed_ids(stops.out), token);
+  const auto goes_on = run("--model " + dir.string() + prompt + " --max-tokens 6 --ignore-eos");
+  ASSERT_EQ(goes_on.exit_code, 0) << goes_on.all;
+  const std::vector<std::int64_t> all = printed_ids(goes_on.out);
+  ASSERT_EQ(all.size(), 6u) << goes_on.out;
+  EXPECT_EQ(all[0], token[0]);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(CliGenerate, BadArgumentsGiveClearErrors) {

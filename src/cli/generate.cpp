@@ -20,12 +20,14 @@ struct GenerateOptions {
   std::string prompt;
   std::string prompt_ids;
   bool print_ids = false;
+  bool ignore_eos = false;
   std::string expert_stats;  // where the router's per-layer expert counts go, as `dsv3 placement --stats` reads them
 };
 
 int run(GenerateOptions& options) {
   GenerationOptions& g = options.generation;
   g.finalise();
+  g.sampling.ignore_eos = options.ignore_eos;
   const std::optional<Tokenizer> tokenizer = g.load_tokenizer();
   std::vector<std::int32_t> prompt;
   if (!options.prompt_ids.empty()) {
@@ -106,6 +108,9 @@ const bool registered = register_command(
        prompt->add_option("--prompt-ids", options->prompt_ids, "Prompt token ids, comma-separated");
        prompt->require_option(1);
        app.add_flag("--print-ids", options->print_ids, "Print the generated ids, comma-separated, on a last line");
+       app.add_flag("--ignore-eos", options->ignore_eos,
+                    "Go on past the model's end-of-sequence token up to --max-tokens (a fixed amount of work, for "
+                    "timing and tests)");
        app.add_option("--expert-stats", options->expert_stats,
                       "Write the rows the router sent to each expert of each MoE layer (prompt and generated "
                       "tokens) here as JSON, the input of dsv3 placement --stats");

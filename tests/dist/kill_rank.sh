@@ -5,11 +5,12 @@
 mpirun=$1 dsv3=$2 work=$3
 fail() { echo "kill_rank: FAILED: $*"; [ -n "$job" ] && kill -9 "$job" 2>/dev/null; exit 1; }
 rm -rf "$work" && mkdir -p "$work" || exit 1
-# A model with a long context, so the generation outlasts the test's wait before the kill.
+# A model with a long context and a generation past its end-of-sequence token, so that it outlasts
+# the test's wait before the kill (a random model's greedy continuation may end anywhere).
 "$dsv3" init --config "$(dirname "$0")/long-context-model.json" --out "$work/model" >"$work/init.log" 2>&1 ||
   { cat "$work/init.log"; fail "dsv3 init"; }
 "$mpirun" --oversubscribe -np 2 "$dsv3" generate --model "$work/model" --prompt-ids 1,2,3 --max-tokens 30000 \
-  >"$work/out.log" 2>&1 &
+  --cache-tokens 32768 --ignore-eos >"$work/out.log" 2>&1 &
 job=$!
 # The job's processes, read from /proc (no procps on a bare Debian): "$1" given, those of that rank.
 job_processes() {
@@ -23,6 +24,7 @@ rank1=
 for _ in $(seq 200); do
   rank1=$(job_processes 1)
   [ -n "$rank1" ] && break
+  kill -0 "$job" 2>/dev/null || { cat "$work/out.log"; fail "the job ended before rank 1 was seen"; }
   sleep 0.05
 done
 [ -n "$rank1" ] || fail "rank 1 never started"

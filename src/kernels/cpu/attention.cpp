@@ -156,7 +156,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
         std::memcpy(target, source, static_cast<std::size_t>(run) * row_bytes);
       }
     });
-    // scores[h, j] = scale * q[h] · row_j for this chunk's rows
+    // scores[h, j] = scale * q[h] · row_j for this chunk's rows (stored key-major with dot products)
     if (dot) {
       simd->scores_dot(q16, heads, key_rows.data(), count, width, scale, scores.data());
     } else if (in_place) {
