@@ -44,6 +44,18 @@ std::string join(const std::vector<std::int64_t>& ids) {
   return text;
 }
 
+// The ids on --print-ids' line (the only output without a tokenizer).
+std::vector<std::int64_t> printed_ids(const std::string& out) {
+  std::vector<std::int64_t> ids;
+  const std::string line = out.substr(0, out.find('\n'));
+  for (std::size_t start = 0; start < line.size();) {
+    const std::size_t end = std::min(line.find(',', start), line.size());
+    ids.push_back(std::stoll(line.substr(start, end - start)));
+    start = end + 1;
+  }
+  return ids;
+}
+
 TEST(CliGenerate, GreedyPrintIdsReproducesTheFixtureContinuation) {
   const auto reference = SafetensorsFile::open(test::tiny_model_dir() / "reference.safetensors");
   const auto prompt = test::read_i64(reference->tensors().at("gen_prompt"));
@@ -56,32 +68,12 @@ TEST(CliGenerate, GreedyPrintIdsReproducesTheFixtureContinuation) {
     const auto result = run("--model " + test::tiny_model_dir().string() + " --prompt-ids " + join(prompt) +
                             " --max-tokens 40 --print-ids " + extra);
     ASSERT_EQ(result.exit_code, 0) << result.all;
-    // Without a tokenizer the only output is the ids line.
-    std::vector<std::int64_t> ids;
-    std::size_t start = 0;
-    const std::string line = result.out.substr(0, result.out.find('\n'));
-    while (start < line.size()) {
-      const std::size_t comma = std::min(line.find(',', start), line.size());
-      ids.push_back(std::stoll(line.substr(start, comma - start)));
-      start = comma + 1;
-    }
+    const std::vector<std::int64_t> ids = printed_ids(result.out);
     ASSERT_EQ(ids.size(), 40u) << result.out;
     EXPECT_EQ(std::vector(ids.begin(), ids.begin() + comparable),
               std::vector(expected.begin(), expected.begin() + comparable));
     EXPECT_NE(result.all.find("tokens/s"), std::string::npos) << result.all;
   }
-}
-
-// The ids on --print-ids' line (the only output without a tokenizer).
-std::vector<std::int64_t> printed_ids(const std::string& out) {
-  std::vector<std::int64_t> ids;
-  const std::string line = out.substr(0, out.find('\n'));
-  for (std::size_t start = 0; start < line.size();) {
-    const std::size_t end = std::min(line.find(',', start), line.size());
-    ids.push_back(std::stoll(line.substr(start, end - start)));
-    start = end + 1;
-  }
-  return ids;
 }
 
 TEST(CliGenerate, IgnoreEosGoesOnToMaxTokens) {

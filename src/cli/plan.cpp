@@ -98,7 +98,7 @@ struct Totals {
 };
 
 // The bytes of a main-model tensor's decode copy (0: it gets none) when stored as `fp8` says.
-double decode_copy_bytes(const CheckpointTensor& t, bool fp8, const ModelConfig& c) {
+double copy_bytes_on_paper(const CheckpointTensor& t, bool fp8, const ModelConfig& c) {
   if (t.mtp_depth >= 0 || t.shape.size() != 2 || (fp8 && t.fp8_in_official_checkpoints)) return 0;
   const std::int64_t rows = t.shape[0], cols = t.shape[1];
   switch (t.role) {
@@ -131,7 +131,7 @@ Totals weigh(const ModelConfig& c, bool fp8) {
     const double bytes = stored_bytes(t, fp8, c);
     const bool routed = t.mlp == Mlp::routed_expert;
     const bool split = split_by_rank(t);
-    (split ? totals.copies : totals.copies_replicated) += decode_copy_bytes(t, fp8, c);
+    (split ? totals.copies : totals.copies_replicated) += copy_bytes_on_paper(t, fp8, c);
     if (t.mtp_depth >= 0) {
       (routed ? totals.mtp_routed : split ? totals.mtp : totals.mtp_replicated) += bytes;
     } else if (t.role == Role::embed_tokens && !c.tie_word_embeddings) {

@@ -178,6 +178,11 @@ __m512 widen_16(const std::uint16_t* bits, __mmask16 mask) {
 
 constexpr std::int64_t kCacheLine = 64;
 
+// Whether the scores of queries of type Q are stored key-major: those rounded to BF16 (the dot
+// products, whose softmax takes heads in lanes) are; the paired float32 ones are head-major.
+template <typename Q>
+constexpr bool kKeyMajor = std::is_same_v<Q, std::uint16_t>;
+
 // scores[h, j] = scale · q[h] · keys[j] for H heads from `h0` and K keys from `j0`.
 template <int H, int K>
 void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::int64_t width, std::int64_t count,
@@ -221,7 +226,7 @@ void scores_block_bf16(const float* q, const std::uint16_t* const* keys, std::in
       for (int k = 0; k < K; ++k) acc[h * K + k] = _mm512_fmadd_ps(query, key[k], acc[h * K + k]);
     }
   }
-  store_scores<H, K>(acc, scale, count, h0, j0, scores);
+  store_scores<H, K, kKeyMajor<float>>(acc, scale, count, h0, j0, scores);
 }
 
 // The same with the queries rounded to BF16 (fast mode, see LatentKernels::scores_dot): both sides
@@ -251,24 +256,24 @@ void scores_block_bf16(const std::uint16_t* q, const std::uint16_t* const* keys,
   std::int64_t c = 0;
   for (; c + kPair <= width; c += kPair) step(c, std::true_type{}, static_cast<__mmask32>(~0u));
   if (c < width) step(c, std::false_type{}, static_cast<__mmask32>((1ull << (width - c)) - 1));
-  store_scores<H, K, true>(acc, scale, stride, h0, j0, scores);
+  store_scores<H, K, kKeyMajor<std::uint16_t>>(acc, scale, stride, h0, j0, scores);
 }
 
 // 8 heads at a time (16 accumulators for 2 keys, 4 widened key vectors), then the rest of them.
 constexpr int kScoreHeads = 8;
+
 
 // Q: float (paired queries; scores[h, j] at h * stride + j) or std::uint16_t (queries rounded to
 // BF16; scores[j, h] at j * stride + h).
 template <int K, int H = kScoreHeads, typename Q>
 void scores_heads_bf16(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t width,
                        std::int64_t stride, float scale, std::int64_t j0, float* scores) {
-  constexpr bool key_major = std::is_same_v<Q, std::uint16_t>;
   std::int64_t h = 0;
   for (; h + H <= heads; h += H) scores_block_bf16<H, K>(q, keys, width, stride, scale, h, j0, scores);
   if constexpr (H > 1) {
     if (h < heads)
       scores_heads_bf16<K, H - 1>(q + h * width, heads - h, keys, width, stride, scale, j0,
-                                  scores + h * (key_major ? 1 : stride));
+                                  scores + h * (kKeyMajor<Q> ? 1 : stride));
   }
 }
 
@@ -283,7 +288,7 @@ inline void fetch_row(const std::uint16_t* row, std::int64_t width) {
 template <typename Q>
 void latent_scores_in_place(const Q* q, std::int64_t heads, const std::uint16_t* const* keys, std::int64_t count,
                             std::int64_t width, float scale, float* scores) {
-  const std::int64_t stride = std::is_same_v<Q, std::uint16_t> ? heads : count;  // see scores_heads_bf16
+  const std::int64_t stride = kKeyMajor<Q> ? heads : count;
   std::int64_t j = 0;
   for (; j + 2 <= count; j += 2) {
     for (std::int64_t a = j + kLatentFetchAhead; a < std::min(count, j + kLatentFetchAhead + 2); ++a)
