@@ -18,6 +18,8 @@
 #pragma GCC target("avx2,fma,f16c")
 #endif
 
+#include "kernels/cpu/bf16_pairs_avx2.h"
+
 namespace dsv3::kernels {
 namespace {
 
@@ -26,6 +28,7 @@ constexpr int kOutputRows = 4;
 // 4 x 2 accumulators, 4 scales and the loaded vectors fit the 16 ymm registers.
 constexpr int kActivationRows = 2;
 constexpr float kFp8ScaleFold = 256.0f;  // see load_weights
+constexpr std::int64_t kCacheLine = 64;
 
 #define DSV3_INLINE inline __attribute__((always_inline))
 
@@ -58,6 +61,11 @@ DSV3_INLINE float reduce_add(__m256 v) {
   sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
   return _mm_cvtss_f32(sum);
 }
+
+// BF16 weights widen in pairs (bf16_pairs_avx2.h) against paired activations.
+constexpr std::int64_t kPairColumns = avx2::kPairColumns;
+DSV3_INLINE __m256 bf16_even(const std::byte* p) { return avx2::bf16_even(avx2::load_pairs(p)); }
+DSV3_INLINE __m256 bf16_odd(const std::byte* p) { return avx2::bf16_odd(avx2::load_pairs(p)); }
 
 // One step of 8 columns: `rows[r]` and `x + m * x_stride` point at the step's first column.
 template <DType D, int R, int M>
@@ -129,12 +137,188 @@ void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
   for (; n < n_end; ++n) all_activation_rows<D, 1>(x, rows, w, n, y);
 }
 
+// BF16 weights two rows at a time. One or two activation rows are bound by the weights' read speed,
+// which two rows side by side (and the next two fetched into L1 meanwhile) reach best: bench_kernels
+// ExpertRows (one core, 1 row, minima of 5) 384 x 1024 47-57 us with 2 rows, 64 with 1, 59-63 with 4,
+// 77 with 3; 1024 x 384 57 us with 2 against 59-80. More go up to 6 at a time (12 accumulators, 2
+// widened weights, an activation vector and the odd columns' mask: the 16 registers), in passes of
+// near equal size (16 rows: 6, 5, 5); 2 x 4 and 2 x 5 ran the same, and 3 x 4 does not fit the
+// registers. Against the FP32 path's 4 x 2 blocks (two instructions to widen 8 weights, for every
+// 2 activation rows), `bench_kernels --benchmark_filter=HeadRows/rows:16/N:129280/K:1024/fp8:0/exact:1`,
+// 2-vCPU AMD EPYC (Zen 3), minima of 3: 49.3 -> 33.4-35.3 ms.
+constexpr int kPairRows = 2;
+constexpr int kFewActivationRows = 2;
+constexpr int kPairActivationRows = 6;
+// BF16 columns [c, c + 16) of R weight rows against M paired activation rows (`x + m * x_stride`
+// at column c): lane j adds column c + 2j, then c + 2j + 1.
+template <int R, int M>
+DSV3_INLINE void accumulate_pairs(const std::byte* const* rows, std::int64_t offset, const float* x,
+                                  std::int64_t x_stride, __m256 (&acc)[R][M]) {
+  __m256 w[R];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) w[r] = bf16_even(rows[r] + offset);
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    __m256 xv = _mm256_loadu_ps(x + m * x_stride);
+    // Held in a register: GCC 12 otherwise folds the load into each weight row's FMA, R loads of
+    // it, and the loads then bound the speed (2 x 6 blocks at 16 rows: 40 against 57 GFLOP/s a core).
+    __asm__("" : "+x"(xv));
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm256_fmadd_ps(w[r], xv, acc[r][m]);
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) w[r] = bf16_odd(rows[r] + offset);
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    __m256 xv = _mm256_loadu_ps(x + m * x_stride + kLanes);
+    __asm__("" : "+x"(xv));
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm256_fmadd_ps(w[r], xv, acc[r][m]);
+  }
+}
+
+// R BF16 weight rows against M paired activation rows (`x_stride` floats apart). Each output is one
+// accumulator over its columns in one order whatever R and M (each whole 16 columns in pairs, then
+// the last cols % 16 in order), so a row's result is bitwise the same alone or in a batch.
+template <int R, int M>
+void block_pairs(const float* x, std::int64_t x_stride, const Matrix& w, std::int64_t n0, float* y,
+                 const std::byte* far, std::int64_t far_lines) {
+  const std::int64_t cols = w.cols, row_bytes = cols * 2;
+  const std::byte* rows[R];
+  const std::byte* next[R];  // the following R rows, prefetched as in block for the few-row blocks
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    rows[r] = w.data + (n0 + r) * row_bytes;
+    next[r] = n0 + R + r < w.rows ? rows[r] + R * row_bytes : rows[r];
+  }
+  __m256 acc[R][M];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  std::int64_t c = 0;
+  for (; c + kPairColumns <= cols; c += kPairColumns) {
+    if (M <= kFewActivationRows)
+      #pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * 2), _MM_HINT_T0);
+    if (far_lines > 0) {  // a line of the next chunk into L2
+      _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
+      far += kCacheLine;
+      --far_lines;
+    }
+    accumulate_pairs<R, M>(rows, c * 2, x + c, x_stride, acc);
+  }
+  if (c < cols) {  // the last columns in order, zero-padded to 16
+    const std::int64_t count = cols - c;
+    alignas(32) std::byte padded_w[R][kPairColumns * 2] = {};
+    alignas(32) float padded_x[M][kPairColumns] = {};
+    const std::byte* at[R];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(padded_w[r], rows[r] + c * 2, static_cast<std::size_t>(count * 2));
+      at[r] = padded_w[r];
+    }
+    #pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      std::memcpy(padded_x[m], x + m * x_stride + c, static_cast<std::size_t>(count) * sizeof(float));
+    accumulate<DType::BF16, R, M>(at, padded_x[0], kPairColumns, acc);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) at[r] += kLanes * 2;
+    accumulate<DType::BF16, R, M>(at, padded_x[0] + kLanes, kPairColumns, acc);
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = reduce_add(acc[r][m]);
+}
+
+// `count` (1..M) paired activation rows against R weight rows.
+template <int R, int M>
+void block_pairs_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_t n0, float* y,
+                      const std::byte* far = nullptr, std::int64_t far_lines = 0) {
+  if constexpr (M > 1) {
+    if (count < M) return block_pairs_rows<R, M - 1>(count, x, w, n0, y, far, far_lines);
+  }
+  block_pairs<R, M>(x, w.cols, w, n0, y, far, far_lines);
+}
+
+// With more activation rows than one block takes, the weight rows go in chunks of about this many
+// bytes, each chunk against one block of activation rows after another: the chunk is read from
+// memory once and then from L2, while the block's activations (24 KiB at K = 1024) stay in L1; and
+// every block fetches a share of the next chunk's lines into L2, so that its first pass does not
+// wait on memory (at 16 rows, the weights 6 MB: 39 -> 58 GFLOP/s a core).
+constexpr std::int64_t kPairChunkBytes = 128 << 10;
+// With one pass (up to 6 rows: a batch's routed expert) nothing is read twice, and smaller chunks
+// keep the fetches of the next one close ahead: bench_kernels ExpertRows (one core, minima of 3 in
+// two alternations), 384 x 1024 at 4 rows 61-62 us against 68-80 with 128 KiB, at 6 rows 88-92
+// against 104-110; 1024 x 384 at 4 rows 60-75 against 72-87.
+constexpr std::int64_t kPairOnePassChunkBytes = 16 << 10;
+
+// y for output rows [n_begin, n_end) of a BF16 weight from `rows` paired activation rows.
+void gemv_pairs(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
+  const std::int64_t row_bytes = w.cols * 2;
+  if (rows <= kFewActivationRows) {
+    std::int64_t n = n_begin;
+    for (; n + kPairRows <= n_end; n += kPairRows)
+      block_pairs_rows<kPairRows, kFewActivationRows>(rows, x, w, n, y);
+    for (; n < n_end; ++n) block_pairs_rows<1, kFewActivationRows>(rows, x, w, n, y);
+    return;
+  }
+  constexpr int R = kPairRows, M = kPairActivationRows;
+  const std::int64_t passes = (rows + M - 1) / M;
+  const std::int64_t chunk =
+      std::max<std::int64_t>(R, (passes > 1 ? kPairChunkBytes : kPairOnePassChunkBytes) / row_bytes / R * R);
+  for (std::int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
+    const std::int64_t c1 = std::min(n_end, c0 + chunk);
+    const std::int64_t next_lines = (std::min(n_end, c1 + chunk) - c1) * row_bytes / kCacheLine;
+    const std::int64_t blocks = passes * ((c1 - c0 + R - 1) / R);
+    const std::int64_t per_block = (next_lines + blocks - 1) / blocks;
+    const std::byte* far = w.data + c1 * row_bytes;
+    std::int64_t far_left = next_lines;
+    for (std::int64_t pass = 0, m0 = 0; pass < passes; ++pass) {
+      const std::int64_t count = (rows - m0) / (passes - pass);  // near equal passes
+      const float* xm = x + m0 * w.cols;
+      float* ym = y + m0 * w.rows;
+      std::int64_t n = c0;
+      for (; n + R <= c1; n += R) {
+        const std::int64_t lines = std::min(per_block, far_left);
+        block_pairs_rows<R, M>(count, xm, w, n, ym, far, lines);
+        far += lines * kCacheLine;
+        far_left -= lines;
+      }
+      for (; n < c1; ++n) block_pairs_rows<1, M>(count, xm, w, n, ym);
+      m0 += count;
+    }
+  }
+}
+
+void pair_rows(const float* x, std::int64_t rows, std::int64_t cols, float* out) {
+  for (std::int64_t m = 0; m < rows; ++m) avx2::pair_columns(x + m * cols, cols, out + m * cols);
+}
+
+void gemv_paired_bf16(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
+                      float* y) {
+  if (w.dtype != DType::BF16) fail("{}: paired activations for a {} weight", w.name, dtype_name(w.dtype));
+  gemv_pairs(x, rows, w, n_begin, n_end, y);
+}
+
 // FP8: the block scales are folded into a scaled copy of the activations once per band of
 // block_rows weight rows, as in linear_avx512.cpp.
 template <DType D>
 void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                 float* y) {
-  if constexpr (D != DType::F8_E4M3) {
+  if constexpr (D == DType::BF16) {
+    // The activations paired, as many rows at a time as the stack holds (all of a decode step's).
+    const std::int64_t cols = w.cols;
+    alignas(32) float stack[kStackScratchFloats];
+    float* paired = nullptr;
+    const std::int64_t group = activation_group(stack, rows, cols, kPairActivationRows, paired);
+    for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
+      const std::int64_t count = std::min(group, rows - m0);
+      pair_rows(x + m0 * cols, count, cols, paired);
+      gemv_pairs(paired, count, w, n_begin, n_end, y + m0 * w.rows);
+    }
+  } else if constexpr (D != DType::F8_E4M3) {
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
     const std::int64_t cols = w.cols;
@@ -189,6 +373,98 @@ void dequantize_typed(const Matrix& w, std::int64_t begin, std::int64_t end, flo
       }
     }
   }
+}
+
+// combine_rows: kCombineVectors x 8 columns of kCombineRows activation rows at a time in registers
+// (12 accumulators, 2 widened weights and a broadcast coefficient), each weight vector widened once
+// for all of them; the weight rows (MLA's W_UK of one head) stay in L1 for the next rows and
+// columns. Every output's sum runs over i in order, whichever rows and columns share a block.
+constexpr int kCombineVectors = 2;
+constexpr int kCombineRows = 6;
+static_assert(kCombineFp8BlockMultiple % kLanes == 0, "an FP8 block scale per vector");
+
+// kFull: all kCombineVectors vectors lie inside the row; otherwise the row's last columns are read
+// from a zero-padded copy and written through one.
+template <DType D, int M, bool kFull>
+void combine_block(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                   std::int64_t coeff_stride, std::int64_t c0, float* out, std::int64_t out_stride) {
+  constexpr std::int64_t kBytes = element_bytes<D>();
+  constexpr int V = kCombineVectors;
+  const std::int64_t cols = w.cols, width = std::min<std::int64_t>(V * kLanes, cols - c0);
+  __m256 acc[M][V];
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m)
+    #pragma GCC unroll 16
+    for (int k = 0; k < V; ++k) acc[m][k] = _mm256_setzero_ps();
+  for (std::int64_t i = 0; i < count; ++i) {
+    const std::int64_t r = first + i;
+    const std::byte* row = w.data + (r * cols + c0) * kBytes;
+    alignas(32) std::byte padded[kFull ? 1 : V * kLanes * kBytes];
+    if constexpr (!kFull) {
+      std::memset(padded, 0, sizeof padded);
+      std::memcpy(padded, row, static_cast<std::size_t>(width * kBytes));
+      row = padded;
+    }
+    __m256 v[V];
+    #pragma GCC unroll 16
+    for (int k = 0; k < V; ++k) v[k] = load_weights<D>(row + k * kLanes * kBytes);
+    __m256 scale[V];
+    #pragma GCC unroll 16
+    for (int k = 0; k < V; ++k) {
+      scale[k] = _mm256_set1_ps(1.0f);
+      if constexpr (D == DType::F8_E4M3) {  // a vector past the row's end (v[k] = 0) takes the last block's scale
+        const std::int64_t col = std::min(c0 + k * kLanes, cols - 1);
+        scale[k] = _mm256_set1_ps((*w.scales)[(r / w.block_rows) * w.scale_cols() + col / w.block_cols] * kFp8ScaleFold);
+      }
+    }
+    #pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      const __m256 coeff = _mm256_set1_ps(coeffs[m * coeff_stride + i]);
+      #pragma GCC unroll 16
+      for (int k = 0; k < V; ++k) {
+        const __m256 factor = D == DType::F8_E4M3 ? _mm256_mul_ps(coeff, scale[k]) : coeff;
+        acc[m][k] = _mm256_fmadd_ps(factor, v[k], acc[m][k]);
+      }
+    }
+  }
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    float* target = out + m * out_stride + c0;
+    if constexpr (kFull) {
+      #pragma GCC unroll 16
+      for (int k = 0; k < V; ++k) _mm256_storeu_ps(target + k * kLanes, acc[m][k]);
+    } else {
+      alignas(32) float values[V * kLanes];
+      #pragma GCC unroll 16
+      for (int k = 0; k < V; ++k) _mm256_store_ps(values + k * kLanes, acc[m][k]);
+      std::memcpy(target, values, static_cast<std::size_t>(width) * sizeof(float));
+    }
+  }
+}
+
+template <DType D, int M>
+void combine_rows_tail(std::int64_t rows, const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                       std::int64_t coeff_stride, std::int64_t c0, float* out, std::int64_t out_stride) {
+  if constexpr (M > 1) {
+    if (rows < M) return combine_rows_tail<D, M - 1>(rows, w, first, count, coeffs, coeff_stride, c0, out, out_stride);
+  }
+  if (c0 + kCombineVectors * kLanes <= w.cols) {
+    combine_block<D, M, true>(w, first, count, coeffs, coeff_stride, c0, out, out_stride);
+  } else {
+    combine_block<D, M, false>(w, first, count, coeffs, coeff_stride, c0, out, out_stride);
+  }
+}
+
+void combine_rows(const Matrix& w, std::int64_t first, std::int64_t count, const float* coeffs,
+                  std::int64_t coeff_stride, std::int64_t rows, float* out, std::int64_t out_stride) {
+  for_weight_dtype(w, [&](auto dtype) {
+    constexpr DType D = decltype(dtype)::value;
+    for (std::int64_t c0 = 0; c0 < w.cols; c0 += kCombineVectors * kLanes)
+      for (std::int64_t m0 = 0; m0 < rows; m0 += kCombineRows)
+        combine_rows_tail<D, kCombineRows>(std::min<std::int64_t>(kCombineRows, rows - m0), w, first, count,
+                                           coeffs + m0 * coeff_stride, coeff_stride, c0, out + m0 * out_stride,
+                                           out_stride);
+  });
 }
 
 void gemv(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
@@ -246,7 +522,7 @@ float exp_and_sum(float* values, std::int64_t count, float shift) {
 }  // namespace
 
 const WeightKernels* avx2_weight_kernels() {
-  static const WeightKernels kernels{gemv, dequantize, exp_and_sum};
+  static const WeightKernels kernels{gemv, dequantize, exp_and_sum, combine_rows, pair_rows, gemv_paired_bf16};
   return &kernels;
 }
 
