@@ -61,7 +61,7 @@ void attention_causal(const float* q, const float* k, const float* v, const Atte
 
 namespace dsv3::kernels {
 namespace {
-// Keys per step of attention_latent: a multiple of the page size. The AVX-512 products take 64,
+// Keys per step of attention_latent: a multiple of the page size. The SIMD products take 64,
 // whose rows stay in the core's caches between the two products; OpenBLAS calls need more keys to
 // run at speed.
 constexpr std::int64_t kLatentChunk = 64, kLatentChunkBlas = 256;
@@ -86,10 +86,11 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
 void attention_latent(const float* q, std::int64_t heads, const LatentPages& pages, std::int64_t key_begin,
                       std::int64_t key_end, std::int64_t value_dim, float scale, LatentPartial& partial,
                       float* scratch) {
-  const LatentKernels* simd = active_isa() == Isa::avx512 ? avx512_latent_kernels() : nullptr;
-  if (!simd) use_single_threaded_blas();
-  const RowMax row_max = simd ? avx512_row_max() : nullptr;
-  // AVX-512 reads BF16 rows where they lie; every other case gathers them into float32 rows. In
+  const Isa isa = active_isa();
+  const LatentKernels* simd =
+      isa == Isa::avx512 ? avx512_latent_kernels() : isa == Isa::avx2 ? avx2_latent_kernels() : nullptr;
+  const RowMax row_max = isa == Isa::avx512 ? avx512_row_max() : nullptr;
+  // AVX-512 and AVX2 read BF16 rows where they lie; every other case gathers them into float32 rows. In
   // fast mode with BF16 products the queries and probabilities are rounded to BF16 for AVX512-BF16's
   // dot products, half the instructions: 2-vCPU AMD EPYC, bench_kernels (exact:1 -> exact:0,
   // medians of 3 in two runs) AttentionLatent/4096 (one thread) 429-469 -> 254-264 us,
@@ -97,7 +98,10 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
   // 10.3 -> 7.2 ms a step.
   const bool in_place = simd && pages.dtype == DType::BF16;
   const bool dot = in_place && simd->scores_dot && fast_bf16_products();
-  const std::int64_t chunk = simd ? kLatentChunk : kLatentChunkBlas;
+  // AVX2 has no kernels for float32 rows: those gather and go to OpenBLAS.
+  const bool blas = !in_place && !(simd && simd->scores);
+  if (blas) use_single_threaded_blas();
+  const std::int64_t chunk = blas ? kLatentChunkBlas : kLatentChunk;
   const std::int64_t width = pages.width, block_tokens = pages.block_tokens;
   // Gathered key rows [chunk, width] (or the paired queries [heads, width]), then the scores
   // [heads, chunk], from a cache line's start.
@@ -161,7 +165,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
       simd->scores_dot(q16, heads, key_rows.data(), count, width, scale, scores.data());
     } else if (in_place) {
       simd->scores_bf16(rows.data(), heads, key_rows.data(), count, width, scale, scores.data());
-    } else if (simd) {
+    } else if (!blas) {
       simd->scores(q, heads, rows.data(), count, width, scale, scores.data());
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(heads), static_cast<int>(count),
@@ -194,7 +198,7 @@ void attention_latent(const float* q, std::int64_t heads, const LatentPages& pag
     // acc[h] += p[h, :] · c_kv rows (the first value_dim entries of each row)
     if (in_place) {
       simd->accumulate_bf16(scores.data(), heads, count, key_rows.data(), value_dim, partial.acc);
-    } else if (simd) {
+    } else if (!blas) {
       simd->accumulate(scores.data(), heads, count, rows.data(), width, value_dim, partial.acc);
     } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(heads), static_cast<int>(value_dim),

@@ -174,7 +174,8 @@ void sgemm(bool b_transposed, std::int64_t m, std::int64_t n, std::int64_t k, fl
 
 // Decode's latent attention products on a chunk of `count` key rows of `width` (attention.cpp):
 // scores[h, j] = scale · q[h] · keys[j]; acc[h, d] += Σ_j p[h, j] · keys[j, d] for d < value_dim.
-// AVX-512 only (attention_avx512.cpp); the other paths multiply with OpenBLAS.
+// AVX-512 (attention_avx512.cpp) and AVX2 on BF16 rows (attention_avx2.cpp); the other cases multiply
+// with OpenBLAS.
 struct LatentKernels {
   void (*scores)(const float* q, std::int64_t heads, const float* keys, std::int64_t count, std::int64_t width,
                  float scale, float* scores);
@@ -210,6 +211,9 @@ struct LatentKernels {
 // How many keys ahead of those being scored the BF16 kernels fetch rows from memory.
 inline constexpr std::int64_t kLatentFetchAhead = 8;
 const LatentKernels* avx512_latent_kernels();  // nullptr when the build is not for x86-64
+// AVX2's: the in-place BF16 kernels (scores_bf16, accumulate_bf16, pair, unpair) only; float32
+// rows go to OpenBLAS. nullptr when the build is not for x86-64.
+const LatentKernels* avx2_latent_kernels();
 // The largest of row[0, count) (count >= 1) on AVX-512, for the attention ops' softmax rows
 // (std::max_element does not vectorise: it must keep the first of equal values).
 using RowMax = float (*)(const float* row, std::int64_t count);
