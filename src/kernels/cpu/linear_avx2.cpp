@@ -149,6 +149,7 @@ void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
 constexpr int kPairRows = 2;
 constexpr int kFewActivationRows = 2;
 constexpr int kPairActivationRows = 6;
+
 // BF16 columns [c, c + 16) of R weight rows against M paired activation rows (`x + m * x_stride`
 // at column c): lane j adds column c + 2j, then c + 2j + 1.
 template <int R, int M>
@@ -161,7 +162,7 @@ DSV3_INLINE void accumulate_pairs(const std::byte* const* rows, std::int64_t off
   for (int m = 0; m < M; ++m) {
     __m256 xv = _mm256_loadu_ps(x + m * x_stride);
     // Held in a register: GCC 12 otherwise folds the load into each weight row's FMA, R loads of
-    // it, and the loads then bound the speed (2 x 6 blocks at 16 rows: 40 against 57 GFLOP/s a core).
+    // it, and the loads then bound the speed of the many-row blocks.
     __asm__("" : "+x"(xv));
     #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r][m] = _mm256_fmadd_ps(w[r], xv, acc[r][m]);
