@@ -14,12 +14,7 @@
 #include <algorithm>
 #include <cstring>
 
-#if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+#include "kernels/cpu/avx2_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx2.h"
 
@@ -234,11 +229,7 @@ const LatentKernels* avx2_latent_kernels() {
 
 }  // namespace dsv3::kernels
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "kernels/cpu/avx2_target_end.h"
 
 #else
 

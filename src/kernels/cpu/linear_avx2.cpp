@@ -11,12 +11,7 @@
 
 #include "core/error.h"
 
-#if defined(__clang__)  // clang ignores GCC's target pragma; this is its spelling of the same
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "kernels/cpu/avx2_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx2.h"
 
@@ -199,7 +194,7 @@ void block_pairs(const float* x, std::int64_t x_stride, const Matrix& w, std::in
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   std::int64_t c = 0;
   for (; c + kPairColumns <= cols; c += kPairColumns) {
-    if (M <= kFewActivationRows)
+    if constexpr (M <= kFewActivationRows)
       #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * 2), _MM_HINT_T0);
     if (far_lines > 0) {  // a line of the next chunk into L2
@@ -529,11 +524,7 @@ const WeightKernels* avx2_weight_kernels() {
 
 }  // namespace dsv3::kernels
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+#include "kernels/cpu/avx2_target_end.h"
 
 #else
 
