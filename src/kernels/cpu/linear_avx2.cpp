@@ -14,6 +14,7 @@
 #include "kernels/cpu/avx2_target_begin.h"
 
 #include "kernels/cpu/bf16_pairs_avx2.h"
+#include "kernels/cpu/fp8_quads_avx2.h"
 
 namespace dsv3::kernels {
 namespace {
@@ -141,9 +142,12 @@ void rows_range(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
 // registers. Against the FP32 path's 4 x 2 blocks (two instructions to widen 8 weights, for every
 // 2 activation rows), `bench_kernels --benchmark_filter=HeadRows/rows:16/N:129280/K:1024/fp8:0/exact:1`,
 // 2-vCPU AMD EPYC (Zen 3), minima of 3: 49.3 -> 33.4-35.3 ms.
-constexpr int kPairRows = 2;
+// FP8 weights (in quads, fp8_quads_avx2.h) go the same way but 4 rows at a time for 1-2 activation
+// rows: their widening, not memory, bounds a core, and 4 weight rows give the 4 independent sums
+// that keep both FMA units busy.
 constexpr int kFewActivationRows = 2;
-constexpr int kPairActivationRows = 6;
+constexpr int kManyRows = 2;  // weight rows per block for more activation rows
+constexpr int kManyActivationRows = 6;
 
 // BF16 columns [c, c + 16) of R weight rows against M paired activation rows (`x + m * x_stride`
 // at column c): lane j adds column c + 2j, then c + 2j + 1.
@@ -173,13 +177,90 @@ DSV3_INLINE void accumulate_pairs(const std::byte* const* rows, std::int64_t off
   }
 }
 
-// R BF16 weight rows against M paired activation rows (`x_stride` floats apart). Each output is one
-// accumulator over its columns in one order whatever R and M (each whole 16 columns in pairs, then
-// the last cols % 16 in order), so a row's result is bitwise the same alone or in a batch.
-template <int R, int M>
-void block_pairs(const float* x, std::int64_t x_stride, const Matrix& w, std::int64_t n0, float* y,
-                 const std::byte* far, std::int64_t far_lines) {
-  const std::int64_t cols = w.cols, row_bytes = cols * 2;
+// FP8 quad K of 32 columns of R weight rows against M activation rows in quad order.
+template <int K, int R, int M>
+DSV3_INLINE void accumulate_quad(const std::byte* const* rows, std::int64_t offset, const float* x,
+                                 std::int64_t x_stride, __m256 (&acc)[R][M]) {
+  __m256 w[R];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) w[r] = avx2::fp8_quad<K>(rows[r] + offset);
+  #pragma GCC unroll 16
+  for (int m = 0; m < M; ++m) {
+    __m256 xv = _mm256_loadu_ps(x + m * x_stride + K * kLanes);
+    __asm__("" : "+x"(xv));  // as in accumulate_pairs
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][m] = _mm256_fmadd_ps(w[r], xv, acc[r][m]);
+  }
+}
+
+// The two weight formats the grouped blocks below read: how many columns a step takes, and how a
+// step, and the last columns, add into the accumulators.
+struct Bf16Pairs {
+  static constexpr std::int64_t kBytes = 2, kStep = kPairColumns;
+  static constexpr int kFewRows = 2;
+  template <int R, int M>
+  static DSV3_INLINE void step(const std::byte* const* rows, std::int64_t offset, const float* x,
+                               std::int64_t x_stride, __m256 (&acc)[R][M]) {
+    accumulate_pairs<R, M>(rows, offset, x, x_stride, acc);
+  }
+  // The last `count` (< 16) columns from c, in order, zero-padded to 16; x holds them in order.
+  template <int R, int M>
+  static void tail(const std::byte* const* rows, std::int64_t c, std::int64_t count, const float* x,
+                   std::int64_t x_stride, __m256 (&acc)[R][M]) {
+    alignas(32) std::byte padded_w[R][kStep * kBytes] = {};
+    alignas(32) float padded_x[M][kStep] = {};
+    const std::byte* at[R];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(padded_w[r], rows[r] + c * kBytes, static_cast<std::size_t>(count * kBytes));
+      at[r] = padded_w[r];
+    }
+    #pragma GCC unroll 16
+    for (int m = 0; m < M; ++m)
+      std::memcpy(padded_x[m], x + m * x_stride + c, static_cast<std::size_t>(count) * sizeof(float));
+    accumulate<DType::BF16, R, M>(at, padded_x[0], kStep, acc);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) at[r] += kLanes * kBytes;
+    accumulate<DType::BF16, R, M>(at, padded_x[0] + kLanes, kStep, acc);
+  }
+  static float finish(float sum) { return sum; }
+};
+
+struct Fp8Quads {
+  static constexpr std::int64_t kBytes = 1, kStep = avx2::kQuadColumns;
+  static constexpr int kFewRows = 4;
+  template <int R, int M>
+  static DSV3_INLINE void step(const std::byte* const* rows, std::int64_t offset, const float* x,
+                               std::int64_t x_stride, __m256 (&acc)[R][M]) {
+    accumulate_quad<0, R, M>(rows, offset, x, x_stride, acc);
+    accumulate_quad<1, R, M>(rows, offset, x, x_stride, acc);
+    accumulate_quad<2, R, M>(rows, offset, x, x_stride, acc);
+    accumulate_quad<3, R, M>(rows, offset, x, x_stride, acc);
+  }
+  // The last `count` (< 32) codes from c, zero-padded to 32; x holds them so padded already.
+  template <int R, int M>
+  static void tail(const std::byte* const* rows, std::int64_t c, std::int64_t count, const float* x,
+                   std::int64_t x_stride, __m256 (&acc)[R][M]) {
+    alignas(32) std::byte padded_w[R][kStep] = {};
+    const std::byte* at[R];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      std::memcpy(padded_w[r], rows[r] + c, static_cast<std::size_t>(count));
+      at[r] = padded_w[r];
+    }
+    step<R, M>(at, 0, x + c, x_stride, acc);
+  }
+  static float finish(float sum) { return sum * avx2::kQuadSumScale; }
+};
+
+// R weight rows in format F against M activation rows in its order (`x_stride` floats apart). Each
+// output is one accumulator over its columns in one order whatever R and M (each whole step's
+// columns in the format's order, then the last columns as F::tail takes them), so a row's result
+// is bitwise the same alone or in a batch.
+template <class F, int R, int M>
+void block_grouped(const float* x, std::int64_t x_stride, const Matrix& w, std::int64_t n0, float* y,
+                   const std::byte* far, std::int64_t far_lines) {
+  const std::int64_t cols = w.cols, row_bytes = cols * F::kBytes;
   const std::byte* rows[R];
   const std::byte* next[R];  // the following R rows, prefetched as in block for the few-row blocks
   #pragma GCC unroll 16
@@ -193,49 +274,33 @@ void block_pairs(const float* x, std::int64_t x_stride, const Matrix& w, std::in
     #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
   std::int64_t c = 0;
-  for (; c + kPairColumns <= cols; c += kPairColumns) {
+  for (; c + F::kStep <= cols; c += F::kStep) {
     if constexpr (M <= kFewActivationRows)
       #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * 2), _MM_HINT_T0);
+      for (int r = 0; r < R; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(next[r] + c * F::kBytes), _MM_HINT_T0);
     if (far_lines > 0) {  // a line of the next chunk into L2
       _mm_prefetch(reinterpret_cast<const char*>(far), _MM_HINT_T1);
       far += kCacheLine;
       --far_lines;
     }
-    accumulate_pairs<R, M>(rows, c * 2, x + c, x_stride, acc);
+    F::template step<R, M>(rows, c * F::kBytes, x + c, x_stride, acc);
   }
-  if (c < cols) {  // the last columns in order, zero-padded to 16
-    const std::int64_t count = cols - c;
-    alignas(32) std::byte padded_w[R][kPairColumns * 2] = {};
-    alignas(32) float padded_x[M][kPairColumns] = {};
-    const std::byte* at[R];
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      std::memcpy(padded_w[r], rows[r] + c * 2, static_cast<std::size_t>(count * 2));
-      at[r] = padded_w[r];
-    }
-    #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m)
-      std::memcpy(padded_x[m], x + m * x_stride + c, static_cast<std::size_t>(count) * sizeof(float));
-    accumulate<DType::BF16, R, M>(at, padded_x[0], kPairColumns, acc);
-    #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) at[r] += kLanes * 2;
-    accumulate<DType::BF16, R, M>(at, padded_x[0] + kLanes, kPairColumns, acc);
-  }
+  if (c < cols) F::template tail<R, M>(rows, c, cols - c, x, x_stride, acc);
   #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
     #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = reduce_add(acc[r][m]);
+    for (int m = 0; m < M; ++m) y[m * w.rows + n0 + r] = F::finish(reduce_add(acc[r][m]));
 }
 
-// `count` (1..M) paired activation rows against R weight rows.
-template <int R, int M>
-void block_pairs_rows(std::int64_t count, const float* x, const Matrix& w, std::int64_t n0, float* y,
-                      const std::byte* far = nullptr, std::int64_t far_lines = 0) {
+// `count` (1..M) activation rows against R weight rows.
+template <class F, int R, int M>
+void block_grouped_rows(std::int64_t count, const float* x, std::int64_t x_stride, const Matrix& w, std::int64_t n0,
+                        float* y, const std::byte* far = nullptr, std::int64_t far_lines = 0) {
   if constexpr (M > 1) {
-    if (count < M) return block_pairs_rows<R, M - 1>(count, x, w, n0, y, far, far_lines);
+    if (count < M) return block_grouped_rows<F, R, M - 1>(count, x, x_stride, w, n0, y, far, far_lines);
   }
-  block_pairs<R, M>(x, w.cols, w, n0, y, far, far_lines);
+  block_grouped<F, R, M>(x, x_stride, w, n0, y, far, far_lines);
 }
 
 // With more activation rows than one block takes, the weight rows go in chunks of about this many
@@ -250,40 +315,69 @@ constexpr std::int64_t kPairChunkBytes = 128 << 10;
 // against 104-110; 1024 x 384 at 4 rows 60-75 against 72-87.
 constexpr std::int64_t kPairOnePassChunkBytes = 16 << 10;
 
-// y for output rows [n_begin, n_end) of a BF16 weight from `rows` paired activation rows.
-void gemv_pairs(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
-  const std::int64_t row_bytes = w.cols * 2;
+// y for output rows [n_begin, n_end) of a weight in format F from `rows` activation rows in its
+// order (`x_stride` floats apart); the next chunk's lines are fetched up to row far_end.
+template <class F>
+void gemv_grouped(const float* x, std::int64_t x_stride, std::int64_t rows, const Matrix& w, std::int64_t n_begin,
+                  std::int64_t n_end, std::int64_t far_end, float* y) {
+  const std::int64_t row_bytes = w.cols * F::kBytes;
   if (rows <= kFewActivationRows) {
     std::int64_t n = n_begin;
-    for (; n + kPairRows <= n_end; n += kPairRows)
-      block_pairs_rows<kPairRows, kFewActivationRows>(rows, x, w, n, y);
-    for (; n < n_end; ++n) block_pairs_rows<1, kFewActivationRows>(rows, x, w, n, y);
+    for (; n + F::kFewRows <= n_end; n += F::kFewRows)
+      block_grouped_rows<F, F::kFewRows, kFewActivationRows>(rows, x, x_stride, w, n, y);
+    for (; n < n_end; ++n) block_grouped_rows<F, 1, kFewActivationRows>(rows, x, x_stride, w, n, y);
     return;
   }
-  constexpr int R = kPairRows, M = kPairActivationRows;
+  constexpr int R = kManyRows, M = kManyActivationRows;
   const std::int64_t passes = (rows + M - 1) / M;
   const std::int64_t chunk =
       std::max<std::int64_t>(R, (passes > 1 ? kPairChunkBytes : kPairOnePassChunkBytes) / row_bytes / R * R);
   for (std::int64_t c0 = n_begin; c0 < n_end; c0 += chunk) {
     const std::int64_t c1 = std::min(n_end, c0 + chunk);
-    const std::int64_t next_lines = (std::min(n_end, c1 + chunk) - c1) * row_bytes / kCacheLine;
+    const std::int64_t next_lines = (std::min(far_end, c1 + chunk) - c1) * row_bytes / kCacheLine;
     const std::int64_t blocks = passes * ((c1 - c0 + R - 1) / R);
-    const std::int64_t per_block = (next_lines + blocks - 1) / blocks;
+    const std::int64_t per_block = (std::max<std::int64_t>(0, next_lines) + blocks - 1) / blocks;
     const std::byte* far = w.data + c1 * row_bytes;
     std::int64_t far_left = next_lines;
     for (std::int64_t pass = 0, m0 = 0; pass < passes; ++pass) {
       const std::int64_t count = (rows - m0) / (passes - pass);  // near equal passes
-      const float* xm = x + m0 * w.cols;
+      const float* xm = x + m0 * x_stride;
       float* ym = y + m0 * w.rows;
       std::int64_t n = c0;
       for (; n + R <= c1; n += R) {
-        const std::int64_t lines = std::min(per_block, far_left);
-        block_pairs_rows<R, M>(count, xm, w, n, ym, far, lines);
+        const std::int64_t lines = std::max<std::int64_t>(0, std::min(per_block, far_left));
+        block_grouped_rows<F, R, M>(count, xm, x_stride, w, n, ym, far, lines);
         far += lines * kCacheLine;
         far_left -= lines;
       }
-      for (; n < c1; ++n) block_pairs_rows<1, M>(count, xm, w, n, ym);
+      for (; n < c1; ++n) block_grouped_rows<F, 1, M>(count, xm, x_stride, w, n, ym);
       m0 += count;
+    }
+  }
+}
+
+// y for output rows [n_begin, n_end) of a BF16 weight from `rows` paired activation rows.
+void gemv_pairs(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end, float* y) {
+  gemv_grouped<Bf16Pairs>(x, w.cols, rows, w, n_begin, n_end, n_end, y);
+}
+
+// FP8: `rows` activation rows scaled by band `band`'s block scales (times the quads' share of
+// 2^120) into `out`, each row in quad order and zero-padded to `stride` columns.
+void scale_quads(const float* x, std::int64_t rows, const Matrix& w, std::int64_t band, std::int64_t stride,
+                 float* out) {
+  const std::int64_t cols = w.cols, bc = w.block_cols;
+  const float* scale_row = w.scales->data() + band * w.scale_cols();
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const float* in = x + m * cols;
+    float* o = out + m * stride;
+    for (std::int64_t g = 0; g < stride; g += avx2::kQuadColumns) {
+      if (g + avx2::kQuadColumns <= cols && g / bc == (g + avx2::kQuadColumns - 1) / bc) {
+        avx2::quad_columns(in + g, _mm256_set1_ps(scale_row[g / bc] * avx2::kQuadActivationScale), o + g);
+        continue;
+      }
+      // A group across a block edge (blocks not a multiple of 32 wide), or the last columns.
+      for (std::int64_t i = g; i < g + avx2::kQuadColumns; ++i)
+        o[avx2::quad_position(i)] = i < cols ? in[i] * (scale_row[i / bc] * avx2::kQuadActivationScale) : 0.0f;
     }
   }
 }
@@ -298,8 +392,6 @@ void gemv_paired_bf16(const float* x, std::int64_t rows, const Matrix& w, std::i
   gemv_pairs(x, rows, w, n_begin, n_end, y);
 }
 
-// FP8: the block scales are folded into a scaled copy of the activations once per band of
-// block_rows weight rows, as in linear_avx512.cpp.
 template <DType D>
 void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t n_begin, std::int64_t n_end,
                 float* y) {
@@ -308,7 +400,7 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
     const std::int64_t cols = w.cols;
     alignas(32) float stack[kStackScratchFloats];
     float* paired = nullptr;
-    const std::int64_t group = activation_group(stack, rows, cols, kPairActivationRows, paired);
+    const std::int64_t group = activation_group(stack, rows, cols, kManyActivationRows, paired);
     for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
       const std::int64_t count = std::min(group, rows - m0);
       pair_rows(x + m0 * cols, count, cols, paired);
@@ -317,20 +409,22 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
   } else if constexpr (D != DType::F8_E4M3) {
     rows_range<D>(x, rows, w, n_begin, n_end, y);
   } else {
-    const std::int64_t cols = w.cols;
-    alignas(64) float stack[kStackScratchFloats];  // the scaled activations of `group` rows at a time
+    // FP8 in quads: for each band of block_rows weight rows, the activations scaled by its block
+    // scales, in quad order, as many rows at a time as the stack holds. Against the codes widened
+    // in order, `bench_kernels --benchmark_filter='Gemv/.*fp8:1'` (2 threads, 2-vCPU AMD EPYC, Zen
+    // 3, minima of 3, two alternations): 2048 x 7168 944-976 -> 535-629 us, 7168 x 2048 1046 ->
+    // 678-763, 1024 x 2816 198 -> 117-126, a 129280 x 1024 FP8 head 8.99 -> 6.85-7.33 ms.
+    const std::int64_t stride = (w.cols + avx2::kQuadColumns - 1) / avx2::kQuadColumns * avx2::kQuadColumns;
+    alignas(64) float stack[kStackScratchFloats];
     float* scaled = nullptr;
-    const std::int64_t group = activation_group(stack, rows, cols, kActivationRows, scaled);
+    const std::int64_t group = activation_group(stack, rows, stride, kManyActivationRows, scaled);
     for (std::int64_t n = n_begin; n < n_end;) {
       const std::int64_t band = n / w.block_rows;
       const std::int64_t band_end = std::min(n_end, (band + 1) * w.block_rows);
-      const float* scale_row = w.scales->data() + band * w.scale_cols();
       for (std::int64_t m0 = 0; m0 < rows; m0 += group) {
         const std::int64_t count = std::min(group, rows - m0);
-        for (std::int64_t m = 0; m < count; ++m)
-          for (std::int64_t c = 0; c < cols; ++c)
-            scaled[m * cols + c] = x[(m0 + m) * cols + c] * (scale_row[c / w.block_cols] * kFp8ScaleFold);
-        rows_range<D>(scaled, count, w, n, band_end, y + m0 * w.rows);
+        scale_quads(x + m0 * w.cols, count, w, band, stride, scaled);
+        gemv_grouped<Fp8Quads>(scaled, stride, count, w, n, band_end, n_end, y + m0 * w.rows);
       }
       n = band_end;
     }
