@@ -127,6 +127,76 @@ TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {
   }
 }
 
+// The FP8 GEMV on every E4M3 code but the NaNs, subnormals included, with block scales from 2^-20
+// to 2^20 and activations from 2^-12 to 2^12. One-hot activation rows pick out each weight alone:
+// its output is then the one rounding of code x scale x activation, bit for bit, so a wrong column
+// order, code decoding or scale shows at the weight it hits. Dense rows then check the sums.
+TEST(Kernels, Fp8LinearIsExactPerWeightForEveryCodeAndScalesFarFromOne) {
+  std::vector<std::uint8_t> codes;
+  for (int code = 0; code < 256; ++code)
+    if ((code & 0x7f) != 0x7f) codes.push_back(static_cast<std::uint8_t>(code));
+  EachIsa each;
+  // {cols, block_cols}: 32-column groups each inside one block, and groups across block edges.
+  for (const auto& [cols, block_cols] : {std::array<std::int64_t, 2>{300, 128}, {300, 50}, {45, 20}}) {
+    const std::int64_t out = 13, block_rows = 4;
+    std::vector<std::byte> fp8(static_cast<std::size_t>(out * cols));
+    for (std::size_t i = 0; i < fp8.size(); ++i) fp8[i] = static_cast<std::byte>(codes[(i * 7) % codes.size()]);
+    Matrix w;
+    w.name = "codes";
+    w.dtype = DType::F8_E4M3;
+    w.rows = out;
+    w.cols = cols;
+    w.data = fp8.data();
+    w.block_rows = block_rows;
+    w.block_cols = block_cols;
+    std::vector<float> scales(static_cast<std::size_t>((out + block_rows - 1) / block_rows * w.scale_cols()));
+    for (std::size_t i = 0; i < scales.size(); ++i)
+      scales[i] = std::ldexp(1.0f + 0.37f * static_cast<float>(i % 7), -20 + static_cast<int>(i * 13 % 41));
+    w.scales = std::make_shared<const std::vector<float>>(scales);
+    const auto weight = [&](std::int64_t n, std::int64_t c) {
+      return static_cast<double>(fp8_e4m3_to_float(static_cast<std::uint8_t>(fp8[n * cols + c]))) *
+             scales[(n / block_rows) * w.scale_cols() + c / block_cols];
+    };
+    const auto activation = [](std::int64_t m, std::int64_t c) {
+      return std::ldexp(((m * 31 + c * 17) % 19 - 9) / 9.0f, static_cast<int>((m * 5 + c * 3) % 25) - 12);
+    };
+    for (auto isa : each.isas) {
+      kernels::set_isa_for_testing(isa);
+      SCOPED_TRACE(fmt::format("{} cols={} block_cols={}", kernels::isa_name(isa), cols, block_cols));
+      // One-hot rows in calls of 1, 2 and 5 rows (the few- and many-row blockings).
+      for (std::int64_t c0 = 0, rows = 0, step = 0; c0 < cols; c0 += rows, ++step) {
+        rows = std::min<std::int64_t>(std::array<std::int64_t, 3>{1, 2, 5}[step % 3], cols - c0);
+        std::vector<float> x(static_cast<std::size_t>(rows * cols), 0.0f), y(static_cast<std::size_t>(rows * out));
+        for (std::int64_t m = 0; m < rows; ++m) x[m * cols + c0 + m] = std::ldexp(1.0f, static_cast<int>((c0 + m) % 25) - 12);
+        kernels::linear(x.data(), rows, w, y.data());
+        for (std::int64_t m = 0; m < rows; ++m)
+          for (std::int64_t n = 0; n < out; ++n) {
+            const std::int64_t c = c0 + m;
+            const auto expected = static_cast<float>(weight(n, c) * x[m * cols + c]);
+            ASSERT_EQ(y[m * out + n], expected) << "code " << int(static_cast<std::uint8_t>(fp8[n * cols + c])) << " at "
+                                                << n << "," << c << " in a call of " << rows << " rows";
+          }
+      }
+      for (const std::int64_t rows : {1, 2, 7}) {
+        std::vector<float> x(static_cast<std::size_t>(rows * cols)), y(static_cast<std::size_t>(rows * out));
+        for (std::int64_t m = 0; m < rows; ++m)
+          for (std::int64_t c = 0; c < cols; ++c) x[m * cols + c] = activation(m, c);
+        kernels::linear(x.data(), rows, w, y.data());
+        for (std::int64_t m = 0; m < rows; ++m)
+          for (std::int64_t n = 0; n < out; ++n) {
+            double sum = 0.0, magnitude = 0.0;
+            for (std::int64_t c = 0; c < cols; ++c) {
+              sum += weight(n, c) * x[m * cols + c];
+              magnitude += std::abs(weight(n, c) * x[m * cols + c]);
+            }
+            // FP32 sums of up to 300 terms: a few 1e-7 of their magnitude.
+            EXPECT_NEAR(y[m * out + n], sum, 2e-6 * magnitude) << "row " << m << " output " << n;
+          }
+      }
+    }
+  }
+}
+
 TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
   // Every E4M3 code but the two NaNs (0x7f, 0xff), subnormals included, in rows of 127 so lanes
   // and blocks meet ragged edges; each row block with its own scale.
