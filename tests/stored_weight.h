@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/matrix.h"
@@ -69,6 +70,37 @@ inline StoredWeight store_weight(const std::vector<float>& w, std::int64_t rows,
     }
   }
   stored.matrix.data = stored.bytes.data();
+  return stored;
+}
+
+// An FP8 weight holding every E4M3 code but the two NaNs (0x7f, 0xff), subnormals included, in
+// turn (element i the (7 i mod 254)-th), block b of its block scales scale(b); StoredWeight's
+// values are the codes' exact values times their scales.
+template <class Scale>
+StoredWeight every_fp8_code(std::int64_t rows, std::int64_t cols, std::int64_t block_rows, std::int64_t block_cols,
+                            Scale scale) {
+  std::vector<std::uint8_t> codes;
+  for (int code = 0; code < 256; ++code)
+    if ((code & 0x7f) != 0x7f) codes.push_back(static_cast<std::uint8_t>(code));
+  StoredWeight stored;
+  stored.bytes.resize(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < stored.bytes.size(); ++i) stored.bytes[i] = static_cast<std::byte>(codes[(i * 7) % codes.size()]);
+  Matrix& m = stored.matrix;
+  m.name = "codes";
+  m.dtype = DType::F8_E4M3;
+  m.rows = rows;
+  m.cols = cols;
+  m.data = stored.bytes.data();
+  m.block_rows = block_rows;
+  m.block_cols = block_cols;
+  std::vector<float> scales(static_cast<std::size_t>((rows + block_rows - 1) / block_rows * m.scale_cols()));
+  for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = scale(static_cast<std::int64_t>(i));
+  stored.values.resize(stored.bytes.size());
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c)
+      stored.values[r * cols + c] = fp8_e4m3_to_float(static_cast<std::uint8_t>(stored.bytes[r * cols + c])) *
+                                    scales[(r / block_rows) * m.scale_cols() + c / block_cols];
+  m.scales = std::make_shared<const std::vector<float>>(std::move(scales));
   return stored;
 }
 

@@ -132,30 +132,18 @@ TEST(Kernels, LinearHandlesFp8BlocksThatAreNotMultiplesOfTheVectorWidth) {
 // its output is then the one rounding of code x scale x activation, bit for bit, so a wrong column
 // order, code decoding or scale shows at the weight it hits. Dense rows then check the sums.
 TEST(Kernels, Fp8LinearIsExactPerWeightForEveryCodeAndScalesFarFromOne) {
-  std::vector<std::uint8_t> codes;
-  for (int code = 0; code < 256; ++code)
-    if ((code & 0x7f) != 0x7f) codes.push_back(static_cast<std::uint8_t>(code));
   EachIsa each;
   // {cols, block_cols}: 32-column groups each inside one block, and groups across block edges.
   for (const auto& [cols, block_cols] : {std::array<std::int64_t, 2>{300, 128}, {300, 50}, {45, 20}}) {
     const std::int64_t out = 13, block_rows = 4;
-    std::vector<std::byte> fp8(static_cast<std::size_t>(out * cols));
-    for (std::size_t i = 0; i < fp8.size(); ++i) fp8[i] = static_cast<std::byte>(codes[(i * 7) % codes.size()]);
-    Matrix w;
-    w.name = "codes";
-    w.dtype = DType::F8_E4M3;
-    w.rows = out;
-    w.cols = cols;
-    w.data = fp8.data();
-    w.block_rows = block_rows;
-    w.block_cols = block_cols;
-    std::vector<float> scales(static_cast<std::size_t>((out + block_rows - 1) / block_rows * w.scale_cols()));
-    for (std::size_t i = 0; i < scales.size(); ++i)
-      scales[i] = std::ldexp(1.0f + 0.37f * static_cast<float>(i % 7), -20 + static_cast<int>(i * 13 % 41));
-    w.scales = std::make_shared<const std::vector<float>>(scales);
-    const auto weight = [&](std::int64_t n, std::int64_t c) {
-      return static_cast<double>(fp8_e4m3_to_float(static_cast<std::uint8_t>(fp8[n * cols + c]))) *
-             scales[(n / block_rows) * w.scale_cols() + c / block_cols];
+    const StoredWeight stored = test::every_fp8_code(out, cols, block_rows, block_cols, [](std::int64_t i) {
+      return std::ldexp(1.0f + 0.37f * static_cast<float>(i % 7), -20 + static_cast<int>(i * 13 % 41));
+    });
+    const Matrix& w = stored.matrix;
+    const auto code = [&](std::int64_t n, std::int64_t c) { return static_cast<std::uint8_t>(stored.bytes[n * cols + c]); };
+    const auto weight = [&](std::int64_t n, std::int64_t c) {  // unrounded, unlike stored.values
+      return static_cast<double>(fp8_e4m3_to_float(code(n, c))) *
+             (*w.scales)[(n / block_rows) * w.scale_cols() + c / block_cols];
     };
     const auto activation = [](std::int64_t m, std::int64_t c) {
       return std::ldexp(((m * 31 + c * 17) % 19 - 9) / 9.0f, static_cast<int>((m * 5 + c * 3) % 25) - 12);
@@ -173,8 +161,8 @@ TEST(Kernels, Fp8LinearIsExactPerWeightForEveryCodeAndScalesFarFromOne) {
           for (std::int64_t n = 0; n < out; ++n) {
             const std::int64_t c = c0 + m;
             const auto expected = static_cast<float>(weight(n, c) * x[m * cols + c]);
-            ASSERT_EQ(y[m * out + n], expected) << "code " << int(static_cast<std::uint8_t>(fp8[n * cols + c])) << " at "
-                                                << n << "," << c << " in a call of " << rows << " rows";
+            ASSERT_EQ(y[m * out + n], expected)
+                << "code " << int(code(n, c)) << " at " << n << "," << c << " in a call of " << rows << " rows";
           }
       }
       for (const std::int64_t rows : {1, 2, 7}) {
@@ -198,25 +186,12 @@ TEST(Kernels, Fp8LinearIsExactPerWeightForEveryCodeAndScalesFarFromOne) {
 }
 
 TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
-  // Every E4M3 code but the two NaNs (0x7f, 0xff), subnormals included, in rows of 127 so lanes
-  // and blocks meet ragged edges; each row block with its own scale.
-  std::vector<std::uint8_t> codes;
-  for (int code = 0; code < 256; ++code)
-    if ((code & 0x7f) != 0x7f) codes.push_back(static_cast<std::uint8_t>(code));
-  const std::int64_t cols = 127, rows = static_cast<std::int64_t>(codes.size()) * 3 / cols + 1;
-  std::vector<std::byte> fp8(static_cast<std::size_t>(rows * cols));
-  for (std::size_t i = 0; i < fp8.size(); ++i) fp8[i] = static_cast<std::byte>(codes[(i * 7) % codes.size()]);
-  Matrix matrix;
-  matrix.name = "codes";
-  matrix.dtype = DType::F8_E4M3;
-  matrix.rows = rows;
-  matrix.cols = cols;
-  matrix.data = fp8.data();
-  matrix.block_rows = 2;
-  matrix.block_cols = 50;
-  std::vector<float> scales(static_cast<std::size_t>((rows + 1) / 2 * matrix.scale_cols()));
-  for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = std::ldexp(1.0f + 0.37f * static_cast<float>(i), -12 + static_cast<int>(i % 9));
-  matrix.scales = std::make_shared<const std::vector<float>>(scales);
+  // Every E4M3 code, subnormals included, in rows of 127 so lanes and blocks meet ragged edges;
+  // each row block with its own scale.
+  const std::int64_t cols = 127, rows = 254 * 3 / cols + 1;
+  const StoredWeight fp8 = test::every_fp8_code(rows, cols, 2, 50, [](std::int64_t i) {
+    return std::ldexp(1.0f + 0.37f * static_cast<float>(i), -12 + static_cast<int>(i % 9));
+  });
   const StoredWeight bf16 = store_weight(test::random_values(static_cast<std::size_t>(rows * cols), 5), rows, cols, DType::BF16);
 
   EachIsa each;
@@ -224,13 +199,9 @@ TEST(Kernels, DequantiseIsExactOnEveryIsaForEveryFp8CodeAndBf16) {
     SCOPED_TRACE(kernels::isa_name(isa));
     kernels::set_isa_for_testing(isa);
     std::vector<float> out(static_cast<std::size_t>(rows * cols));
-    kernels::dequantize_rows(matrix, 0, rows, out.data());
-    for (std::int64_t r = 0; r < rows; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) {
-        const auto code = static_cast<std::uint8_t>(fp8[r * cols + c]);
-        const float expected = fp8_e4m3_to_float(code) * scales[(r / 2) * matrix.scale_cols() + c / 50];
-        ASSERT_EQ(out[r * cols + c], expected) << "code " << int(code) << " at " << r << "," << c;
-      }
+    kernels::dequantize_rows(fp8.matrix, 0, rows, out.data());
+    for (std::int64_t i = 0; i < rows * cols; ++i)
+      ASSERT_EQ(out[i], fp8.values[i]) << "code " << int(static_cast<std::uint8_t>(fp8.bytes[i])) << " at " << i;
     kernels::dequantize_rows(bf16.matrix, 1, rows, out.data());
     for (std::int64_t i = 0; i < (rows - 1) * cols; ++i) ASSERT_EQ(out[i], bf16.values[cols + i]);
   }
