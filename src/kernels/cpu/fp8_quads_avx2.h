@@ -4,11 +4,13 @@
 // Shifting byte k to the top of its lane (arithmetic), then 4 to the right, puts the sign at bit
 // 31 and the code's 4 exponent and 3 mantissa bits at 26..20, the low bits of float32's exponent
 // and the top of its mantissa; keeping only those bits gives the float32 whose value is the code's
-// times 2^-120, exactly, subnormal codes included (as float32 subnormals; real weights have few,
-// and how a CPU that slows subnormal operands takes those is not measured here). Two or three
+// times 2^-120, exactly, subnormal codes included, as float32 subnormals, which Zen 3's FMAs take
+// at full speed: `bench_kernels --benchmark_filter='ExpertRows/rows:(1|6)/N:384/K:1024/fp8:(1|2)'`
+// (fp8:2 with about 3/4 of the codes subnormal), rows 1 32-35 us against 30-36, rows 6 85-104
+// against 84-104 (CPUs that take assists on subnormal operands are not measured). Two or three
 // instructions per 8 values, against five (a sign extension to 16 bits, a shift, a mask and the
-// 2-uop F16 conversion) for 8 in order: one core multiplies a 384 x 1024 expert matrix in its L2
-// by a vector in 29-37 us against 43-48, `DSV3_THREADS=1 bench_kernels
+// 2-uop F16 conversion) for 8 in order: one core multiplies a 384 x 1024 expert matrix, streamed
+// from memory, by a vector in 29-37 us against 43-48, `DSV3_THREADS=1 bench_kernels
 // --benchmark_filter='ExpertRows/rows:1/.*fp8:1'` (2-vCPU AMD EPYC, Zen 3, minima of 3, two
 // alternations with the in-order kernels; a shared host).
 //
