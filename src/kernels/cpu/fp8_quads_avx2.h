@@ -9,8 +9,8 @@
 // (fp8:2 with about 3/4 of the codes subnormal), rows 1 32-35 us against 30-36, rows 6 85-104
 // against 84-104 (CPUs that take assists on subnormal operands are not measured). Two or three
 // instructions per 8 values, against five (a sign extension to 16 bits, a shift, a mask and the
-// 2-uop F16 conversion) for 8 in order: one core multiplies a 384 x 1024 expert matrix, streamed
-// from memory, by a vector in 29-37 us against 43-48, `DSV3_THREADS=1 bench_kernels
+// 2-uop F16 conversion) for 8 in order: one core multiplies an expert's 384 x 1024 or 1024 x 384
+// matrix, streamed from memory, by a vector in 29-37 us against 43-48, `DSV3_THREADS=1 bench_kernels
 // --benchmark_filter='ExpertRows/rows:1/.*fp8:1'` (2-vCPU AMD EPYC, Zen 3, minima of 3, two
 // alternations with the in-order kernels; a shared host).
 //

@@ -412,8 +412,8 @@ void gemv_typed(const float* x, std::int64_t rows, const Matrix& w, std::int64_t
     // FP8 in quads: for each band of block_rows weight rows, the activations scaled by its block
     // scales, in quad order, as many rows at a time as the stack holds. Against the codes widened
     // in order, `bench_kernels --benchmark_filter='Gemv/.*fp8:1'` (2 threads, 2-vCPU AMD EPYC, Zen
-    // 3, minima of 3, two alternations): 2048 x 7168 944-976 -> 535-629 us, 7168 x 2048 1046 ->
-    // 678-763, 1024 x 2816 198 -> 117-126, a 129280 x 1024 FP8 head 8.99 -> 6.85-7.33 ms.
+    // 3, minima of 3, two alternations): 2048 x 7168 921-944 -> 535-629 us, 7168 x 2048 1035-1046
+    // -> 678-763, 1024 x 2816 193-198 -> 117-126, a 129280 x 1024 FP8 head 7.49-8.99 -> 6.85-7.33 ms.
     const std::int64_t stride = (w.cols + avx2::kQuadColumns - 1) / avx2::kQuadColumns * avx2::kQuadColumns;
     alignas(64) float stack[kStackScratchFloats];
     float* scaled = nullptr;
