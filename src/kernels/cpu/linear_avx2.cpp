@@ -74,7 +74,7 @@ DSV3_INLINE void accumulate(const std::byte* const* rows, const float* x, std::i
   }
 }
 
-// R weight rows against M activation rows (FP8: unscaled codes against scaled activations).
+// R weight rows against M activation rows (F32 and F16 weights; BF16 and FP8 go grouped, below).
 template <DType D, int R, int M>
 void block(const float* x, const Matrix& w, std::int64_t n0, float* y) {
   constexpr std::int64_t kBytes = element_bytes<D>();
@@ -316,7 +316,7 @@ constexpr std::int64_t kPairChunkBytes = 128 << 10;
 constexpr std::int64_t kPairOnePassChunkBytes = 16 << 10;
 
 // y for output rows [n_begin, n_end) of a weight in format F from `rows` activation rows in its
-// order (`x_stride` floats apart); the next chunk's lines are fetched up to row far_end.
+// order (`x_stride` floats apart); the next chunk's lines are fetched up to row far_end (>= n_end).
 template <class F>
 void gemv_grouped(const float* x, std::int64_t x_stride, std::int64_t rows, const Matrix& w, std::int64_t n_begin,
                   std::int64_t n_end, std::int64_t far_end, float* y) {
@@ -336,7 +336,7 @@ void gemv_grouped(const float* x, std::int64_t x_stride, std::int64_t rows, cons
     const std::int64_t c1 = std::min(n_end, c0 + chunk);
     const std::int64_t next_lines = (std::min(far_end, c1 + chunk) - c1) * row_bytes / kCacheLine;
     const std::int64_t blocks = passes * ((c1 - c0 + R - 1) / R);
-    const std::int64_t per_block = (std::max<std::int64_t>(0, next_lines) + blocks - 1) / blocks;
+    const std::int64_t per_block = (next_lines + blocks - 1) / blocks;
     const std::byte* far = w.data + c1 * row_bytes;
     std::int64_t far_left = next_lines;
     for (std::int64_t pass = 0, m0 = 0; pass < passes; ++pass) {
@@ -345,7 +345,7 @@ void gemv_grouped(const float* x, std::int64_t x_stride, std::int64_t rows, cons
       float* ym = y + m0 * w.rows;
       std::int64_t n = c0;
       for (; n + R <= c1; n += R) {
-        const std::int64_t lines = std::max<std::int64_t>(0, std::min(per_block, far_left));
+        const std::int64_t lines = std::min(per_block, far_left);
         block_grouped_rows<F, R, M>(count, xm, x_stride, w, n, ym, far, lines);
         far += lines * kCacheLine;
         far_left -= lines;
